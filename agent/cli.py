@@ -1,0 +1,137 @@
+"""The `bpfprof` command line: builds a config and calls one stage entry.
+
+Nothing here does the work. Errors raised as BpfprofError (and click's own
+usage errors) become one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from agent.config import RecordConfig, format_from_suffix
+from agent.errors import BpfprofError, InputError
+
+log = logging.getLogger("bpfprof")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bpfprof")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """bpfprof: eBPF profiles of CPU time (allocations, locks and off-CPU to come)."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="bpfprof: %(levelname)s: %(message)s")
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option(
+    "-t",
+    "--type",
+    "profile_type",
+    type=click.Choice(["cpu", "offcpu", "alloc", "lock"]),
+    default="cpu",
+    show_default=True,
+    help="What to profile.",
+)
+@click.option("-p", "--pid", "pids", type=int, multiple=True, help="Profile this process (repeatable).")
+@click.option("-d", "--duration", type=float, help="Seconds to record (default: until Ctrl-C or COMMAND exits).")
+@click.option("-F", "--frequency", type=int, default=99, show_default=True, help="CPU samples per second per CPU.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("profile.pb.gz"), show_default=True, help="Output file; the suffix picks the format.")
+@click.option("--format", "output_format", type=click.Choice(["pprof", "folded"]), help="Output format (overrides the suffix).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record(
+    profile_type: str,
+    pids: tuple[int, ...],
+    duration: float | None,
+    frequency: int,
+    output: Path,
+    output_format: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Record one profile and write it to a file.
+
+    Target: --pid PID (repeatable), or -- COMMAND [ARGS...] (started once the
+    probes are attached, followed with its children until it exits), or
+    neither for the whole system.
+    """
+    from agent.record import record as do_record
+
+    config = RecordConfig(
+        profile_type=profile_type,
+        pids=pids,
+        command=command,
+        duration=duration,
+        frequency=frequency,
+        output=output,
+        output_format=output_format or format_from_suffix(output),
+    )
+    status = do_record(config)
+    sys.exit(status)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-n", "count", type=int, default=10, show_default=True, help="How many functions to show.")
+@click.option("--sample-index", help="Sample type to rank by (name or index; default: the profile's default).")
+@click.option("--cum", is_flag=True, help="Sort by cumulative value instead of flat.")
+def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
+    """Top functions of a pprof file, flat and cumulative."""
+    from agent.exporters.pprof import decode
+    from agent.report import format_top
+
+    profile = decode(read_input(file))
+    click.echo(format_top(profile, sample_index=sample_index, count=count, by_cum=cum), nl=False)
+
+
+@cli.command()
+@click.option("--print-bpf", is_flag=True, help="Print the CPU BPF program as it would be compiled, and exit.")
+def check(print_bpf: bool) -> None:
+    """Diagnose this host: kernel, BPF, BTF, headers, BCC, tracefs, capabilities."""
+    if print_bpf:
+        from agent.sources.cpu import render_program
+
+        click.echo(render_program(RecordConfig()))
+        return
+    from agent.check import format_report, run_checks
+
+    results = run_checks()
+    click.echo(format_report(results), nl=False)
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+def read_input(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a profile") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure becomes one line on stderr and an exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="bpfprof", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("bpfprof: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"bpfprof: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except BpfprofError as e:
+        click.echo(f"bpfprof: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("bpfprof: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line, the traceback only with -vv
+        log.debug("internal error", exc_info=True)
+        click.echo(f"bpfprof: internal error: {type(e).__name__}: {e} (run with -vv for details)", err=True)
+        sys.exit(70)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,144 @@
+/* CPU sampling: a perf-event program runs on every CPU at the requested
+ * frequency (software cpu-clock) and counts (pid, tid, comm, user stack,
+ * kernel stack) in a hash map. User space drains the maps once per window.
+ *
+ * Double buffering: the counts and stack maps exist twice; user space flips
+ * `window` before draining, so it reads a pair no program writes to any more
+ * and clears it without losing samples taken meanwhile.
+ *
+ * Compile-time options (-D, see agent/sources/cpu.py):
+ *   MAX_ENTRIES      size of each counts map
+ *   STACK_ENTRIES    size of each stack map (buckets)
+ *   FILTER_PIDS      count only processes in `targets` (and follow forks)
+ *   INCLUDE_IDLE     count the idle task (pid 0)
+ */
+#include "common.h"
+
+BPF_HASH(counts0, struct sample_key, u64, MAX_ENTRIES);
+BPF_HASH(counts1, struct sample_key, u64, MAX_ENTRIES);
+BPF_STACK_TRACE(stacks0, STACK_ENTRIES);
+BPF_STACK_TRACE(stacks1, STACK_ENTRIES);
+BPF_ARRAY(window, u32, 1);
+BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
+BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
+BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
+BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+
+static __always_inline void bump(int idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline int stack_error(int id, int collision_counter)
+{
+    /* -BPFPROF_EFAULT: the task has no user stack (a kernel thread), which is normal.
+     * -BPFPROF_EEXIST: another stack already owns this hash bucket. */
+    if (id == -BPFPROF_EEXIST)
+        bump(collision_counter);
+    else if (id < 0 && id != -BPFPROF_EFAULT)
+        bump(CTR_STACK_ERROR);
+    return 0;
+}
+
+static __always_inline void notify_new(u32 pid, u32 kind)
+{
+    u8 one = 1;
+    if (seen.lookup(&pid))
+        return;
+    seen.update(&pid, &one);
+    struct process_event ev = {.pid = pid, .kind = kind};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
+static __always_inline void add_one(u64 *v, int inserted)
+{
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    else if (!inserted)
+        bump(CTR_MAP_FULL);
+}
+
+/* The two halves of the double buffer. Map methods cannot be used in a
+ * macro or through a pointer under BCC, so each half is spelled out. */
+static __always_inline void sample_into_0(void *ctx, struct sample_key *key)
+{
+    u64 one = 1;
+    key->user_stack_id = stacks0.get_stackid(ctx, BPF_F_USER_STACK);
+    key->kernel_stack_id = stacks0.get_stackid(ctx, 0);
+    u64 *v = counts0.lookup(key);
+    /* insert fails with -EEXIST if another CPU inserted the key meanwhile */
+    int inserted = !v && counts0.insert(key, &one) == 0;
+    if (!v && !inserted)
+        v = counts0.lookup(key);
+    add_one(v, inserted);
+}
+
+static __always_inline void sample_into_1(void *ctx, struct sample_key *key)
+{
+    u64 one = 1;
+    key->user_stack_id = stacks1.get_stackid(ctx, BPF_F_USER_STACK);
+    key->kernel_stack_id = stacks1.get_stackid(ctx, 0);
+    u64 *v = counts1.lookup(key);
+    int inserted = !v && counts1.insert(key, &one) == 0;
+    if (!v && !inserted)
+        v = counts1.lookup(key);
+    add_one(v, inserted);
+}
+
+int on_cpu_sample(void *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    u32 tid = id;
+#ifndef INCLUDE_IDLE
+    if (tid == 0)
+        return 0;
+#endif
+#ifdef FILTER_PIDS
+    if (!targets.lookup(&pid))
+        return 0;
+#endif
+    struct sample_key key = {.pid = pid, .tid = tid};
+    bpf_get_current_comm(&key.comm, sizeof(key.comm));
+
+    int zero = 0;
+    u32 *w = window.lookup(&zero);
+    if (w && (*w & 1))
+        sample_into_1(ctx, &key);
+    else
+        sample_into_0(ctx, &key);
+    stack_error(key.user_stack_id, CTR_USER_COLLISION);
+    stack_error(key.kernel_stack_id, CTR_KERNEL_COLLISION);
+    bump(CTR_SAMPLES);
+    if (pid != 0)
+        notify_new(pid, EVENT_NEW_PROCESS);
+    return 0;
+}
+
+/* Follow the children of targeted processes, so `record -- COMMAND` covers
+ * everything the command starts. Runs in the parent's context. */
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+#ifdef FILTER_PIDS
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (targets.lookup(&parent)) {
+        u32 child = args->child_pid;
+        u8 one = 1;
+        if (targets.update(&child, &one) != 0)
+            bump(CTR_TARGETS_FULL);
+    }
+#endif
+    return 0;
+}
+
+/* A process that execs gets new mappings: forget it so its next sample makes
+ * user space read /proc/PID/maps again. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    seen.delete(&pid);
+    return 0;
+}
