@@ -1,0 +1,209 @@
+"""ELF files: function symbols, the GNU build ID, and file offset → vaddr.
+
+pyelftools locates the headers, segments and sections; the symbol entries
+themselves are unpacked with `struct`, because pyelftools builds one
+object per symbol (about 80 ms for libc's .dynsym, against a few ms here).
+Everything is read eagerly and the file is not kept open: a table must
+outlive the process (and the file) it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+from elftools.elf.elffile import ELFFile
+
+from symbolizer.symtab import Candidate, Symbol, SymbolIndex
+
+T = TypeVar("T")
+
+NT_GNU_BUILD_ID = 3
+_STT_FUNC, _STT_GNU_IFUNC = 2, 10
+_SHN_UNDEF, _SHN_LORESERVE = 0, 0xFF00
+_BINDING_RANK = {1: 2, 2: 1}  # GLOBAL over WEAK over LOCAL (and the rest)
+
+
+class ElfError(Exception):
+    """The file is not a usable ELF: not ELF at all, truncated or corrupt."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A PT_LOAD program header: file bytes [offset, offset+filesz) at vaddr."""
+
+    offset: int
+    vaddr: int
+    filesz: int
+
+
+class ElfSymbols:
+    """The function symbols and load segments of one ELF file (one build ID)."""
+
+    def __init__(
+        self, build_id: str, segments: Iterable[Segment], candidates: Iterable[Candidate]
+    ) -> None:
+        self.build_id = build_id
+        self.segments = tuple(segments)
+        self._index = SymbolIndex(candidates)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def lookup(self, vaddr: int) -> Symbol | None:
+        """The function containing ELF virtual address `vaddr`, if any."""
+        return self._index.lookup(vaddr)
+
+    def file_offset_to_vaddr(self, offset: int) -> int | None:
+        """The ELF virtual address of a file offset, through its PT_LOAD.
+
+        The segment's p_offset, not the start of the mapping, is the anchor:
+        the kernel maps whole pages, so a mapping starts at the page below
+        the segment, and only p_offset/p_vaddr pair a file byte with its
+        link-time address. This one formula serves non-PIE executables
+        (vaddr is the runtime address), PIE executables and shared libraries
+        (vaddr is the runtime address minus the load bias) alike.
+        """
+        for seg in self.segments:
+            if seg.offset <= offset < seg.offset + seg.filesz:
+                return offset - seg.offset + seg.vaddr
+        return None
+
+
+def load_elf(source: str | os.PathLike[str] | IO[bytes]) -> ElfSymbols:
+    """Parse a file (path or binary file object).
+
+    Raises ElfError if it is not a usable ELF; OSError if a path cannot be opened.
+    """
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as f:
+            return load_elf(f)
+    elf = _open(source)
+    return _guarded(lambda: ElfSymbols(_build_id(elf), _load_segments(elf), _function_symbols(elf)))
+
+
+def read_build_id(stream: IO[bytes]) -> str:
+    """Just the GNU build ID ("" if none): cheap, to find a cached table first."""
+    elf = _open(stream)
+    return _guarded(lambda: _build_id(elf))
+
+
+def _open(stream: IO[bytes]) -> Any:
+    stream.seek(0)
+    return _guarded(lambda: ELFFile(stream))
+
+
+def _guarded(step: Callable[[], T]) -> T:
+    """Run a parsing step, turning any failure into ElfError.
+
+    pyelftools reports a malformed file with many exception types
+    (ELFError, construct's field errors, struct.error, IndexError,
+    UnicodeDecodeError...), and reads may fail with OSError: to the caller
+    all of them mean the same thing, this file cannot be symbolized.
+    """
+    try:
+        return step()
+    except Exception as exc:
+        raise ElfError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def parse_notes(
+    data: bytes, little_endian: bool = True, align: int = 4
+) -> Iterator[tuple[bytes, int, bytes]]:
+    """(name, type, desc) of each note in a note section/segment's bytes.
+
+    Name and desc are each padded to `align`: 4 for classic notes such as
+    the build ID, 8 in segments with p_align 8 (.note.gnu.property).
+    """
+    header = struct.Struct("<III" if little_endian else ">III")
+    pos = 0
+    while pos + header.size <= len(data):
+        namesz, descsz, ntype = header.unpack_from(data, pos)
+        name_at = pos + header.size
+        desc_at = name_at + _round_up(namesz, align)
+        if desc_at + descsz > len(data):
+            return  # truncated
+        pos = desc_at + _round_up(descsz, align)
+        yield (
+            data[name_at : name_at + namesz].rstrip(b"\0"),
+            ntype,
+            data[desc_at : desc_at + descsz],
+        )
+
+
+def build_id_from_notes(data: bytes, little_endian: bool = True, align: int = 4) -> str:
+    for name, ntype, desc in parse_notes(data, little_endian, align):
+        if name == b"GNU" and ntype == NT_GNU_BUILD_ID:
+            return desc.hex()
+    return ""
+
+
+def _round_up(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def _build_id(elf: Any) -> str:
+    """From PT_NOTE segments, else SHT_NOTE sections (files without phdrs)."""
+    notes = [(s.data(), s["p_align"]) for s in elf.iter_segments() if s["p_type"] == "PT_NOTE"]
+    if not notes:
+        notes = [
+            (s.data(), s["sh_addralign"]) for s in elf.iter_sections() if s["sh_type"] == "SHT_NOTE"
+        ]
+    for data, align in notes:
+        found = build_id_from_notes(data, elf.little_endian, 8 if align == 8 else 4)
+        if found:
+            return found
+    return ""
+
+
+def _load_segments(elf: Any) -> list[Segment]:
+    return [
+        Segment(s["p_offset"], s["p_vaddr"], s["p_filesz"])
+        for s in elf.iter_segments()
+        if s["p_type"] == "PT_LOAD"
+    ]
+
+
+def _function_symbols(elf: Any) -> list[Candidate]:
+    """Function symbols of .symtab and .dynsym; .symtab ones rank higher."""
+    sections = list(elf.iter_sections())
+    extents = [(s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in sections]
+    found: list[Candidate] = []
+    for sec in sections:
+        if sec["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            strtab = sections[sec["sh_link"]].data()
+            from_symtab = sec["sh_type"] == "SHT_SYMTAB"
+            found.extend(_unpack_symbols(elf, sec, strtab, extents, from_symtab))
+    return found
+
+
+def _unpack_symbols(
+    elf: Any, sec: Any, strtab: bytes, extents: list[tuple[int, int]], from_symtab: bool
+) -> Iterator[Candidate]:
+    """Defined STT_FUNC/STT_GNU_IFUNC entries of one symbol table section.
+
+    A zero-size symbol extends at most to the end of its section (`limit`).
+    """
+    order = "<" if elf.little_endian else ">"
+    is64 = elf.elfclass == 64
+    layout = struct.Struct(order + ("IBBHQQ" if is64 else "IIIBBH"))
+    data = sec.data()
+    usable = len(data) - len(data) % layout.size
+    for fields in layout.iter_unpack(data[:usable]):
+        if is64:
+            name_off, info, _, shndx, value, size = fields
+        else:
+            name_off, value, size, info, _, shndx = fields
+        if info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC):
+            continue
+        if shndx == _SHN_UNDEF or shndx >= min(_SHN_LORESERVE, len(extents)):
+            continue
+        end = strtab.find(b"\0", name_off)
+        name = strtab[name_off : end if end >= 0 else None].decode("utf-8", "replace")
+        plainness = len(name.lstrip("_")) - len(name)
+        rank = (from_symtab, size > 0, plainness, _BINDING_RANK.get(info >> 4, 0))
+        limit = value + size if size else extents[shndx][1]
+        yield Candidate(value, size, name, limit, rank)
