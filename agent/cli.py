@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import RecordConfig, format_from_suffix
+from agent.config import BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError
 
 log = logging.getLogger("bpfprof")
@@ -37,11 +37,51 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="What to profile.",
 )
-@click.option("-p", "--pid", "pids", type=int, multiple=True, help="Profile this process (repeatable).")
-@click.option("-d", "--duration", type=float, help="Seconds to record (default: until Ctrl-C or COMMAND exits).")
-@click.option("-F", "--frequency", type=int, default=99, show_default=True, help="CPU samples per second per CPU.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("profile.pb.gz"), show_default=True, help="Output file; the suffix picks the format.")
-@click.option("--format", "output_format", type=click.Choice(["pprof", "folded"]), help="Output format (overrides the suffix).")
+@click.option(
+    "-p", "--pid", "pids", type=int, multiple=True, help="Profile this process (repeatable)."
+)
+@click.option(
+    "-d",
+    "--duration",
+    type=float,
+    help="Seconds to record (default: until Ctrl-C or COMMAND exits).",
+)
+@click.option(
+    "-F",
+    "--frequency",
+    type=int,
+    default=99,
+    show_default=True,
+    help="CPU samples per second per CPU.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("profile.pb.gz"),
+    show_default=True,
+    help="Output file; the suffix picks the format.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["pprof", "folded"]),
+    help="Output format (overrides the suffix).",
+)
+@click.option(
+    "--max-entries",
+    type=click.IntRange(128, 1 << 22),
+    default=BpfLimits.max_entries,
+    show_default=True,
+    help="Distinct (thread, stack) entries the kernel counts per window.",
+)
+@click.option(
+    "--stack-storage-size",
+    type=click.IntRange(128, 1 << 22),
+    default=BpfLimits.stack_entries,
+    show_default=True,
+    help="Stack-map buckets per window; raise it when stacks are lost to collisions.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
     profile_type: str,
@@ -50,6 +90,8 @@ def record(
     frequency: int,
     output: Path,
     output_format: str | None,
+    max_entries: int,
+    stack_storage_size: int,
     command: tuple[str, ...],
 ) -> None:
     """Record one profile and write it to a file.
@@ -68,6 +110,7 @@ def record(
         frequency=frequency,
         output=output,
         output_format=output_format or format_from_suffix(output),
+        limits=BpfLimits(max_entries=max_entries, stack_entries=stack_storage_size),
     )
     status = do_record(config)
     sys.exit(status)
@@ -75,8 +118,12 @@ def record(
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("-n", "count", type=int, default=10, show_default=True, help="How many functions to show.")
-@click.option("--sample-index", help="Sample type to rank by (name or index; default: the profile's default).")
+@click.option(
+    "-n", "count", type=int, default=10, show_default=True, help="How many functions to show."
+)
+@click.option(
+    "--sample-index", help="Sample type to rank by (name or index; default: the profile's default)."
+)
 @click.option("--cum", is_flag=True, help="Sort by cumulative value instead of flat.")
 def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
     """Top functions of a pprof file, flat and cumulative."""
@@ -88,7 +135,9 @@ def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
 
 
 @cli.command()
-@click.option("--print-bpf", is_flag=True, help="Print the CPU BPF program as it would be compiled, and exit.")
+@click.option(
+    "--print-bpf", is_flag=True, help="Print the CPU BPF program as it would be compiled, and exit."
+)
 def check(print_bpf: bool) -> None:
     """Diagnose this host: kernel, BPF, BTF, headers, BCC, tracefs, capabilities."""
     if print_bpf:
@@ -132,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as e:  # a bug: still one line, the traceback only with -vv
         log.debug("internal error", exc_info=True)
-        click.echo(f"bpfprof: internal error: {type(e).__name__}: {e} (run with -vv for details)", err=True)
+        click.echo(
+            f"bpfprof: internal error: {type(e).__name__}: {e} (run with -vv for details)", err=True
+        )
         sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)

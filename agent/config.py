@@ -53,8 +53,7 @@ class RecordConfig:
             raise UsageError(f"--duration must be positive, not {self.duration}")
         if self.output_format not in OUTPUT_FORMATS:
             raise UsageError(
-                f"unknown output format {self.output_format!r} "
-                f"(known: {', '.join(OUTPUT_FORMATS)})"
+                f"unknown output format {self.output_format!r} (known: {', '.join(OUTPUT_FORMATS)})"
             )
         for pid in self.pids:
             if pid <= 0:

@@ -144,3 +144,35 @@ def _check_location(loc: Location, sample: int) -> None:
             f"sample {sample}: address 0x{loc.address:x} is outside its mapping "
             f"{m.file!r} [0x{m.start:x}, 0x{m.limit:x})"
         )
+
+
+@dataclass(frozen=True)
+class RawStack:
+    """One stack as the kernel gave it, before symbolization.
+
+    `user` and `kernel` are instruction pointers, leaf first. A non-zero
+    `*_error` is the -errno bpf_get_stackid returned for that half (e.g.
+    -EEXIST: the stack was lost to a stack-map collision)."""
+
+    user: tuple[int, ...] = ()
+    kernel: tuple[int, ...] = ()
+    user_error: int = 0
+    kernel_error: int = 0
+
+
+@dataclass(frozen=True)
+class RawKey:
+    """What the aggregator groups by: a thread and a stack."""
+
+    pid: int
+    tid: int
+    comm: str
+    stack: RawStack
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """A drained in-kernel count: a key and its values (for CPU: a count)."""
+
+    key: RawKey
+    values: tuple[int, ...]

@@ -38,13 +38,12 @@ struct sample_key {
     char comm[TASK_COMM_LEN];
 };
 
-/* Ring-buffer record: a process was seen for the first time (or exec'd). */
+/* Ring-buffer record: a process was seen for the first time (again after an exec). */
 struct process_event {
     u32 pid;
     u32 kind; /* EVENT_* */
 };
 
 #define EVENT_NEW_PROCESS 1
-#define EVENT_EXEC 2
 
 #endif

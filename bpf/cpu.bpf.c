@@ -9,7 +9,9 @@
  * Compile-time options (-D, see agent/sources/cpu.py):
  *   MAX_ENTRIES      size of each counts map
  *   STACK_ENTRIES    size of each stack map (buckets)
- *   FILTER_PIDS      count only processes in `targets` (and follow forks)
+ *   FILTER_PIDS      count only processes in `targets`
+ *   FOLLOW_FORKS     add the children of targeted processes to `targets`
+ *   TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES  sizes of the other maps
  *   INCLUDE_IDLE     count the idle task (pid 0)
  */
 #include "common.h"
@@ -33,8 +35,9 @@ static __always_inline void bump(int idx)
 
 static __always_inline int stack_error(int id, int collision_counter)
 {
-    /* -BPFPROF_EFAULT: the task has no user stack (a kernel thread), which is normal.
-     * -BPFPROF_EEXIST: another stack already owns this hash bucket. */
+    /* -EFAULT: no stack of this kind (a kernel thread has no user stack; a
+     * sample taken in user mode has no kernel stack), which is normal.
+     * -EEXIST: another stack already owns this hash bucket. */
     if (id == -BPFPROF_EEXIST)
         bump(collision_counter);
     else if (id < 0 && id != -BPFPROF_EFAULT)
@@ -120,9 +123,9 @@ int on_cpu_sample(void *ctx)
 
 /* Follow the children of targeted processes, so `record -- COMMAND` covers
  * everything the command starts. Runs in the parent's context. */
+#ifdef FOLLOW_FORKS
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
-#ifdef FILTER_PIDS
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     if (targets.lookup(&parent)) {
         u32 child = args->child_pid;
@@ -130,9 +133,9 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
         if (targets.update(&child, &one) != 0)
             bump(CTR_TARGETS_FULL);
     }
-#endif
     return 0;
 }
+#endif
 
 /* A process that execs gets new mappings: forget it so its next sample makes
  * user space read /proc/PID/maps again. */

@@ -1,0 +1,34 @@
+"""What every sample source offers the runner.
+
+A source is the only code that imports `bcc`. It compiles and attaches its
+BPF program in `start()`, tells the runner about processes it sees for the
+first time (so their maps are captured while they live), and hands over what
+the kernel counted in `drain()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from agent.model import RawSample
+
+
+class SampleSource(Protocol):
+    def add_targets(self, pids: Iterable[int]) -> None:
+        """Restrict sampling to these processes (before `start`)."""
+
+    def start(self) -> None:
+        """Compile, load and attach the BPF programs."""
+
+    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
+        """Wait up to timeout_ms for new-process events and report each."""
+
+    def drain(self) -> list[RawSample]:
+        """Everything counted since the last drain."""
+
+    def counters(self) -> dict[str, int]:
+        """Self-metrics since start (samples, map full, collisions, ...)."""
+
+    def close(self) -> None:
+        """Detach and free the programs."""

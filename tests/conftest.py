@@ -1,0 +1,48 @@
+"""Shared fixtures: compiling ground-truth programs, tiers by privilege."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROGRAMS = Path(__file__).parent / "programs"
+REPO = Path(__file__).parent.parent
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """BPF and end-to-end tests need root; a laptop without it skips them, saying why."""
+    if is_root():
+        return
+    skip = pytest.mark.skip(reason="needs root to load BPF programs (CI runs as root)")
+    for item in items:
+        if "bpf" in item.keywords:
+            item.add_marker(skip)
+
+
+def compile_c(source: Path, out: Path, *flags: str) -> Path:
+    """Build a test program with gcc; the test fails loudly if it cannot."""
+    cmd = ["gcc", *flags, "-o", str(out), str(source)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hotsplit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 75/25 ground-truth program, built with frame pointers."""
+    out = tmp_path_factory.mktemp("programs") / "hotsplit"
+    return compile_c(PROGRAMS / "hotsplit.c", out, "-O1", "-g", "-fno-omit-frame-pointer")
+
+
+@pytest.fixture(scope="session")
+def bpfprof_cmd() -> list[str]:
+    """How to run the installed command (the venv's entry point)."""
+    exe = shutil.which("bpfprof") or str(REPO / ".venv" / "bin" / "bpfprof")
+    return [exe]

@@ -1,0 +1,49 @@
+/* Ground truth for CPU profiles: main -> run -> work_a -> hot_a burns three
+ * times the iterations of main -> run -> work_b -> hot_b, interleaved in
+ * rounds so any stretch of the run has the same 75/25 split.
+ *
+ * usage: hotsplit ROUNDS   (0: run until killed)
+ * Prints "ready <pid>" once started. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define UNIT 1000000UL
+
+static volatile unsigned long sink;
+
+__attribute__((noinline)) void hot_a(unsigned long n)
+{
+    volatile unsigned long x = sink; /* on the stack: the leaf gets a frame */
+    for (unsigned long i = 0; i < n; i++)
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+    sink = x;
+}
+
+__attribute__((noinline)) void hot_b(unsigned long n)
+{
+    volatile unsigned long x = sink; /* on the stack: the leaf gets a frame */
+    for (unsigned long i = 0; i < n; i++)
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+    sink = x;
+}
+
+__attribute__((noinline)) void work_a(void) { hot_a(3 * UNIT); sink++; }
+__attribute__((noinline)) void work_b(void) { hot_b(UNIT); sink++; }
+
+__attribute__((noinline)) void run(long rounds)
+{
+    for (long r = 0; rounds == 0 || r < rounds; r++) {
+        work_a();
+        work_b();
+    }
+}
+
+int main(int argc, char **argv)
+{
+    long rounds = argc > 1 ? atol(argv[1]) : 100;
+    printf("ready %d\n", (int)getpid());
+    fflush(stdout);
+    run(rounds);
+    return 0;
+}

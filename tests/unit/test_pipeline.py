@@ -1,0 +1,154 @@
+"""Aggregation, stack resolution and profile building, with plain fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from agent.aggregate import Aggregator
+from agent.builder import build_profile, cpu_spec
+from agent.errors import InvalidProfile
+from agent.layout import EEXIST, EFAULT
+from agent.model import KERNEL_MAPPING_NAME, RawKey, RawSample, RawStack, ValueType
+from agent.resolve import KERNEL_START, StackResolver
+
+
+@dataclass(frozen=True)
+class FakeEntry:
+    start: int
+    end: int
+    offset: int
+    path: str
+
+
+@dataclass(frozen=True)
+class FakeResolved:
+    mapping: FakeEntry | None
+    build_id: str
+    function: str | None
+
+
+class FakeSymbolizer:
+    """Resolves addresses from a dict; records what it was asked."""
+
+    def __init__(self, user: dict[int, str], kernel: dict[int, str]) -> None:
+        self.user, self.kernel = user, kernel
+        self.asked: list[tuple[str, int]] = []
+        self.entry = FakeEntry(0x1000, 0x9000, 0x0, "/usr/bin/prog")
+
+    def resolve_user(self, pid: int, address: int) -> FakeResolved:
+        self.asked.append(("user", address))
+        return FakeResolved(self.entry, "abcd", self.user.get(address))
+
+    def resolve_kernel(self, address: int) -> FakeResolved:
+        self.asked.append(("kernel", address))
+        return FakeResolved(None, "", self.kernel.get(address))
+
+
+K1, K2 = KERNEL_START + 0x100, KERNEL_START + 0x200
+
+
+def key(
+    user: tuple[int, ...] = (), kernel: tuple[int, ...] = (), ue: int = 0, ke: int = 0
+) -> RawKey:
+    return RawKey(10, 11, "worker", RawStack(user, kernel, ue, ke))
+
+
+def test_aggregator_sums_equal_keys_and_starts_over() -> None:
+    agg = Aggregator()
+    agg.add([RawSample(key((0x1100,)), (2,)), RawSample(key((0x1200,)), (1,))])
+    agg.add([RawSample(key((0x1100,)), (3,))])
+    assert len(agg) == 2 and agg.total() == 6 and agg.pids() == {10}
+    taken = {s.key.stack.user: s.values for s in agg.take()}
+    assert taken == {(0x1100,): (5,), (0x1200,): (1,)}
+    assert len(agg) == 0
+
+
+def test_resolver_orders_kernel_leaf_first_and_looks_up_callers_at_address_minus_one() -> None:
+    sym = FakeSymbolizer({0x1100: "leaf", 0x11FF: "caller"}, {K1: "kleaf", K2 - 1: "kcaller"})
+    locs = StackResolver(sym).locations(key((0x1100, 0x1200), (K1, K2)))
+    assert [loc.display_name() for loc in locs] == ["kleaf", "kcaller", "leaf", "caller"]
+    assert [loc.address for loc in locs] == [K1, K2, 0x1100, 0x1200]
+    assert sym.asked == [("kernel", K1), ("kernel", K2 - 1), ("user", 0x1100), ("user", 0x11FF)]
+    assert locs[0].mapping is not None and locs[0].mapping.file == KERNEL_MAPPING_NAME
+    assert locs[2].mapping is not None and locs[2].mapping.build_id == "abcd"
+    assert [loc.kind for loc in locs] == ["kernel", "kernel", "native", "native"]
+
+
+def test_unresolved_address_keeps_address_and_mapping() -> None:
+    sym = FakeSymbolizer({}, {})
+    resolver = StackResolver(sym)
+    (loc,) = resolver.locations(key((0x1234,)))
+    assert loc.frames == () and loc.address == 0x1234
+    assert loc.mapping is not None and loc.mapping.file == "/usr/bin/prog"
+    assert loc.display_name() == "prog+0x234"
+    assert resolver.misses == 1
+
+
+def test_resolver_caches_per_address() -> None:
+    sym = FakeSymbolizer({0x1100: "f"}, {})
+    resolver = StackResolver(sym)
+    resolver.locations(key((0x1100,)))
+    resolver.locations(key((0x1100,)))
+    assert sym.asked == [("user", 0x1100)]
+
+
+@pytest.mark.parametrize(
+    ("ue", "ke", "expected"),
+    [
+        (-EFAULT, 0, []),  # kernel thread: no user stack, nothing lost
+        (-EEXIST, -EFAULT, ["[user stack lost: stack-map collision]"]),
+        (0, -EEXIST, ["[kernel stack lost: stack-map collision]"]),
+        (-12, -EFAULT, ["[user stack lost: error 12]"]),
+    ],
+)
+def test_lost_stacks_become_marked_pseudo_frames(ue: int, ke: int, expected: list[str]) -> None:
+    locs = StackResolver(FakeSymbolizer({}, {})).locations(key(ue=ue, ke=ke))
+    assert [loc.display_name() for loc in locs] == expected
+
+
+def test_build_cpu_profile_values_labels_and_period() -> None:
+    sym = FakeSymbolizer({0x1100: "hot"}, {})
+    samples = [RawSample(key((0x1100,)), (4,))]
+    profile = build_profile(
+        samples,
+        cpu_spec(100),
+        StackResolver(sym),
+        lambda k: "prog",
+        time_nanos=1,
+        duration_nanos=2,
+    )
+    assert profile.sample_types == (ValueType("samples", "count"), ValueType("cpu", "nanoseconds"))
+    assert profile.period_type == ValueType("cpu", "nanoseconds")
+    assert profile.period == 10_000_000
+    (s,) = profile.samples
+    assert s.values == (4, 40_000_000)
+    assert dict(s.labels) == {"comm": "worker", "process": "prog"}
+    assert dict(s.num_labels) == {"pid": 10, "tid": 11}
+
+
+def test_process_label_falls_back_to_comm() -> None:
+    sym = FakeSymbolizer({}, {})
+    profile = build_profile(
+        [RawSample(key((0x1100,)), (1,))],
+        cpu_spec(99),
+        StackResolver(sym),
+        lambda k: "",
+        time_nanos=0,
+        duration_nanos=0,
+    )
+    assert profile.samples[0].labels["process"] == "worker"
+
+
+def test_builder_rejects_an_address_outside_its_mapping() -> None:
+    sym = FakeSymbolizer({}, {})
+    with pytest.raises(InvalidProfile, match="outside its mapping"):
+        build_profile(
+            [RawSample(key((0xFFFF,)), (1,))],
+            cpu_spec(99),
+            StackResolver(sym),
+            lambda k: "",
+            time_nanos=0,
+            duration_nanos=0,
+        )

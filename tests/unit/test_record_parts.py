@@ -1,0 +1,92 @@
+"""The record runner's small parts: privileges, targets, the held command, output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.command import HeldCommand
+from agent.errors import TargetError, UsageError
+from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
+from agent.output import write_profile
+from agent.record import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, has_bpf_privileges, require_pids
+
+
+def status(caps: int) -> str:
+    return f"Name:\tx\nCapEff:\t{caps:016x}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "euid", "ok"),
+    [
+        (status(0), 0, True),
+        (status(0), 1000, False),
+        (status(1 << CAP_SYS_ADMIN), 1000, True),
+        (status(1 << CAP_BPF | 1 << CAP_PERFMON), 1000, True),
+        (status(1 << CAP_BPF), 1000, False),
+        ("Name:\tx\n", 1000, False),
+    ],
+)
+def test_bpf_privileges(text: str, euid: int, ok: bool) -> None:
+    assert has_bpf_privileges(text, euid) is ok
+
+
+def test_require_pids(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    require_pids((42,), proc_root=str(tmp_path))
+    with pytest.raises(TargetError, match="no process with pid 43"):
+        require_pids((42, 43), proc_root=str(tmp_path))
+
+
+def test_held_command_runs_only_when_released(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    cmd = HeldCommand(("sh", "-c", f"touch {marker}; exit 3"))
+    time.sleep(0.2)
+    assert not marker.exists() and cmd.poll() is None
+    cmd.release()
+    assert cmd.wait(10) == 3
+    assert marker.exists()
+
+
+def test_abandoned_command_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    cmd = HeldCommand(("sh", "-c", f"touch {marker}"))
+    cmd.abandon()
+    assert cmd.status == 125 and not marker.exists()
+
+
+def test_wait_times_out_on_a_running_command() -> None:
+    cmd = HeldCommand(("sleep", "5"))
+    cmd.release()
+    assert cmd.wait(0.1) is None
+    os.kill(cmd.pid, signal.SIGKILL)
+    assert cmd.wait(5) == -signal.SIGKILL
+
+
+def test_missing_command_is_a_target_error() -> None:
+    with pytest.raises(TargetError, match="command not found: no-such-cmd-xyz"):
+        HeldCommand(("no-such-cmd-xyz",))
+
+
+def small_profile() -> Profile:
+    loc = Location(0x1100, Mapping(0x1000, 0x2000, 0, "/bin/x"), (Frame("main"),))
+    return Profile(
+        sample_types=(ValueType("samples", "count"),),
+        samples=[Sample((loc,), (3,), {"comm": "x"}, {"pid": 1})],
+    )
+
+
+def test_write_folded_atomically(tmp_path: Path) -> None:
+    out = tmp_path / "p.folded"
+    n = write_profile(small_profile(), out, "folded")
+    assert out.read_text() == "main 3\n" and n == len("main 3\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["p.folded"]
+
+
+def test_write_into_missing_directory_is_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot write"):
+        write_profile(small_profile(), tmp_path / "no" / "p.pb.gz", "pprof")
