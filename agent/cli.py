@@ -143,7 +143,7 @@ def check(print_bpf: bool) -> None:
     if print_bpf:
         from agent.sources.cpu import render_program
 
-        click.echo(render_program(RecordConfig()))
+        click.echo(render_program(RecordConfig().source_options()))
         return
     from agent.check import format_report, run_checks
 

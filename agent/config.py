@@ -26,6 +26,16 @@ class BpfLimits:
 
 
 @dataclass(frozen=True)
+class SourceOptions:
+    """What a sample source needs to know, whoever drives it (record or run)."""
+
+    frequency: int = 99
+    filter_pids: bool = False  # count only the target processes
+    follow_forks: bool = False  # add the targets' children as they are forked
+    limits: BpfLimits = field(default_factory=BpfLimits)
+
+
+@dataclass(frozen=True)
 class RecordConfig:
     """One `bpfprof record` run."""
 
@@ -62,6 +72,14 @@ class RecordConfig:
     @property
     def period_nanos(self) -> int:
         return 1_000_000_000 // self.frequency
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(
+            frequency=self.frequency,
+            filter_pids=bool(self.pids or self.command),
+            follow_forks=bool(self.command),
+            limits=self.limits,
+        )
 
 
 def format_from_suffix(path: Path) -> str:

@@ -25,6 +25,7 @@ from agent.errors import PrivilegeError, TargetError
 from agent.model import RawKey
 from agent.output import write_profile
 from agent.resolve import StackResolver
+from agent.sources.base import SampleSource
 from agent.sources.cpu import CpuSource
 from symbolizer import Symbolizer
 
@@ -74,7 +75,7 @@ def record(config: RecordConfig) -> int:
     require_pids(config.pids)
     started = time.time()
     child = HeldCommand(config.command) if config.command else None
-    source = CpuSource(config)
+    source = CpuSource(config.source_options())
     symbolizer = Symbolizer()
     try:
         targets = (child.pid,) if child else config.pids
@@ -95,7 +96,7 @@ def record(config: RecordConfig) -> int:
 
 def run_loop(
     config: RecordConfig,
-    source: CpuSource,
+    source: SampleSource,
     symbolizer: Symbolizer,
     child: HeldCommand | None,
     started: float,

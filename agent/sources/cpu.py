@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.config import BpfLimits, RecordConfig
+from agent.config import BpfLimits, SourceOptions
 from agent.layout import Counter, ProcessEvent
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources import bcc_loader
@@ -46,25 +46,23 @@ def bpf_cflags(
     return flags
 
 
-def cflags_for(config: RecordConfig) -> list[str]:
+def cflags_for(options: SourceOptions) -> list[str]:
     return bpf_cflags(
-        config.limits,
-        filter_pids=bool(config.pids or config.command),
-        follow_forks=bool(config.command),
+        options.limits, filter_pids=options.filter_pids, follow_forks=options.follow_forks
     )
 
 
-def render_program(config: RecordConfig) -> str:
-    """The exact program text `record` would compile, with its flags shown."""
-    return bcc_loader.render(PROGRAM, cflags_for(config))
+def render_program(options: SourceOptions) -> str:
+    """The exact program text that would be compiled, with its flags shown."""
+    return bcc_loader.render(PROGRAM, cflags_for(options))
 
 
 class CpuSource:
     """The CPU SampleSource. Construct, add_targets, start, then poll/drain."""
 
-    def __init__(self, config: RecordConfig) -> None:
-        self._config = config
-        self._cflags = cflags_for(config)
+    def __init__(self, options: SourceOptions) -> None:
+        self._options = options
+        self._cflags = cflags_for(options)
         self._targets: list[int] = []
         self._bpf: Any = None
         self._window = 0
@@ -84,7 +82,7 @@ class CpuSource:
             ev_type=bcc.PerfType.SOFTWARE,
             ev_config=bcc.PerfSWConfig.CPU_CLOCK,
             fn_name="on_cpu_sample",
-            sample_freq=self._config.frequency,
+            sample_freq=self._options.frequency,
             cpu=-1,
         )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import BpfLimits, RecordConfig
+from agent.config import BpfLimits, RecordConfig, SourceOptions
 from agent.layout import ProcessEvent, SampleKey
 from agent.sources.bcc_loader import compile_program, render
 from agent.sources.cpu import CpuSource, bpf_cflags, cflags_for
@@ -52,7 +52,7 @@ def run_for(source: CpuSource, seconds: float, seen: list[int]) -> None:
 
 def test_counts_a_targeted_process_only_and_loses_nothing_across_drains() -> None:
     proc = busy(5)
-    source = CpuSource(RecordConfig(pids=(proc.pid,), frequency=199))
+    source = CpuSource(SourceOptions(frequency=199, filter_pids=True))
     source.add_targets([proc.pid])
     source.start()
     seen: list[int] = []
@@ -85,7 +85,7 @@ def test_counts_a_targeted_process_only_and_loses_nothing_across_drains() -> Non
 
 def test_whole_system_sees_a_busy_process() -> None:
     proc = busy(3)
-    source = CpuSource(RecordConfig())
+    source = CpuSource(SourceOptions())
     source.start()
     seen: list[int] = []
     try:
@@ -99,6 +99,6 @@ def test_whole_system_sees_a_busy_process() -> None:
 
 
 def test_print_bpf_shows_the_flags_as_defines(tmp_path: Path) -> None:
-    text = render("cpu.bpf.c", cflags_for(RecordConfig(command=("true",))))
+    text = render("cpu.bpf.c", cflags_for(RecordConfig(command=("true",)).source_options()))
     assert "#define FILTER_PIDS 1" in text and "#define FOLLOW_FORKS 1" in text
     assert "struct sample_key" in text and '#include "common.h"' not in text
