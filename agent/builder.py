@@ -46,11 +46,15 @@ def build_profile(
     time_nanos: int,
     duration_nanos: int,
     comments: tuple[str, ...] = (),
+    container_id: Callable[[int], str] | None = None,
 ) -> Profile:
     out = []
     for raw in samples:
         key = raw.key
         labels = {"comm": key.comm, "process": process_name(key) or key.comm}
+        cid = container_id(key.pid) if container_id else ""
+        if cid:
+            labels["container_id"] = cid
         out.append(
             Sample(
                 locations=resolver.locations(key),

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +25,7 @@ from agent.config import RecordConfig
 from agent.errors import PrivilegeError, TargetError
 from agent.model import RawKey
 from agent.output import write_profile
+from agent.procfs import ContainerIds
 from agent.resolve import StackResolver
 from agent.sources.base import SampleSource
 from agent.sources.cpu import CpuSource
@@ -77,13 +79,19 @@ def record(config: RecordConfig) -> int:
     child = HeldCommand(config.command) if config.command else None
     source = CpuSource(config.source_options())
     symbolizer = Symbolizer()
+    containers = ContainerIds()
     try:
         targets = (child.pid,) if child else config.pids
         source.add_targets(targets)
         source.start()
-        for pid in config.pids:
+
+        def observe(pid: int) -> None:
             symbolizer.observe(pid)
-        aggregator = run_loop(config, source, symbolizer, child, started)
+            containers.observe(pid)
+
+        for pid in config.pids:
+            observe(pid)
+        aggregator = run_loop(config, source, observe, child, started)
     except BaseException:
         if child:
             child.abandon()
@@ -91,20 +99,19 @@ def record(config: RecordConfig) -> int:
         raise
     counters = source.counters()
     source.close()
-    return finish(config, aggregator, symbolizer, counters, started, child)
+    return finish(config, aggregator, symbolizer, containers, counters, started, child)
 
 
 def run_loop(
     config: RecordConfig,
     source: SampleSource,
-    symbolizer: Symbolizer,
+    observe: Callable[[int], None],
     child: HeldCommand | None,
     started: float,
 ) -> Aggregator:
     stop = Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     aggregator = Aggregator()
-    observe = symbolizer.observe
     target = "the whole system"
     if child:
         child.release()
@@ -138,6 +145,7 @@ def finish(
     config: RecordConfig,
     aggregator: Aggregator,
     symbolizer: Symbolizer,
+    containers: ContainerIds,
     counters: dict[str, int],
     started: float,
     child: HeldCommand | None,
@@ -155,6 +163,7 @@ def finish(
         process_name,
         time_nanos=int(started * 1e9),
         duration_nanos=int(duration * 1e9),
+        container_id=containers.get,
     )
     size = write_profile(profile, config.output, config.output_format)
     samples = sum(s.values[0] for s in profile.samples)

@@ -152,3 +152,20 @@ def test_builder_rejects_an_address_outside_its_mapping() -> None:
             time_nanos=0,
             duration_nanos=0,
         )
+
+
+def test_container_id_label_only_where_there_is_one() -> None:
+    sym = FakeSymbolizer({}, {})
+    samples = [RawSample(key((0x1100,)), (1,)), RawSample(RawKey(12, 12, "c", RawStack()), (1,))]
+    profile = build_profile(
+        samples,
+        cpu_spec(99),
+        StackResolver(sym),
+        lambda k: "",
+        time_nanos=0,
+        duration_nanos=0,
+        container_id=lambda pid: "ab" * 32 if pid == 12 else "",
+    )
+    by_pid = {s.num_labels["pid"]: dict(s.labels) for s in profile.samples}
+    assert "container_id" not in by_pid[10]
+    assert by_pid[12]["container_id"] == "ab" * 32
