@@ -14,6 +14,7 @@ import click
 
 from agent.config import BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError
+from agent.model import Profile
 
 log = logging.getLogger("bpfprof")
 
@@ -127,10 +128,9 @@ def record(
 @click.option("--cum", is_flag=True, help="Sort by cumulative value instead of flat.")
 def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
     """Top functions of a pprof file, flat and cumulative."""
-    from agent.exporters.pprof import decode
     from agent.report import format_top
 
-    profile = decode(read_input(file))
+    profile = load_profile(file)
     click.echo(format_top(profile, sample_index=sample_index, count=count, by_cum=cum), nl=False)
 
 
@@ -150,6 +150,17 @@ def check(print_bpf: bool) -> None:
     results = run_checks()
     click.echo(format_report(results), nl=False)
     sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+def load_profile(path: Path) -> Profile:
+    """Read and decode a pprof file; errors name the file."""
+    from agent.exporters.pprof import decode
+
+    data = read_input(path)
+    try:
+        return decode(data)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def read_input(path: Path) -> bytes:
