@@ -48,8 +48,8 @@ def test_top_by_another_sample_type_and_cum(bpfprof_cmd: list[str], profile_file
 @pytest.mark.parametrize(
     ("content", "args", "message", "status"),
     [
-        (b"not a profile\n", (), "bpfprof: error: not a pprof profile", 65),
-        (gzip.compress(b"\x00\x01garbage"), (), "bpfprof: error: not a pprof profile", 65),
+        (b"not a profile\n", (), "cpu.pb.gz: not a pprof profile", 65),
+        (gzip.compress(b"\x00\x01garbage"), (), "cpu.pb.gz: not a pprof profile", 65),
         (None, ("--sample-index", "wall"), "bpfprof: error: no sample type 'wall'", 65),
     ],
     ids=["text-file", "gzip-of-garbage", "unknown-sample-index"],
@@ -67,5 +67,5 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     done = bpfprof(bpfprof_cmd, "top", profile_file, *args)
     assert done.returncode == status
     assert done.stdout == ""
-    assert done.stderr.startswith(message)
+    assert done.stderr.startswith("bpfprof: error: ") and message in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
