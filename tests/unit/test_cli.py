@@ -1,0 +1,81 @@
+"""The CLI's error contract, in process: one line on stderr, a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import agent.report
+from agent.cli import main
+from tests.fake_profiles import cpu_profile
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+@pytest.fixture
+def profile_file(tmp_path: Path) -> Path:
+    from agent.exporters.pprof import encode
+
+    path = tmp_path / "p.pb.gz"
+    path.write_bytes(encode(cpu_profile()))
+    return path
+
+
+def test_print_bpf_shows_the_program_without_loading_it(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["check", "--print-bpf"], capsys)
+    assert code == 0
+    assert "#define MAX_ENTRIES 16384" in out and "int on_cpu_sample" in out
+
+
+def test_a_bug_is_one_line_with_a_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, profile_file: Path
+) -> None:
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(agent.report, "format_top", broken)
+    code, _, err = run(["top", str(profile_file)], capsys)
+    assert code == 70
+    assert err == "bpfprof: internal error: RuntimeError: boom (run with -vv for details)\n"
+
+
+def test_interrupt_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, profile_file: Path
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent.report, "format_top", interrupted)
+    code, _, err = run(["top", str(profile_file)], capsys)
+    assert (code, err.strip()) == (130, "bpfprof: interrupted")  # click adds a newline after ^C
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["top", "{dir}"], 65, "is a directory, not a profile"),
+        (["top", "{dir}/missing.pb.gz"], 65, "missing.pb.gz: no such file"),
+        (["record", "-t", "bogus"], 2, "Invalid value for '-t'"),
+        (["nosuchcommand"], 2, "No such command 'nosuchcommand'"),
+    ],
+)
+def test_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], status: int, message: str
+) -> None:
+    code, _, err = run([a.format(dir=tmp_path) for a in argv], capsys)
+    assert code == status
+    assert err.startswith("bpfprof: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_help_and_version_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "record" in out and "top" in out
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and "0.1.0" in out
