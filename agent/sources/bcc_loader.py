@@ -98,6 +98,7 @@ def compile_program(name: str, cflags: list[str]) -> Any:
     if failure is not None:
         if "Permission denied" in str(failure) or "Operation not permitted" in output:
             raise SetupError(f"the kernel refused to load {name}: run as root") from None
-        last = next((ln for ln in reversed(output.splitlines()) if "error" in ln), str(failure))
-        raise SetupError(f"cannot compile {name}: {last.strip()} (run with -vv for details)")
+        # the first diagnostic names the cause; later ones often follow from it
+        first = next((ln for ln in output.splitlines() if "error:" in ln), str(failure))
+        raise SetupError(f"cannot compile {name}: {first.strip()} (run with -vv for details)")
     return program
