@@ -66,7 +66,7 @@ def cli(verbose: int) -> None:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["pprof", "folded"]),
+    type=click.Choice(["pprof", "folded", "otlp"]),
     help="Output format (overrides the suffix).",
 )
 @click.option(
@@ -132,6 +132,69 @@ def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
 
     profile = load_profile(file)
     click.echo(format_top(profile, sample_index=sample_index, count=count, by_cum=cum), nl=False)
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="TOML config (default: /etc/bpfprof/config.toml if present).",
+)
+@click.option("-i", "--interval", type=float, help="Seconds per reported profile (default 10).")
+@click.option("-F", "--frequency", type=int, help="CPU samples per second per CPU (default 19).")
+@click.option("--endpoint", help="OTLP collector (default: none, write local pprof files).")
+@click.option("--protocol", help="OTLP transport: grpc (default) or http/protobuf.")
+@click.option("--insecure", is_flag=True, default=None, help="gRPC without TLS.")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    help="Rolling pprof files when there is no endpoint (default /var/lib/bpfprof/profiles).",
+)
+@click.option("--spool-dir", type=click.Path(path_type=Path), help="Where unsent requests wait.")
+@click.option("--status-file", type=click.Path(path_type=Path), help="Where status is written.")
+@click.option(
+    "--command-line", is_flag=True, default=None, help="Add process.command_line to resources."
+)
+def run(config_path: Path | None, **flags: object) -> None:
+    """Profile the whole host continuously (the systemd service).
+
+    Config: the TOML file, then the OTEL_EXPORTER_OTLP_* variables, then these
+    flags. SIGHUP reloads the config; SIGTERM flushes the last interval and exits.
+    """
+    from agent import runconfig
+    from agent.runner import run as do_run
+
+    if logging.getLogger().level > logging.INFO:
+        # One line per interval at info; per-binary symbolization problems are
+        # counted in the status and shown with -v (a host has many of them).
+        logging.getLogger().setLevel(logging.INFO)
+        logging.getLogger("bpfprof.symbolizer").setLevel(logging.ERROR)
+    overrides = runconfig.flag_overrides(flags)
+    sys.exit(do_run(lambda: runconfig.load(config_path, flags=overrides)))
+
+
+@cli.command()
+@click.option(
+    "--status-file",
+    type=click.Path(path_type=Path),
+    default=Path("/run/bpfprof/status.json"),
+    show_default=True,
+    help="The file `bpfprof run` writes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(status_file: Path, as_json: bool) -> None:
+    """Show the running agent's counters (from its status file)."""
+    import json
+
+    from agent.telemetry import format_status, read_status
+
+    data = read_status(status_file)
+    click.echo(
+        json.dumps(data, indent=1, sort_keys=True) if as_json else format_status(data),
+        nl=as_json,
+    )
 
 
 @cli.command()

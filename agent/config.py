@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.errors import UsageError
 
 PROFILE_TYPES = ("cpu",)
-OUTPUT_FORMATS = ("pprof", "folded")
+OUTPUT_FORMATS = ("pprof", "folded", "otlp")
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,13 @@ class RecordConfig:
 def format_from_suffix(path: Path) -> str:
     """The output format a file name implies (CONTRACT: by suffix)."""
     name = path.name
+    if name.endswith(".otlp.pb"):
+        return "otlp"
     if name.endswith((".pb.gz", ".pprof", ".pb")):
         return "pprof"
     if name.endswith((".folded", ".txt")):
         return "folded"
     raise UsageError(
-        f"cannot tell the output format from {name!r}: use a .pb.gz, .pprof, .folded "
-        "or .txt name, or --format"
+        f"cannot tell the output format from {name!r}: use a .pb.gz, .pprof, .folded, "
+        ".txt or .otlp.pb name, or --format"
     )

@@ -50,3 +50,12 @@ class InvalidProfile(BpfprofError):
     """A Profile that breaks the model's invariants (a bug, or a bad input file)."""
 
     exit_code = 65
+
+
+class ConfigError(UsageError):
+    """A bad key or value in the agent's configuration (file, env or flag).
+
+    The message starts with where the value came from (`config.toml:
+    export.protocol`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `--protocol`), so the
+    user knows which of the three places to fix.
+    """

@@ -25,6 +25,10 @@ def encode(profile: Profile, fmt: str) -> bytes:
         # Folded stacks carry one number: the first sample type (for CPU, the
         # sample count), which is what flame graph tools expect.
         return folded.encode(profile, sample_index=0).encode()
+    if fmt == "otlp":
+        from agent.exporters import otlp
+
+        return otlp.encode(profile)  # an OTLP ProfilesData message
     raise UsageError(f"unknown output format {fmt!r}")
 
 

@@ -1,0 +1,139 @@
+"""Loopback OTLP profile receivers for the tests: gRPC and HTTP.
+
+The gRPC one is built on the official opentelemetry-proto service stubs, the
+HTTP one on http.server; both keep every ExportProfilesServiceRequest they
+accept (decoded) and can be stopped and restarted on the same port, to play
+a collector that goes away and comes back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.profiles.v1development import (
+    profiles_service_pb2 as svc,
+)
+from opentelemetry.proto.collector.profiles.v1development import (
+    profiles_service_pb2_grpc as stubs,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Received:
+    """Requests and the metadata/headers they came with, thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[Any] = []
+        self.headers: list[dict[str, str]] = []
+
+    def add(self, request: Any, headers: dict[str, str]) -> None:
+        with self.lock:
+            self.requests.append(request)
+            self.headers.append(headers)
+
+    def snapshot(self) -> list[Any]:
+        with self.lock:
+            return list(self.requests)
+
+
+class _Servicer(stubs.ProfilesServiceServicer):  # type: ignore[misc]
+    def __init__(self, received: Received) -> None:
+        self.received = received
+
+    def Export(self, request: Any, context: Any) -> Any:
+        self.received.add(request, dict(context.invocation_metadata()))
+        return svc.ExportProfilesServiceResponse()
+
+
+class GrpcReceiver:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.received = Received()
+        self._server: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GrpcReceiver:
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        stubs.add_ProfilesServiceServicer_to_server(_Servicer(self.received), self._server)
+        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=0).wait()
+            self._server = None
+
+
+class HttpReceiver:
+    """POST /v1development/profiles; optionally answers `fail_with` first."""
+
+    path = "/v1development/profiles"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.received = Received()
+        self.fail_with: list[tuple[int, dict[str, str]]] = []  # (status, headers) to answer next
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HttpReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != receiver.path:
+                    self.send_error(404)
+                    return
+                if receiver.fail_with:
+                    status, headers = receiver.fail_with.pop(0)
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = svc.ExportProfilesServiceRequest.FromString(body)
+                receiver.received.add(request, {k.lower(): v for k, v in self.headers.items()})
+                reply = svc.ExportProfilesServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
