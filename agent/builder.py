@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.model import Profile, RawKey, RawSample, Sample, ValueType
+from agent.config import SourceOptions
+from agent.model import Location, Profile, RawKey, RawSample, Sample, ValueType
 from agent.resolve import StackResolver
+
+# Extra labels for a sample from its key and resolved stack; None drops it.
+Labeler = Callable[[RawKey, tuple[Location, ...]], dict[str, str] | None]
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class ProfileSpec:
     period: int
     default_sample_type: str
     values: Callable[[tuple[int, ...]], tuple[int, ...]]
+    labels: Labeler | None = None
 
 
 def cpu_spec(frequency: int) -> ProfileSpec:
@@ -35,6 +40,62 @@ def cpu_spec(frequency: int) -> ProfileSpec:
         default_sample_type="cpu",
         values=lambda raw: (raw[0], raw[0] * period),
     )
+
+
+def offcpu_spec() -> ProfileSpec:
+    """Off-CPU: the kernel sums blocked nanoseconds per stack."""
+    return ProfileSpec(
+        sample_types=(ValueType("offcpu", "nanoseconds"),),
+        period_type=None,
+        period=0,
+        default_sample_type="offcpu",
+        values=lambda raw: (raw[0],),
+    )
+
+
+def lock_spec() -> ProfileSpec:
+    """Lock: (contentions, delay) per stack, labelled with the kind of lock;
+    condition-variable and unidentified waits are not contention (lock.py)."""
+    from agent.sources.lock import lock_labels
+
+    return ProfileSpec(
+        sample_types=(ValueType("contentions", "count"), ValueType("delay", "nanoseconds")),
+        period_type=ValueType("contentions", "count"),
+        period=1,
+        default_sample_type="delay",
+        values=lambda raw: (raw[0], raw[1]),
+        labels=lock_labels,
+    )
+
+
+def alloc_spec(rate: int) -> ProfileSpec:
+    """Allocations: the source already scaled each sample to an unbiased
+    estimate (agent/sampling.py), so values pass through."""
+    return ProfileSpec(
+        sample_types=(
+            ValueType("alloc_objects", "count"),
+            ValueType("alloc_space", "bytes"),
+            ValueType("inuse_objects", "count"),
+            ValueType("inuse_space", "bytes"),
+        ),
+        period_type=ValueType("space", "bytes"),
+        period=rate,
+        default_sample_type="inuse_space",
+        values=lambda raw: raw,
+    )
+
+
+def spec_for(profile_type: str, options: SourceOptions) -> ProfileSpec:
+    """The ProfileSpec of one profile type, as its source is configured."""
+    if profile_type == "cpu":
+        return cpu_spec(options.frequency)
+    if profile_type == "offcpu":
+        return offcpu_spec()
+    if profile_type == "lock":
+        return lock_spec()
+    if profile_type == "alloc":
+        return alloc_spec(options.alloc_rate)
+    raise ValueError(f"unknown profile type {profile_type!r}")
 
 
 def build_profile(
@@ -55,9 +116,15 @@ def build_profile(
         cid = container_id(key.pid) if container_id else ""
         if cid:
             labels["container_id"] = cid
+        locations = resolver.locations(key)
+        if spec.labels is not None:
+            extra = spec.labels(key, locations)
+            if extra is None:
+                continue
+            labels.update(extra)
         out.append(
             Sample(
-                locations=resolver.locations(key),
+                locations=locations,
                 values=spec.values(raw.values),
                 labels=labels,
                 num_labels={"pid": key.pid, "tid": key.tid},

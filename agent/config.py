@@ -10,7 +10,8 @@ from pathlib import Path
 
 from agent.errors import UsageError
 
-PROFILE_TYPES = ("cpu",)
+PROFILE_TYPES = ("cpu", "offcpu", "alloc", "lock")
+DEFAULT_ALLOC_RATE = 512 * 1024  # bytes between allocation samples, on average
 OUTPUT_FORMATS = ("pprof", "folded", "otlp")
 
 
@@ -33,6 +34,11 @@ class SourceOptions:
     filter_pids: bool = False  # count only the target processes
     follow_forks: bool = False  # add the targets' children as they are forked
     limits: BpfLimits = field(default_factory=BpfLimits)
+    min_block_us: int = 0  # offcpu: ignore shorter blocks
+    min_wait_us: int = 0  # lock: ignore shorter waits
+    alloc_rate: int = DEFAULT_ALLOC_RATE  # alloc: mean bytes between samples
+    all_processes: bool = False  # alloc: probe the system's libc for every process
+    alloc_inuse: bool = True  # alloc: also probe free, for inuse_*
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,11 @@ class RecordConfig:
     output_format: str = "pprof"
     window: float = 5.0  # seconds between drains of the kernel maps
     limits: BpfLimits = field(default_factory=BpfLimits)
+    min_block_us: int = 0
+    min_wait_us: int = 0
+    alloc_rate: int = DEFAULT_ALLOC_RATE
+    all_processes: bool = False
+    alloc_inuse: bool = True
 
     def __post_init__(self) -> None:
         if self.profile_type not in PROFILE_TYPES:
@@ -68,6 +79,21 @@ class RecordConfig:
         for pid in self.pids:
             if pid <= 0:
                 raise UsageError(f"--pid must be a positive process id, not {pid}")
+        self._check_profile_options()
+
+    def _check_profile_options(self) -> None:
+        if self.min_block_us < 0 or self.min_wait_us < 0:
+            raise UsageError("--min-block-us and --min-wait-us must not be negative")
+        if not 1 <= self.alloc_rate <= 1 << 40:
+            raise UsageError(f"--alloc-rate must be 1 to 2^40 bytes, not {self.alloc_rate}")
+        targeted = bool(self.pids or self.command)
+        if self.profile_type == "alloc" and not targeted and not self.all_processes:
+            raise UsageError(
+                "allocation profiling needs --pid or a COMMAND; profiling every process "
+                "slows every allocation on the host: pass --all-processes to do it anyway"
+            )
+        if self.all_processes and targeted:
+            raise UsageError("give --all-processes or a target (--pid, COMMAND), not both")
 
     @property
     def period_nanos(self) -> int:
@@ -79,6 +105,11 @@ class RecordConfig:
             filter_pids=bool(self.pids or self.command),
             follow_forks=bool(self.command),
             limits=self.limits,
+            min_block_us=self.min_block_us,
+            min_wait_us=self.min_wait_us,
+            alloc_rate=self.alloc_rate,
+            all_processes=self.all_processes,
+            alloc_inuse=self.alloc_inuse,
         )
 
 

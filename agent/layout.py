@@ -23,9 +23,12 @@ class Counter(enum.IntEnum):
     STACK_ERROR = 4
     EVENT_LOST = 5
     TARGETS_FULL = 6
+    PENDING_FULL = 7
+    LIVE_FULL = 8
+    SAMPLE_LOST = 9
 
 
-COUNTER_SLOTS = 8  # CTR_MAX
+COUNTER_SLOTS = 16  # CTR_MAX
 
 
 class SampleKey(ctypes.Structure):
@@ -51,3 +54,49 @@ EVENT_NEW_PROCESS = 1
 # bpf_get_stackid errors (negative errno) that a stack id can carry.
 EFAULT = 14  # no stack of this kind: a kernel thread has no user stack
 EEXIST = 17  # hash-bucket collision in the stack map
+
+
+class WaitValue(ctypes.Structure):
+    """struct wait_value: the off-CPU and lock counts' value."""
+
+    _fields_ = (("count", ctypes.c_uint64), ("total_ns", ctypes.c_uint64))
+
+
+class LockKey(ctypes.Structure):
+    """struct lock_key: a sample_key and the kind of wait."""
+
+    _fields_ = (("base", SampleKey), ("kind", ctypes.c_uint32), ("pad", ctypes.c_uint32))
+
+
+# LOCK_KIND_*: what kind of wait a lock sample is, as the kernel can tell.
+LOCK_KIND_MUTEX = 1
+LOCK_KIND_WAIT = 2
+LOCK_KIND_CONDVAR = 3
+LOCK_KIND_KERNEL = 4
+
+ALLOC_EVENT_ALLOC = 1
+ALLOC_EVENT_FREE = 2
+ALLOC_EVENT_EXIT = 3
+ALLOC_EVENT_UNTRACKED = 4
+ALLOC_MAX_FRAMES = 127
+
+
+class AllocFreeEvent(ctypes.Structure):
+    """struct alloc_free_event: a sampled block freed, or a process gone."""
+
+    _fields_ = (("kind", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("addr", ctypes.c_uint64))
+
+
+class AllocEvent(ctypes.Structure):
+    """struct alloc_event: one sampled allocation with its user stack."""
+
+    _fields_ = (
+        ("kind", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("addr", ctypes.c_uint64),
+        ("tid", ctypes.c_uint32),
+        ("stack_bytes", ctypes.c_int32),
+        ("size", ctypes.c_uint64),
+        ("comm", ctypes.c_char * TASK_COMM_LEN),
+        ("ips", ctypes.c_uint64 * ALLOC_MAX_FRAMES),
+    )

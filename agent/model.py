@@ -162,12 +162,16 @@ class RawStack:
 
 @dataclass(frozen=True)
 class RawKey:
-    """What the aggregator groups by: a thread and a stack."""
+    """What the aggregator groups by: a thread and a stack.
+
+    `tag` is what a source knows about the sample beyond its stack (for
+    lock waits, the kind of wait the kernel saw); "" for most."""
 
     pid: int
     tid: int
     comm: str
     stack: RawStack
+    tag: str = ""
 
 
 @dataclass(frozen=True)

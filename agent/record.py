@@ -19,16 +19,16 @@ from pathlib import Path
 from types import FrameType
 
 from agent.aggregate import Aggregator
-from agent.builder import build_profile, cpu_spec
+from agent.builder import build_profile, spec_for
 from agent.command import HeldCommand
 from agent.config import RecordConfig
 from agent.errors import PrivilegeError, TargetError
-from agent.model import RawKey
+from agent.model import Profile, RawKey
 from agent.output import write_profile
 from agent.procfs import ContainerIds
 from agent.resolve import StackResolver
-from agent.sources.base import SampleSource
-from agent.sources.cpu import CpuSource
+from agent.sources import create_source
+from agent.sources.base import SampleSource, SnapshotSource
 from symbolizer import Symbolizer
 
 log = logging.getLogger("bpfprof.record")
@@ -77,7 +77,8 @@ def record(config: RecordConfig) -> int:
     require_pids(config.pids)
     started = time.time()
     child = HeldCommand(config.command) if config.command else None
-    source = CpuSource(config.source_options())
+    source = create_source(config.profile_type, config.source_options(), config.command)
+    warn_all_processes(config)
     symbolizer = Symbolizer()
     containers = ContainerIds()
     try:
@@ -135,6 +136,8 @@ def run_loop(
         source.poll(0, observe)
         aggregator.add(source.drain())
         aggregator.add(source.drain())  # the other half of the double buffer
+        if isinstance(source, SnapshotSource):
+            aggregator.add(source.live_heap())  # inuse_*: what is still allocated now
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -158,7 +161,7 @@ def finish(
     duration = time.time() - started
     profile = build_profile(
         aggregator.take(),
-        cpu_spec(config.frequency),
+        spec_for(config.profile_type, config.source_options()),
         resolver,
         process_name,
         time_nanos=int(started * 1e9),
@@ -166,10 +169,9 @@ def finish(
         container_id=containers.get,
     )
     size = write_profile(profile, config.output, config.output_format)
-    samples = sum(s.values[0] for s in profile.samples)
     pids = len({s.num_labels["pid"] for s in profile.samples})
     print(
-        f"bpfprof: wrote {samples} samples from {pids} processes to {config.output} "
+        f"bpfprof: wrote {summary(profile)} from {pids} processes to {config.output} "
         f"({size} bytes, {duration:.1f}s)",
         file=sys.stderr,
     )
@@ -177,6 +179,25 @@ def finish(
     if child and child.status is not None and child.status != 0:
         print(f"bpfprof: note: the command exited with status {child.status}", file=sys.stderr)
     return 0
+
+
+def summary(profile: Profile) -> str:
+    """What a profile holds, in its own terms: samples, or stacks and a total."""
+    first = profile.sample_types[0]
+    if first.type == "samples":
+        return f"{sum(s.values[0] for s in profile.samples)} samples"
+    index = profile.sample_index(None)
+    total = sum(s.values[index] for s in profile.samples)
+    kind = profile.sample_types[index]
+    return f"{len(profile.samples)} stacks ({kind.type} {total} {kind.unit})"
+
+
+def warn_all_processes(config: RecordConfig) -> None:
+    if config.profile_type == "alloc" and config.all_processes:
+        log.warning(
+            "--all-processes: probing the system's libc slows every allocation of every "
+            "process on this host by about a microsecond while the recording runs"
+        )
 
 
 def report_counters(counters: dict[str, int], config: RecordConfig) -> None:
@@ -193,6 +214,10 @@ def report_counters(counters: dict[str, int], config: RecordConfig) -> None:
         "event_lost": "new-process events dropped (their maps were read late)",
         "targets_full": f"child processes not followed: the target set was full "
         f"({limits.target_entries})",
+        "pending_full": "waits or allocations in flight not tracked: their map was full",
+        "live_full": "sampled allocations left out of inuse_*: the live table was full",
+        "sample_lost": "allocation samples or frees dropped: the ring buffer was full "
+        "(raise --alloc-rate)",
     }
     for name, text in lost.items():
         if counters.get(name):

@@ -26,7 +26,10 @@ enum counter {
     CTR_STACK_ERROR = 4,     /* any other bpf_get_stackid failure */
     CTR_EVENT_LOST = 5,      /* new-process notification dropped: ring buffer full */
     CTR_TARGETS_FULL = 6,    /* a followed child could not be added to the target set */
-    CTR_MAX = 8,
+    CTR_PENDING_FULL = 7,    /* a wait or allocation in flight not tracked: its map was full */
+    CTR_LIVE_FULL = 8,       /* a sampled allocation not remembered: the live table was full */
+    CTR_SAMPLE_LOST = 9,     /* an allocation or free record dropped: ring buffer full */
+    CTR_MAX = 16,
 };
 
 /* Key of the in-kernel counts hash: one entry per distinct stack per thread. */
@@ -45,5 +48,48 @@ struct process_event {
 };
 
 #define EVENT_NEW_PROCESS 1
+
+/* Value of the wait counts (off-CPU, lock): how many waits, how long in all. */
+struct wait_value {
+    u64 count;
+    u64 total_ns;
+};
+
+/* Key of the lock counts: whose stack, and what kind of wait (LOCK_KIND_*). */
+struct lock_key {
+    struct sample_key base;
+    u32 kind;
+    u32 pad;
+};
+
+#define LOCK_KIND_MUTEX 1   /* FUTEX_WAIT, LOCK_PI, LOCK_PI2: glibc's mutex slow path */
+#define LOCK_KIND_WAIT 2    /* FUTEX_WAIT_BITSET, futex_waitv, futex_wait: cond, rwlock, join, ... */
+#define LOCK_KIND_CONDVAR 3 /* FUTEX_WAIT_REQUEUE_PI: a condition variable over a PI mutex */
+#define LOCK_KIND_KERNEL 4  /* lock:contention_begin/end: a kernel lock */
+
+/* Ring-buffer records of the allocation profiler, told apart by `kind`. */
+#define ALLOC_EVENT_ALLOC 1 /* a sampled allocation: size, address and stack */
+#define ALLOC_EVENT_FREE 2  /* a sampled allocation was freed (or moved by realloc) */
+#define ALLOC_EVENT_EXIT 3  /* a targeted process exited: drop its live entries */
+#define ALLOC_EVENT_UNTRACKED 4 /* a sampled allocation the live table had no room for */
+
+#define ALLOC_MAX_FRAMES 127 /* bpf_get_stack's limit (perf_event_max_stack) */
+
+struct alloc_free_event {
+    u32 kind;
+    u32 pid;
+    u64 addr;
+};
+
+struct alloc_event {
+    u32 kind;
+    u32 pid;
+    u64 addr;
+    u32 tid;
+    s32 stack_bytes; /* bpf_get_stack's result: bytes of ips filled, or -errno */
+    u64 size;
+    char comm[TASK_COMM_LEN];
+    u64 ips[ALLOC_MAX_FRAMES];
+};
 
 #endif

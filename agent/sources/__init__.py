@@ -1,0 +1,34 @@
+"""Sample sources, one per profile type; `create_source` picks one.
+
+Sources are the only code that imports `bcc` (lazily, at start()), so
+creating one is cheap and needs no privileges.
+"""
+
+from __future__ import annotations
+
+from agent.config import SourceOptions
+from agent.sources.base import SampleSource
+
+
+def create_source(
+    profile_type: str, options: SourceOptions, command: tuple[str, ...] = ()
+) -> SampleSource:
+    """The SampleSource for a profile type. `command` is the COMMAND a held
+    child will exec, which the allocation source must probe before it runs."""
+    if profile_type == "cpu":
+        from agent.sources.cpu import CpuSource
+
+        return CpuSource(options)
+    if profile_type == "offcpu":
+        from agent.sources.offcpu import OffCpuSource
+
+        return OffCpuSource(options)
+    if profile_type == "lock":
+        from agent.sources.lock import LockSource
+
+        return LockSource(options)
+    if profile_type == "alloc":
+        from agent.sources.alloc import AllocSource
+
+        return AllocSource(options, command)
+    raise ValueError(f"unknown profile type {profile_type!r}")

@@ -9,7 +9,7 @@ the kernel counted in `drain()`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.model import RawSample
 
@@ -32,3 +32,14 @@ class SampleSource(Protocol):
 
     def close(self) -> None:
         """Detach and free the programs."""
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """A source with state that is a snapshot, not a sum: the allocation
+    source's live heap. Drains give what happened since the last drain
+    (alloc_*); live_heap() gives what is still allocated now (inuse_*), to
+    be added once per profile, at its end."""
+
+    def live_heap(self) -> list[RawSample]:
+        """Every sampled block still allocated, scaled, per stack."""

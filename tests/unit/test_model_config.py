@@ -61,7 +61,10 @@ def test_display_name_of_unsymbolized_location_without_mapping() -> None:
     ("kwargs", "message"),
     [
         ({"profile_type": "wall"}, "not supported"),
-        ({"profile_type": "alloc"}, "not supported yet"),
+        ({"profile_type": "alloc"}, "--all-processes"),
+        ({"profile_type": "alloc", "all_processes": True, "pids": (1,)}, "not both"),
+        ({"profile_type": "lock", "min_wait_us": -1}, "must not be negative"),
+        ({"alloc_rate": 0}, "--alloc-rate"),
         ({"pids": (1,), "command": ("true",)}, "either --pid or a COMMAND"),
         ({"frequency": 0}, "between 1 and 10000"),
         ({"duration": -1.0}, "must be positive"),

@@ -1,0 +1,270 @@
+"""Allocation profiles from uprobes on the allocator (bpf/alloc.bpf.c).
+
+The kernel samples allocations by bytes and sends each sampled one, with
+its stack, through a ring buffer; frees of sampled blocks follow the same
+way. Here each sample is scaled to the allocations it stands for
+(agent/sampling.py), summed per stack into alloc_* and remembered by address
+for inuse_* until its free, or its process's exit, arrives.
+
+Probes go only where they are asked for: into the target processes (uprobes
+attached with their pid, so no other process takes a trap), or, with
+`all_processes`, into the system's libc for everyone. Libraries a target
+loads later with dlopen are not probed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import SourceOptions
+from agent.errors import TargetError
+from agent.layout import (
+    ALLOC_EVENT_ALLOC,
+    ALLOC_EVENT_EXIT,
+    ALLOC_EVENT_FREE,
+    ALLOC_EVENT_UNTRACKED,
+    AllocEvent,
+    AllocFreeEvent,
+    Counter,
+)
+from agent.model import RawKey, RawSample, RawStack
+from agent.sampling import scaled
+from agent.sources import bcc_loader
+from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
+
+log = logging.getLogger("bpfprof.alloc")
+
+PROGRAM = "alloc.bpf.c"
+LIVE_ENTRIES = 1 << 18  # sampled blocks alive at once (a 512 KiB rate: 128 GiB live)
+MIN_EVENT_PAGES = 2048  # 8 MiB of ring buffer: ~7000 samples between polls
+
+
+def alloc_cflags(options: SourceOptions) -> list[str]:
+    """The program's -D flags: a pure function of the options."""
+    limits = options.limits
+    flags = [
+        f"-DALLOC_RATE={options.alloc_rate}",
+        f"-DLIVE_ENTRIES={LIVE_ENTRIES}",
+        f"-DPENDING_ENTRIES={limits.target_entries * 4}",
+        f"-DCOUNTDOWN_ENTRIES={limits.target_entries * 4}",
+        f"-DTARGET_ENTRIES={limits.target_entries}",
+        f"-DEVENT_PAGES={max(limits.event_pages, MIN_EVENT_PAGES)}",
+    ]
+    if not options.all_processes:
+        flags.append("-DFILTER_PIDS=1")
+    if not options.alloc_inuse:
+        flags.append("-DNO_INUSE=1")
+    return flags
+
+
+def executable_files(maps_text: str) -> list[str]:
+    """The distinct files a process maps executable, from /proc/PID/maps."""
+    out: list[str] = []
+    for line in maps_text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and "x" in parts[1] and parts[5].startswith("/"):
+            path = parts[5].removesuffix(" (deleted)")
+            if path not in out:
+                out.append(path)
+    return out
+
+
+def ldd_libraries(ldd_output: str) -> list[str]:
+    """The resolved library paths in `ldd` output ("name => /path (0x...)")."""
+    out = []
+    for line in ldd_output.splitlines():
+        if "=>" in line:
+            target = line.split("=>", 1)[1].strip().split(" (", 1)[0]
+            if target.startswith("/"):
+                out.append(target)
+    return out
+
+
+def command_files(argv0: str) -> list[str]:
+    """The executable a COMMAND will run and the libraries it will load: the
+    held child has not exec'd yet, so its own maps would show our image."""
+    exe = shutil.which(argv0)
+    if exe is None:
+        raise TargetError(f"command not found: {argv0}")
+    exe = os.path.realpath(exe)
+    done = subprocess.run(["ldd", exe], capture_output=True, text=True, check=False)
+    return [exe, *ldd_libraries(done.stdout)]
+
+
+def entry_points(files: Iterable[str]) -> list[EntryPoint]:
+    """Allocator entry points in these files; unreadable ones are skipped."""
+    out = []
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                out.extend(find_entry_points(path, f))
+        except Exception as e:  # not ELF, truncated, vanished: nothing to probe there
+            log.debug("no allocator probes in %s: %s", path, e)
+    return out
+
+
+@dataclass
+class _Totals:
+    objects: float = 0.0
+    space: float = 0.0
+
+
+class AllocSource:
+    """The allocation SampleSource; values are (alloc_objects, alloc_space,
+    inuse_objects, inuse_space), already unbiased."""
+
+    def __init__(self, options: SourceOptions, command: tuple[str, ...] = ()) -> None:
+        self._options = options
+        self._command = command
+        self._rate = options.alloc_rate
+        self._targets: list[int] = []
+        self._bpf: Any = None
+        self._on_new: Callable[[int], None] | None = None
+        self._seen: set[int] = set()
+        self._allocs: dict[RawKey, _Totals] = {}
+        self._live: dict[tuple[int, int], tuple[RawKey, float, float]] = {}
+        self.probes: list[tuple[int, EntryPoint]] = []
+
+    def add_targets(self, pids: Iterable[int]) -> None:
+        self._targets.extend(pids)
+        if self._bpf is not None:
+            raise RuntimeError("allocation probes are attached at start(): add targets before")
+
+    def start(self) -> None:
+        self._bpf = bcc_loader.compile_program(PROGRAM, alloc_cflags(self._options))
+        table = self._bpf["targets"]
+        for pid in self._targets:
+            table[table.Key(pid)] = table.Leaf(1)
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        for pid, point in self._plan():
+            self._attach(pid, point)
+        if not self.probes:
+            raise TargetError("found no allocator (malloc, jemalloc, tcmalloc, mimalloc) to probe")
+
+    def _plan(self) -> list[tuple[int, EntryPoint]]:
+        if self._options.all_processes:
+            own = executable_files(_read(f"/proc/{os.getpid()}/maps"))
+            libc = [p for p in own if os.path.basename(p).startswith("libc.so")]
+            return [(-1, e) for e in entry_points(libc)]
+        plan: list[tuple[int, EntryPoint]] = []
+        for pid in self._targets:
+            if self._command:
+                files = command_files(self._command[0])
+            else:
+                files = executable_files(_read(f"/proc/{pid}/maps"))
+            plan.extend((pid, e) for e in entry_points(files))
+        return plan
+
+    def _attach(self, pid: int, point: EntryPoint) -> None:
+        entry, ret, _ = ROLES[point.role]
+        if point.role == "free" and not self._options.alloc_inuse:
+            return
+        sym = point.symbol.encode()
+        self._bpf.attach_uprobe(
+            name=point.path.encode(), sym=sym, sym_off=point.probe_offset, fn_name=entry, pid=pid
+        )
+        if ret:
+            self._bpf.attach_uretprobe(name=point.path.encode(), sym=sym, fn_name=ret, pid=pid)
+        self.probes.append((pid, point))
+
+    # -- events ------------------------------------------------------------
+
+    def _on_event(self, _cpu: int, data: int, size: int) -> None:
+        kind = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32)).contents.value
+        if kind in (ALLOC_EVENT_ALLOC, ALLOC_EVENT_UNTRACKED):
+            self._on_alloc(ctypes.cast(data, ctypes.POINTER(AllocEvent)).contents, kind)
+            return
+        event = ctypes.cast(data, ctypes.POINTER(AllocFreeEvent)).contents
+        if kind == ALLOC_EVENT_FREE:
+            self._live.pop((int(event.pid), int(event.addr)), None)
+        elif kind == ALLOC_EVENT_EXIT:
+            self._process_exited(int(event.pid))
+
+    def _on_alloc(self, ev: AllocEvent, kind: int) -> None:
+        pid = int(ev.pid)
+        if pid not in self._seen:
+            self._seen.add(pid)
+            if self._on_new is not None:
+                self._on_new(pid)
+        key = RawKey(pid, int(ev.tid), _comm(ev.comm), _stack(ev))
+        objects, space = scaled(int(ev.size), self._rate)
+        totals = self._allocs.setdefault(key, _Totals())
+        totals.objects += objects
+        totals.space += space
+        if kind == ALLOC_EVENT_ALLOC and self._options.alloc_inuse:
+            self._live[(pid, int(ev.addr))] = (key, objects, space)
+
+    def _process_exited(self, pid: int) -> None:
+        """Everything the process held is gone: here and in the kernel."""
+        gone = [k for k in self._live if k[0] == pid]
+        live = self._bpf["live"] if self._bpf is not None else None
+        for k in gone:
+            del self._live[k]
+            if live is not None:
+                with contextlib.suppress(KeyError):  # already freed meanwhile
+                    del live[live.Key(pid, 0, k[1])]
+
+    # -- the SampleSource protocol -------------------------------------------
+
+    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
+        self._on_new = on_new_process
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> list[RawSample]:
+        """Allocations since the last drain (inuse is a snapshot: see live_heap)."""
+        self._bpf.ring_buffer_consume()
+        out = [
+            RawSample(k, (round(t.objects), round(t.space), 0, 0)) for k, t in self._allocs.items()
+        ]
+        self._allocs = {}
+        return out
+
+    def live_heap(self) -> list[RawSample]:
+        """What the sampled blocks still allocated stand for, per stack."""
+        self._bpf.ring_buffer_consume()
+        sums: dict[RawKey, _Totals] = {}
+        for key, objects, space in self._live.values():
+            t = sums.setdefault(key, _Totals())
+            t.objects += objects
+            t.space += space
+        return [RawSample(k, (0, 0, round(t.objects), round(t.space))) for k, t in sums.items()]
+
+    def counters(self) -> dict[str, int]:
+        table = self._bpf["counters"]
+        out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
+        out["live_blocks"] = len(self._live)
+        out["probes"] = len(self.probes)
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise TargetError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _comm(raw: bytes) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _stack(ev: AllocEvent) -> RawStack:
+    """The record's user stack; a negative size is bpf_get_stack's -errno."""
+    n = int(ev.stack_bytes)
+    if n < 0:
+        return RawStack(user_error=n)
+    return RawStack(user=tuple(int(ip) for ip in ev.ips[: n // 8] if ip))

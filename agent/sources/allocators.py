@@ -1,0 +1,152 @@
+"""Which allocator entry points to probe in a process, and where exactly.
+
+A process may allocate through glibc, through jemalloc, tcmalloc or
+mimalloc (linked or preloaded), or through an allocator linked statically
+into its executable. So every executable file it maps is searched for the
+entry points below by name (.dynsym and .symtab, defined functions only);
+aliases at one address are probed once.
+
+Where a probe goes decides its cost. The kernel emulates a few x86
+instructions at a uprobe (push, jmp/call/jcc, nop) and must single-step any
+other one out of line, which costs about 12 us against 1 us. glibc's
+`malloc` starts with `push`, but `free` starts with `test rdi, rdi; je`. So
+entry probes (for functions without a return probe) go to the first
+emulated instruction of the prologue, provided nothing before it writes an
+argument register or branches away, except the `test rdi, rdi; j(n)e` of a
+free whose taken branch is free(NULL), a no-op. Return probes hook the
+function's first instruction whatever it is, so a function that needs one
+is probed there for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from agent.sources.probepoint import probe_offset
+
+# role -> (entry program, return program or "", argument registers read)
+ROLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "malloc": ("on_malloc", "on_return", ("rdi",)),
+    "calloc": ("on_calloc", "on_return", ("rdi", "rsi")),
+    "realloc": ("on_realloc", "on_return", ("rdi", "rsi")),
+    "memalign": ("on_memalign", "on_return", ("rdi", "rsi")),
+    "posix_memalign": ("on_posix_memalign", "on_posix_memalign_return", ("rdi", "rsi", "rdx")),
+    "free": ("on_free", "", ("rdi",)),
+}
+
+# Entry points by name. Allocator-specific names are probed too, since a
+# program may call them directly; operator new/delete only where an
+# allocator library defines them (libstdc++'s call malloc, probed already).
+SYMBOLS: dict[str, str] = {
+    "malloc": "malloc",
+    "calloc": "calloc",
+    "realloc": "realloc",
+    "free": "free",
+    "cfree": "free",
+    "valloc": "malloc",
+    "pvalloc": "malloc",
+    "aligned_alloc": "memalign",
+    "memalign": "memalign",
+    "posix_memalign": "posix_memalign",
+    # jemalloc's non-standard API
+    "mallocx": "malloc",
+    "rallocx": "realloc",
+    "dallocx": "free",
+    "sdallocx": "free",
+    # tcmalloc
+    "tc_malloc": "malloc",
+    "tc_calloc": "calloc",
+    "tc_realloc": "realloc",
+    "tc_free": "free",
+    "tc_memalign": "memalign",
+    "tc_posix_memalign": "posix_memalign",
+    # mimalloc
+    "mi_malloc": "malloc",
+    "mi_calloc": "calloc",
+    "mi_realloc": "realloc",
+    "mi_free": "free",
+    "mi_malloc_aligned": "malloc",
+}
+CXX_SYMBOLS: dict[str, str] = {
+    "_Znwm": "malloc",  # operator new(size_t)
+    "_Znam": "malloc",  # operator new[](size_t)
+    "_ZdlPv": "free",  # operator delete(void*)
+    "_ZdaPv": "free",  # operator delete[](void*)
+    "_ZdlPvm": "free",  # sized delete
+}
+ALLOCATOR_LIBRARIES = ("libjemalloc", "libtcmalloc", "libmimalloc")
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """One function to probe: its symbol in `path`, its role, where."""
+
+    path: str
+    symbol: str
+    role: str
+    address: int  # ELF virtual address of the symbol
+    probe_offset: int = 0  # bytes past the symbol where the entry probe goes
+
+
+def wanted_symbols(path: str) -> dict[str, str]:
+    base = path.rsplit("/", 1)[-1]
+    if base.startswith(ALLOCATOR_LIBRARIES):
+        return {**SYMBOLS, **CXX_SYMBOLS}
+    return SYMBOLS
+
+
+def find_entry_points(path: str, f: IO[bytes]) -> list[EntryPoint]:
+    """The allocator functions an ELF file defines, one per address (the
+    standard name preferred), each with its probe offset."""
+    elf = ELFFile(f)
+    wanted = wanted_symbols(path)
+    x86_64 = elf["e_machine"] == "EM_X86_64"
+    order = list(wanted)
+    by_address: dict[int, str] = {}
+    for name, address in _defined(elf, wanted):
+        kept = by_address.get(address)
+        if kept is None or order.index(name) < order.index(kept):
+            by_address[address] = name
+    out = []
+    for address, name in sorted(by_address.items()):
+        role = wanted[name]
+        _, ret_program, registers = ROLES[role]
+        offset = 0
+        if x86_64 and not ret_program:
+            offset = probe_offset(_code(elf, address), registers, allow_null_check=role == "free")
+        out.append(EntryPoint(path, name, role, address, offset))
+    return out
+
+
+def _defined(elf: ELFFile, wanted: dict[str, str]) -> Iterator[tuple[str, int]]:
+    for section_name in (".dynsym", ".symtab"):
+        section = elf.get_section_by_name(section_name)
+        if not isinstance(section, SymbolTableSection):
+            continue
+        for sym in section.iter_symbols():
+            name = sym.name.split("@", 1)[0]
+            if (
+                name in wanted
+                and sym["st_info"]["type"] == "STT_FUNC"
+                and sym["st_shndx"] != "SHN_UNDEF"
+                and sym["st_value"]
+            ):
+                yield name, int(sym["st_value"])
+
+
+def _code(elf: ELFFile, vaddr: int, size: int = 48) -> bytes:
+    """Up to `size` bytes of code at an ELF virtual address."""
+    for seg in elf.iter_segments():
+        if seg["p_type"] != "PT_LOAD" or not seg["p_flags"] & 1:  # PF_X
+            continue
+        start, filesz = seg["p_vaddr"], seg["p_filesz"]
+        if start <= vaddr < start + filesz:
+            elf.stream.seek(seg["p_offset"] + vaddr - start)
+            data: bytes = elf.stream.read(min(size, start + filesz - vaddr))
+            return data
+    return b""

@@ -1,0 +1,162 @@
+"""What the off-CPU and lock sources share: wait counts keyed by stacks.
+
+Both programs store, when a wait begins, the waiting thread's stacks, and add
+(1, nanoseconds) to a double-buffered counts map when it ends. Their stack
+map is single, not double-buffered: a wait can span any number of drains,
+so its stack ids must outlive them, and clearing the map while waits are in
+flight would give them someone else's stack. So the map is never cleared;
+ids are read once and cached here, and `counters()["stack_ids"]` tells a
+long-running user when to recreate the source (past half the buckets,
+collisions become likely and are counted).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from agent.config import BpfLimits, SourceOptions
+from agent.layout import Counter, ProcessEvent
+from agent.model import RawKey, RawSample, RawStack
+from agent.sources import bcc_loader
+from agent.sources.cpu import read_stack
+
+
+def common_cflags(
+    limits: BpfLimits, *, filter_pids: bool, follow_forks: bool, self_pid: int
+) -> list[str]:
+    """The -D flags both wait programs take: a pure function of the options."""
+    flags = [
+        f"-DMAX_ENTRIES={limits.max_entries}",
+        f"-DSTACK_ENTRIES={limits.stack_entries}",
+        f"-DTARGET_ENTRIES={limits.target_entries}",
+        f"-DSEEN_ENTRIES={limits.seen_entries}",
+        f"-DEVENT_PAGES={limits.event_pages}",
+        f"-DPENDING_ENTRIES={limits.target_entries * 4}",
+        f"-DSELF_PID={self_pid}",
+    ]
+    if filter_pids:
+        flags.append("-DFILTER_PIDS=1")
+    if follow_forks:
+        flags.append("-DFOLLOW_FORKS=1")
+    return flags
+
+
+class StackCache:
+    """Stack ids to instruction pointers, read from the map once each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ips: dict[int, tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._ips)
+
+    def get(self, stacks: Any, stack_id: int) -> tuple[int, ...]:
+        if stack_id < 0:
+            return ()
+        ips = self._ips.get(stack_id)
+        if ips is None:
+            ips = self._ips[stack_id] = read_stack(stacks, stack_id)
+        return ips
+
+
+def to_raw_key(key: Any, cache: StackCache, stacks: Any, tag: str = "") -> RawKey:
+    """A struct sample_key (as BCC returns it) to the neutral RawKey."""
+    raw = RawStack(
+        user=cache.get(stacks, key.user_stack_id),
+        kernel=cache.get(stacks, key.kernel_stack_id),
+        user_error=min(key.user_stack_id, 0),
+        kernel_error=min(key.kernel_stack_id, 0),
+    )
+    comm = bytes(key.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
+    return RawKey(key.pid, key.tid, comm, raw, tag)
+
+
+class WaitSource:
+    """A SampleSource over a program with counts0/1, stacks, stack_gen, events.
+
+    Subclasses name the program, give its flags, attach it, and turn one
+    drained (key, value) pair into a RawSample.
+    """
+
+    PROGRAM = ""
+
+    def __init__(self, options: SourceOptions) -> None:
+        self._options = options
+        self._targets: list[int] = []
+        self._bpf: Any = None
+        self._window = 0
+        self._on_new: Callable[[int], None] | None = None
+        self._cache = StackCache(options.limits.stack_entries)
+
+    # -- what subclasses provide ------------------------------------------
+
+    def cflags(self) -> list[str]:
+        return common_cflags(
+            self._options.limits,
+            filter_pids=self._options.filter_pids,
+            follow_forks=self._options.follow_forks,
+            self_pid=os.getpid(),
+        )
+
+    def attach(self) -> None:
+        """Tracepoints are attached by BCC from TRACEPOINT_PROBE on load."""
+
+    def sample(self, key: Any, value: Any, stacks: Any) -> RawSample:
+        raise NotImplementedError
+
+    # -- the SampleSource protocol -----------------------------------------
+
+    def render(self) -> str:
+        return bcc_loader.render(self.PROGRAM, self.cflags())
+
+    def add_targets(self, pids: Iterable[int]) -> None:
+        self._targets.extend(pids)
+        if self._bpf is not None:
+            self._write_targets(self._targets)
+
+    def start(self) -> None:
+        self._bpf = bcc_loader.compile_program(self.PROGRAM, self.cflags())
+        self._write_targets(self._targets)
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        self.attach()
+
+    def _write_targets(self, pids: Iterable[int]) -> None:
+        table = self._bpf["targets"]
+        for pid in pids:
+            table[table.Key(pid)] = table.Leaf(1)
+
+    def _on_event(self, _cpu: int, data: int, _size: int) -> None:
+        event = ctypes.cast(data, ctypes.POINTER(ProcessEvent)).contents
+        if self._on_new is not None:
+            self._on_new(int(event.pid))
+
+    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
+        self._on_new = on_new_process
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> list[RawSample]:
+        """Flip the counts' double buffer and read the retired half."""
+        old = self._window & 1
+        self._window += 1
+        window = self._bpf["window"]
+        window[window.Key(0)] = window.Leaf(self._window)
+        time.sleep(0.002)  # let programs that read the old index finish
+        counts = self._bpf[f"counts{old}"]
+        stacks = self._bpf["stacks"]
+        return [self.sample(k, v, stacks) for k, v in counts.items_lookup_and_delete_batch()]
+
+    def counters(self) -> dict[str, int]:
+        table = self._bpf["counters"]
+        out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
+        out["stack_ids"] = len(self._cache)
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None

@@ -1,0 +1,206 @@
+/* Allocation sampling by bytes, as Go and tcmalloc do it.
+ *
+ * Each thread counts down the bytes it allocates; when the countdown passes
+ * zero the allocation is sampled and a new countdown is drawn from an
+ * exponential distribution with mean ALLOC_RATE. Memorylessness makes an
+ * allocation of s bytes sampled with probability 1 - exp(-s/ALLOC_RATE)
+ * whatever came before it, which is what user space divides by.
+ *
+ * Only a sampled allocation takes a stack, in the return probe (where its
+ * address is known): the record goes to user space through the ring buffer
+ * with its stack, and its address into `live`, so the free probe can tell
+ * in one lookup whether a freed block was sampled. Unsampled calls cost the
+ * probes' traps, a countdown update and one hash lookup in the return probe.
+ *
+ * Compile-time options (-D, see agent/sources/alloc.py):
+ *   ALLOC_RATE       mean bytes between samples
+ *   LIVE_ENTRIES     sampled blocks remembered until freed
+ *   PENDING_ENTRIES, COUNTDOWN_ENTRIES, TARGET_ENTRIES, EVENT_PAGES  map sizes
+ *   FILTER_PIDS      report exits of `targets` only (probes are per process)
+ *   NO_INUSE         allocations only: no live table (free is not probed)
+ */
+#include <uapi/linux/ptrace.h>
+#include "common.h"
+
+struct pending_alloc {
+    u64 size;
+    u64 memptr; /* posix_memalign: where the address will be written */
+};
+
+struct live_key {
+    u32 pid;
+    u32 pad;
+    u64 addr;
+};
+
+BPF_TABLE("lru_hash", u32, s64, countdown, COUNTDOWN_ENTRIES);
+BPF_HASH(pending, u32, struct pending_alloc, PENDING_ENTRIES);
+BPF_HASH(live, struct live_key, u64, LIVE_ENTRIES);
+BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
+BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
+BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+
+static __always_inline void bump(int idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* -ln(u) * ALLOC_RATE for a uniform u in (0, 1), in integers.
+ *
+ * u = x / 2^32 for a random 32-bit x, so -ln(u) = ln2 * (32 - log2(x)).
+ * log2(x) = n + log2(1 + f), n the index of x's top bit and f the bits
+ * below it as a fraction; log2(1 + f) ~ f + C*f*(1-f) with C = 0.3466 (a
+ * parabola through both ends, max error 0.008 in log2, so each interval is
+ * off by at most 0.6% of the rate and the mean by less than 0.4%). Q16 fixed point;
+ * agent/sampling.py mirrors this and tests the mean and the error. */
+static __always_inline u64 next_interval(void)
+{
+    u64 x = bpf_get_prandom_u32() | 1;
+    u64 n = 0, v = x;
+    if (v >= (1ULL << 16)) { n += 16; v >>= 16; }
+    if (v >= (1ULL << 8)) { n += 8; v >>= 8; }
+    if (v >= (1ULL << 4)) { n += 4; v >>= 4; }
+    if (v >= (1ULL << 2)) { n += 2; v >>= 2; }
+    if (v >= (1ULL << 1)) { n += 1; }
+    u64 f = n >= 16 ? (x >> (n - 16)) & 0xffff : (x << (16 - n)) & 0xffff;
+    u64 bend = (((f * (65536 - f)) >> 16) * 22715) >> 16;
+    u64 neg_log2_u = (32ULL << 16) - ((n << 16) + f + bend);
+    return ((((u64)ALLOC_RATE * neg_log2_u) >> 16) * 45426) >> 16; /* 45426 = ln2 in Q16 */
+}
+
+/* Count `size` bytes down for this thread; 1 if this allocation is sampled. */
+static __always_inline int sampled(u32 tid, u64 size)
+{
+    s64 *left = countdown.lookup(&tid);
+    if (!left) {
+        s64 first = next_interval();
+        countdown.update(&tid, &first);
+        left = countdown.lookup(&tid);
+        if (!left)
+            return 0;
+    }
+    *left -= size;
+    if (*left > 0)
+        return 0;
+    *left = next_interval();
+    return 1;
+}
+
+static __always_inline int alloc_entry(u64 size, u64 memptr)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    if (size == 0 || !sampled(tid, size))
+        return 0;
+    struct pending_alloc p = {.size = size, .memptr = memptr};
+    if (pending.update(&tid, &p) != 0)
+        bump(CTR_PENDING_FULL);
+    return 0;
+}
+
+/* The one place this program takes stacks (to be swapped for the shared
+ * unwinder): the user stack into the record, leaf first. */
+static __always_inline s32 take_user_stack(void *ctx, struct alloc_event *ev)
+{
+    return bpf_get_stack(ctx, ev->ips, sizeof(ev->ips), BPF_F_USER_STACK);
+}
+
+static __always_inline int alloc_return(struct pt_regs *ctx, int via_memptr)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    struct pending_alloc *p = pending.lookup(&tid);
+    if (!p)
+        return 0;
+    u64 size = p->size, addr = PT_REGS_RC(ctx);
+    if (via_memptr) { /* posix_memalign returns 0 and writes the address */
+        u64 out = 0;
+        if (addr != 0 || bpf_probe_read_user(&out, sizeof(out), (void *)p->memptr) != 0)
+            out = 0;
+        addr = out;
+    }
+    pending.delete(&tid);
+    if (addr == 0)
+        return 0;
+    struct alloc_event *ev = events.ringbuf_reserve(sizeof(struct alloc_event));
+    if (!ev) {
+        bump(CTR_SAMPLE_LOST);
+        return 0;
+    }
+    ev->kind = ALLOC_EVENT_ALLOC;
+    ev->pid = id >> 32;
+    ev->tid = tid;
+    ev->addr = addr;
+    ev->size = size;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    ev->stack_bytes = take_user_stack(ctx, ev);
+    /* Into `live` before the record is submitted: a free racing with us is
+     * reserved after this record, so user space sees them in order. */
+#ifdef NO_INUSE
+    ev->kind = ALLOC_EVENT_UNTRACKED;
+#else
+    struct live_key k = {.pid = ev->pid, .addr = addr};
+    if (live.update(&k, &size) != 0) {
+        ev->kind = ALLOC_EVENT_UNTRACKED;
+        bump(CTR_LIVE_FULL);
+    }
+#endif
+    events.ringbuf_submit(ev, 0);
+    bump(CTR_SAMPLES);
+    return 0;
+}
+
+static __always_inline void freed(u64 addr)
+{
+    if (addr == 0)
+        return;
+    struct live_key k = {.pid = bpf_get_current_pid_tgid() >> 32, .addr = addr};
+    if (!live.lookup(&k))
+        return;
+    live.delete(&k);
+    struct alloc_free_event ev = {.kind = ALLOC_EVENT_FREE, .pid = k.pid, .addr = addr};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_SAMPLE_LOST);
+}
+
+int on_malloc(struct pt_regs *ctx) { return alloc_entry(PT_REGS_PARM1(ctx), 0); }
+int on_calloc(struct pt_regs *ctx) { return alloc_entry(PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0); }
+int on_memalign(struct pt_regs *ctx) { return alloc_entry(PT_REGS_PARM2(ctx), 0); }
+int on_posix_memalign(struct pt_regs *ctx)
+{
+    return alloc_entry(PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx));
+}
+
+/* realloc(p, n) frees p (when it succeeds) and allocates n. */
+int on_realloc(struct pt_regs *ctx)
+{
+    freed(PT_REGS_PARM1(ctx));
+    return alloc_entry(PT_REGS_PARM2(ctx), 0);
+}
+
+int on_return(struct pt_regs *ctx) { return alloc_return(ctx, 0); }
+int on_posix_memalign_return(struct pt_regs *ctx) { return alloc_return(ctx, 1); }
+
+int on_free(struct pt_regs *ctx)
+{
+    freed(PT_REGS_PARM1(ctx));
+    return 0;
+}
+
+/* A process that exits frees everything: user space drops its entries. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    if (pid != (u32)id)
+        return 0; /* a thread, not the process */
+#ifdef FILTER_PIDS
+    if (!targets.lookup(&pid))
+        return 0;
+#endif
+    struct alloc_free_event ev = {.kind = ALLOC_EVENT_EXIT, .pid = pid};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_SAMPLE_LOST);
+    return 0;
+}

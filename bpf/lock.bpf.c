@@ -1,0 +1,276 @@
+/* Lock contention, user and kernel.
+ *
+ * User space: a contended pthread mutex ends in a futex wait, an uncontended
+ * one never enters the kernel. So the wait is measured from
+ * syscalls:sys_enter_futex to sys_exit_futex (and the futex2 calls
+ * futex_wait and futex_waitv), for the wait operations only, with the
+ * thread's stacks taken at entry: locks that never wait cost nothing.
+ * The operation tells what kind of wait it is (LOCK_KIND_*); user space
+ * refines it from the symbolized stack (docs/profiles.md).
+ *
+ * Kernel: lock:contention_begin/contention_end, keyed by (thread, lock) so a
+ * nested contention (a spinlock inside a mutex's slow path) pairs correctly.
+ *
+ * Counts are double-buffered (cpu.bpf.c); the stack map is single, as in
+ * offcpu.bpf.c, because a wait may span drains.
+ *
+ * Compile-time options (-D, see agent/sources/lock.py):
+ *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES,
+ *   PENDING_ENTRIES, SELF_PID, FILTER_PIDS, FOLLOW_FORKS  as in offcpu.bpf.c
+ *   MIN_WAIT_NS      ignore waits shorter than this
+ *   USER_LOCKS, KERNEL_LOCKS  which halves to trace
+ *   FUTEX_WAITV, FUTEX2_WAIT  the kernel has these syscalls' tracepoints
+ */
+#include "common.h"
+
+/* futex(2) operations (linux/futex.h; no kernel header is included) */
+#define FUTEX_WAIT 0
+#define FUTEX_LOCK_PI 6
+#define FUTEX_WAIT_BITSET 9
+#define FUTEX_WAIT_REQUEUE_PI 11
+#define FUTEX_LOCK_PI2 13
+#define FUTEX_CMD_MASK 0x7f /* drops FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME */
+
+struct lock_start {
+    struct lock_key key;
+    u64 ts;
+};
+
+/* In-flight waits: user ones keyed by (tid, 0), kernel ones by (tid, lock). */
+struct wait_id {
+    u64 lock;
+    u32 tid;
+    u32 pad;
+};
+
+BPF_HASH(counts0, struct lock_key, struct wait_value, MAX_ENTRIES);
+BPF_HASH(counts1, struct lock_key, struct wait_value, MAX_ENTRIES);
+BPF_STACK_TRACE(stacks, STACK_ENTRIES);
+BPF_ARRAY(window, u32, 1);
+BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
+BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
+BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
+BPF_HASH(start, struct wait_id, struct lock_start, PENDING_ENTRIES);
+BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+
+static __always_inline void bump(int idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* The one place this program takes stacks (to be swapped for the shared
+ * unwinder): ids in `stacks`, or -errno. */
+static __always_inline void take_stacks(void *ctx, struct sample_key *key)
+{
+    key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    key->kernel_stack_id = stacks.get_stackid(ctx, 0);
+    if (key->user_stack_id == -BPFPROF_EEXIST)
+        bump(CTR_USER_COLLISION);
+    else if (key->user_stack_id < 0 && key->user_stack_id != -BPFPROF_EFAULT)
+        bump(CTR_STACK_ERROR);
+    if (key->kernel_stack_id == -BPFPROF_EEXIST)
+        bump(CTR_KERNEL_COLLISION);
+}
+
+static __always_inline void notify_new(u32 pid)
+{
+    u8 one = 1;
+    if (seen.lookup(&pid))
+        return;
+    seen.update(&pid, &one);
+    struct process_event ev = {.pid = pid, .kind = EVENT_NEW_PROCESS};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
+static __always_inline void add_wait(struct wait_value *v, u64 delta)
+{
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->total_ns, delta);
+}
+
+static __always_inline void count_into_0(struct lock_key *key, u64 delta)
+{
+    struct wait_value zero = {};
+    struct wait_value *v = counts0.lookup(key);
+    if (!v) {
+        counts0.insert(key, &zero); /* -EEXIST: another CPU inserted it */
+        v = counts0.lookup(key);
+    }
+    if (v)
+        add_wait(v, delta);
+    else
+        bump(CTR_MAP_FULL);
+}
+
+static __always_inline void count_into_1(struct lock_key *key, u64 delta)
+{
+    struct wait_value zero = {};
+    struct wait_value *v = counts1.lookup(key);
+    if (!v) {
+        counts1.insert(key, &zero);
+        v = counts1.lookup(key);
+    }
+    if (v)
+        add_wait(v, delta);
+    else
+        bump(CTR_MAP_FULL);
+}
+
+/* Is the current process one to trace? Returns its pid, or 0. */
+static __always_inline u32 traced_pid(void)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid == 0 || pid == SELF_PID)
+        return 0;
+#ifdef FILTER_PIDS
+    if (!targets.lookup(&pid))
+        return 0;
+#endif
+    return pid;
+}
+
+static __always_inline void begin_wait(void *ctx, u64 lock, u32 kind)
+{
+    u32 pid = traced_pid();
+    if (!pid)
+        return;
+    u32 tid = bpf_get_current_pid_tgid();
+    struct wait_id id = {.lock = lock, .tid = tid};
+    struct lock_start s = {};
+    s.key.base.pid = pid;
+    s.key.base.tid = tid;
+    s.key.kind = kind;
+    bpf_get_current_comm(&s.key.base.comm, sizeof(s.key.base.comm));
+    take_stacks(ctx, &s.key.base);
+    s.ts = bpf_ktime_get_ns();
+    if (start.update(&id, &s) != 0)
+        bump(CTR_PENDING_FULL);
+}
+
+static __always_inline void end_wait(u64 lock)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    struct wait_id id = {.lock = lock, .tid = tid};
+    struct lock_start *s = start.lookup(&id);
+    if (!s)
+        return;
+    u64 delta = bpf_ktime_get_ns() - s->ts;
+    struct lock_key key = s->key;
+    start.delete(&id);
+    if (delta < MIN_WAIT_NS)
+        return;
+    int zero = 0;
+    u32 *w = window.lookup(&zero);
+    if (w && (*w & 1))
+        count_into_1(&key, delta);
+    else
+        count_into_0(&key, delta);
+    bump(CTR_SAMPLES);
+    notify_new(key.base.pid);
+}
+
+/* The futex operations that wait, and what kind of wait each is (0: none). */
+static __always_inline u32 futex_wait_kind(int op)
+{
+    switch (op & FUTEX_CMD_MASK) {
+    case FUTEX_WAIT:
+    case FUTEX_LOCK_PI:
+    case FUTEX_LOCK_PI2:
+        return LOCK_KIND_MUTEX;
+    case FUTEX_WAIT_BITSET:
+        return LOCK_KIND_WAIT;
+    case FUTEX_WAIT_REQUEUE_PI:
+        return LOCK_KIND_CONDVAR;
+    }
+    return 0;
+}
+
+#ifdef USER_LOCKS
+TRACEPOINT_PROBE(syscalls, sys_enter_futex)
+{
+    u32 kind = futex_wait_kind(args->op);
+    if (kind)
+        begin_wait(args, 0, kind);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_futex)
+{
+    end_wait(0);
+    return 0;
+}
+
+#ifdef FUTEX_WAITV
+TRACEPOINT_PROBE(syscalls, sys_enter_futex_waitv)
+{
+    begin_wait(args, 0, LOCK_KIND_WAIT);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_futex_waitv)
+{
+    end_wait(0);
+    return 0;
+}
+#endif
+
+#ifdef FUTEX2_WAIT
+TRACEPOINT_PROBE(syscalls, sys_enter_futex_wait)
+{
+    begin_wait(args, 0, LOCK_KIND_WAIT);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_futex_wait)
+{
+    end_wait(0);
+    return 0;
+}
+#endif
+#endif
+
+#ifdef KERNEL_LOCKS
+TRACEPOINT_PROBE(lock, contention_begin)
+{
+    begin_wait(args, (u64)args->lock_addr, LOCK_KIND_KERNEL);
+    return 0;
+}
+
+TRACEPOINT_PROBE(lock, contention_end)
+{
+    end_wait((u64)args->lock_addr);
+    return 0;
+}
+#endif
+
+#ifdef FOLLOW_FORKS
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (targets.lookup(&parent)) {
+        u32 child = args->child_pid;
+        u8 one = 1;
+        if (targets.update(&child, &one) != 0)
+            bump(CTR_TARGETS_FULL);
+    }
+    return 0;
+}
+#endif
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    seen.delete(&pid);
+    return 0;
+}
+
+/* A thread killed while it waits never exits the syscall: free its slot. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    struct wait_id id = {.tid = (u32)bpf_get_current_pid_tgid()};
+    start.delete(&id);
+    return 0;
+}

@@ -1,0 +1,183 @@
+/* Off-CPU time: sched:sched_switch runs in the context of the task leaving
+ * the CPU (`prev`), so the helpers describe it: its stacks and a timestamp
+ * are stored by thread id. When that thread is switched in again (it is the
+ * tracepoint's `next`), the time it was away is added to the stored key.
+ *
+ * Counts are double-buffered like cpu.bpf.c's; stacks are not. A thread may
+ * block across any number of drains, so the stack ids taken when it left the
+ * CPU must stay valid until it returns: there is one stack map, never
+ * cleared while the program lives (user space caches each id it has read).
+ * A long-running user recreates the source when the map gets crowded.
+ *
+ * Compile-time options (-D, see agent/sources/offcpu.py):
+ *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES
+ *   PENDING_ENTRIES  threads that can be off the CPU at once
+ *   MIN_BLOCK_NS     ignore blocks shorter than this
+ *   SELF_PID         the agent's own process: never profiled
+ *   FILTER_PIDS, FOLLOW_FORKS  as in cpu.bpf.c
+ */
+#include "common.h"
+
+struct offcpu_start {
+    struct sample_key key;
+    u64 ts;
+};
+
+BPF_HASH(counts0, struct sample_key, struct wait_value, MAX_ENTRIES);
+BPF_HASH(counts1, struct sample_key, struct wait_value, MAX_ENTRIES);
+BPF_STACK_TRACE(stacks, STACK_ENTRIES);
+BPF_ARRAY(window, u32, 1);
+BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
+BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
+BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
+BPF_HASH(start, u32, struct offcpu_start, PENDING_ENTRIES);
+BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+
+static __always_inline void bump(int idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* The one place this program takes stacks (to be swapped for the shared
+ * unwinder): ids in `stacks`, or -errno. */
+static __always_inline void take_stacks(void *ctx, struct sample_key *key)
+{
+    key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    key->kernel_stack_id = stacks.get_stackid(ctx, 0);
+    if (key->user_stack_id == -BPFPROF_EEXIST)
+        bump(CTR_USER_COLLISION);
+    else if (key->user_stack_id < 0 && key->user_stack_id != -BPFPROF_EFAULT)
+        bump(CTR_STACK_ERROR);
+    if (key->kernel_stack_id == -BPFPROF_EEXIST)
+        bump(CTR_KERNEL_COLLISION);
+}
+
+static __always_inline void notify_new(u32 pid)
+{
+    u8 one = 1;
+    if (seen.lookup(&pid))
+        return;
+    seen.update(&pid, &one);
+    struct process_event ev = {.pid = pid, .kind = EVENT_NEW_PROCESS};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
+static __always_inline void add_wait(struct wait_value *v, u64 delta)
+{
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->total_ns, delta);
+}
+
+/* The two halves of the double buffer, spelled out (BCC map methods cannot
+ * be reached through a pointer). */
+static __always_inline void count_into_0(struct sample_key *key, u64 delta)
+{
+    struct wait_value zero = {};
+    struct wait_value *v = counts0.lookup(key);
+    if (!v) {
+        counts0.insert(key, &zero); /* -EEXIST: another CPU inserted it */
+        v = counts0.lookup(key);
+    }
+    if (v)
+        add_wait(v, delta);
+    else
+        bump(CTR_MAP_FULL);
+}
+
+static __always_inline void count_into_1(struct sample_key *key, u64 delta)
+{
+    struct wait_value zero = {};
+    struct wait_value *v = counts1.lookup(key);
+    if (!v) {
+        counts1.insert(key, &zero);
+        v = counts1.lookup(key);
+    }
+    if (v)
+        add_wait(v, delta);
+    else
+        bump(CTR_MAP_FULL);
+}
+
+/* prev leaves the CPU: remember when, and where it was. */
+static __always_inline void switch_out(void *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    u32 tid = id;
+    if (tid == 0 || pid == SELF_PID)
+        return;
+#ifdef FILTER_PIDS
+    if (!targets.lookup(&pid))
+        return;
+#endif
+    struct offcpu_start s = {};
+    s.key.pid = pid;
+    s.key.tid = tid;
+    bpf_get_current_comm(&s.key.comm, sizeof(s.key.comm));
+    take_stacks(ctx, &s.key);
+    s.ts = bpf_ktime_get_ns();
+    if (start.update(&tid, &s) != 0)
+        bump(CTR_PENDING_FULL);
+}
+
+/* next comes back: add the time it was away to the key stored for it. */
+static __always_inline void switch_in(u32 tid)
+{
+    struct offcpu_start *s = start.lookup(&tid);
+    if (!s)
+        return;
+    u64 delta = bpf_ktime_get_ns() - s->ts;
+    struct sample_key key = s->key;
+    start.delete(&tid);
+    if (delta < MIN_BLOCK_NS)
+        return;
+    int zero = 0;
+    u32 *w = window.lookup(&zero);
+    if (w && (*w & 1))
+        count_into_1(&key, delta);
+    else
+        count_into_0(&key, delta);
+    bump(CTR_SAMPLES);
+    notify_new(key.pid);
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    switch_out(args);
+    u32 next = args->next_pid;
+    if (next != 0)
+        switch_in(next);
+    return 0;
+}
+
+#ifdef FOLLOW_FORKS
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (targets.lookup(&parent)) {
+        u32 child = args->child_pid;
+        u8 one = 1;
+        if (targets.update(&child, &one) != 0)
+            bump(CTR_TARGETS_FULL);
+    }
+    return 0;
+}
+#endif
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    seen.delete(&pid);
+    return 0;
+}
+
+/* A thread that exits never comes back: free its slot. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    start.delete(&tid);
+    return 0;
+}

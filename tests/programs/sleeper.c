@@ -1,0 +1,49 @@
+/* Ground truth for off-CPU profiles: main -> sleepy -> nap sleeps ROUNDS
+ * times MS milliseconds, a known total, between short bursts of work.
+ *
+ * usage: sleeper ROUNDS MS
+ * Prints "ready <pid>", then waits for a line (or EOF) on stdin to start;
+ * prints "slept_ns <total>" at the end, the total measured by the program
+ * around each nanosleep. Built with frame
+ * pointers: nap's frame leads the unwinder from libc back into sleepy(). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static unsigned long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+}
+
+__attribute__((noinline)) unsigned long long nap(long ms)
+{
+    struct timespec req = {ms / 1000, (ms % 1000) * 1000000L};
+    unsigned long long t0 = now_ns();
+    nanosleep(&req, NULL);
+    return now_ns() - t0;
+}
+
+__attribute__((noinline)) unsigned long long sleepy(long rounds, long ms)
+{
+    unsigned long long slept = 0;
+    for (long r = 0; r < rounds; r++)
+        slept += nap(ms);
+    return slept;
+}
+
+int main(int argc, char **argv)
+{
+    long rounds = argc > 1 ? atol(argv[1]) : 20;
+    long ms = argc > 2 ? atol(argv[2]) : 50;
+    printf("ready %d\n", (int)getpid());
+    fflush(stdout);
+    char go[8];
+    if (!fgets(go, sizeof(go), stdin)) /* a line (or EOF) on stdin starts the run */
+        go[0] = 0;
+    unsigned long long slept = sleepy(rounds, ms);
+    printf("slept_ns %llu\n", slept);
+    return 0;
+}
