@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import DEFAULT_ALLOC_RATE, BpfLimits, RecordConfig, format_from_suffix
+from agent.config import BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError
 from agent.model import Profile
 
@@ -83,37 +83,6 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="Stack-map buckets per window; raise it when stacks are lost to collisions.",
 )
-@click.option(
-    "--min-block-us",
-    type=click.IntRange(0, 10**9),
-    default=0,
-    show_default=True,
-    help="offcpu: ignore blocks shorter than this many microseconds.",
-)
-@click.option(
-    "--min-wait-us",
-    type=click.IntRange(0, 10**9),
-    default=0,
-    show_default=True,
-    help="lock: ignore waits shorter than this many microseconds.",
-)
-@click.option(
-    "--alloc-rate",
-    type=click.IntRange(1, 1 << 40),
-    default=DEFAULT_ALLOC_RATE,
-    show_default=True,
-    help="alloc: sample one allocation per this many bytes, on average.",
-)
-@click.option(
-    "--all-processes",
-    is_flag=True,
-    help="alloc: probe every process's allocator (slows the whole host).",
-)
-@click.option(
-    "--no-inuse",
-    is_flag=True,
-    help="alloc: do not probe free (cheaper; no inuse_* values).",
-)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
     profile_type: str,
@@ -124,11 +93,6 @@ def record(
     output_format: str | None,
     max_entries: int,
     stack_storage_size: int,
-    min_block_us: int,
-    min_wait_us: int,
-    alloc_rate: int,
-    all_processes: bool,
-    no_inuse: bool,
     command: tuple[str, ...],
 ) -> None:
     """Record one profile and write it to a file.
@@ -148,11 +112,6 @@ def record(
         output=output,
         output_format=output_format or format_from_suffix(output),
         limits=BpfLimits(max_entries=max_entries, stack_entries=stack_storage_size),
-        min_block_us=min_block_us,
-        min_wait_us=min_wait_us,
-        alloc_rate=alloc_rate,
-        all_processes=all_processes,
-        alloc_inuse=not no_inuse,
     )
     status = do_record(config)
     sys.exit(status)
@@ -265,6 +224,38 @@ def load_profile(path: Path) -> Profile:
         return decode(data)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
+
+
+@cli.command()
+@click.option("--elf", "elf", type=str, help="Symbolize file virtual addresses of this ELF file.")
+@click.option("--pid", "pid", type=int, help="Symbolize addresses of this running process.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of text.")
+@click.option(
+    "--debug-dir",
+    "debug_dirs",
+    multiple=True,
+    help="Where separate debug files live (repeatable; default /usr/lib/debug).",
+)
+@click.option("--cache-dir", help="Keep parsed symbol tables here, by build ID.")
+@click.argument("addresses", nargs=-1)
+def symbolize(
+    elf: str | None,
+    pid: int | None,
+    as_json: bool,
+    debug_dirs: tuple[str, ...],
+    cache_dir: str | None,
+    addresses: tuple[str, ...],
+) -> None:
+    """Function, file:line and inline chain of each ADDRESS (hex 0x... or decimal).
+
+    With --elf, addresses are the file's virtual addresses (as addr2line
+    takes them); with --pid, addresses in the process.
+    """
+    from agent.symbolize import SymbolizeRequest
+    from agent.symbolize import symbolize as do_symbolize
+
+    req = SymbolizeRequest(elf, pid, addresses, as_json, debug_dirs, cache_dir)
+    click.echo(do_symbolize(req), nl=False)
 
 
 def read_input(path: Path) -> bytes:

@@ -8,10 +8,12 @@ Location keeps the address the kernel gave.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from agent.layout import EEXIST, EFAULT
 from agent.model import KERNEL_MAPPING_NAME, Frame, Location, Mapping, RawKey
+from agent.unwind.layout import E2BIG
 
 # Kernel addresses live in the top half of the address space on x86-64 and
 # arm64, so one mapping covering it holds kernel text, modules and BPF code.
@@ -30,6 +32,21 @@ class MapEntryLike(Protocol):
     def path(self) -> str: ...
 
 
+class LineLike(Protocol):
+    """One frame of an inline chain (symbolizer.ResolvedLine)."""
+
+    @property
+    def function(self) -> str: ...
+    @property
+    def system_name(self) -> str: ...
+    @property
+    def file(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def start_line(self) -> int: ...
+
+
 class ResolvedLike(Protocol):
     @property
     def mapping(self) -> MapEntryLike | None: ...
@@ -37,6 +54,8 @@ class ResolvedLike(Protocol):
     def build_id(self) -> str: ...
     @property
     def function(self) -> str | None: ...
+    @property
+    def lines(self) -> Sequence[LineLike]: ...
 
 
 class FrameSymbolizer(Protocol):
@@ -47,12 +66,15 @@ class FrameSymbolizer(Protocol):
 
 
 def lost_stack(what: str, error: int) -> Location | None:
-    """A pseudo-location that keeps a sample whose stack the kernel lost.
+    """A pseudo-location that keeps a sample whose stack the kernel lost, or
+    marks one cut short (-E2BIG: deeper than the unwinder's frame limit).
 
     -EFAULT only means there is no stack of that kind (a kernel thread's user
     stack, a user-mode sample's kernel stack): nothing was lost."""
     if error in (0, -EFAULT):
         return None
+    if error == -E2BIG:  # the frames are there, but the outermost ones are not
+        return Location(address=0, frames=(Frame(f"[{what} stack truncated]"),))
     reason = "stack-map collision" if error == -EEXIST else f"error {-error}"
     return Location(address=0, frames=(Frame(f"[{what} stack lost: {reason}]"),))
 
@@ -86,7 +108,7 @@ class StackResolver:
             r = self._sym.resolve_user(pid, address - 1 if is_return else address)
             m = r.mapping
             mapping = Mapping(m.start, m.end, m.offset, m.path, r.build_id) if m else None
-            loc = self._location(address, mapping, r.function, "native")
+            loc = self._location(address, mapping, r, "native")
             self._user[ck] = loc
         return loc
 
@@ -96,14 +118,18 @@ class StackResolver:
         if loc is None:
             r = self._sym.resolve_kernel(address - 1 if is_return else address)
             mapping = self._kernel_mapping if address >= KERNEL_START else None
-            loc = self._location(address, mapping, r.function, "kernel")
+            loc = self._location(address, mapping, r, "kernel")
             self._kernel[ck] = loc
         return loc
 
     def _location(
-        self, address: int, mapping: Mapping | None, function: str | None, kind: str
+        self, address: int, mapping: Mapping | None, r: ResolvedLike, kind: str
     ) -> Location:
-        if function is None:
+        """One Frame per inlined function, innermost first (pprof Lines)."""
+        if r.function is None:
             self.misses += 1
             return Location(address, mapping, (), kind)
-        return Location(address, mapping, (Frame(function),), kind)
+        frames = tuple(
+            Frame(ln.function, ln.file, ln.line, ln.start_line, ln.system_name) for ln in r.lines
+        )
+        return Location(address, mapping, frames or (Frame(r.function),), kind)

@@ -36,6 +36,13 @@ class LruCache(Generic[V]):
             self._items.move_to_end(key)
         return value
 
+    def values(self) -> list[V]:
+        """Each distinct value once (a table is often filed under two keys)."""
+        seen: dict[int, V] = {}
+        for value in self._items.values():
+            seen.setdefault(id(value), value)
+        return list(seen.values())
+
     def put(self, key: str, value: V) -> None:
         self._items[key] = value
         self._items.move_to_end(key)

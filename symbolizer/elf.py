@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 
 from elftools.elf.elffile import ELFFile
 
+from symbolizer.dwarf import DwarfInfo
 from symbolizer.symtab import Candidate, Symbol, SymbolIndex
 
 T = TypeVar("T")
@@ -41,14 +42,32 @@ class Segment:
 
 
 class ElfSymbols:
-    """The function symbols and load segments of one ELF file (one build ID)."""
+    """The function symbols and load segments of one ELF file (one build ID),
+    and, when a file with DWARF was found for it, `dwarf` (file:line and
+    inline frames) and `debug_file`, the file that DWARF came from."""
 
     def __init__(
-        self, build_id: str, segments: Iterable[Segment], candidates: Iterable[Candidate]
+        self,
+        build_id: str,
+        segments: Iterable[Segment],
+        candidates: Iterable[Candidate] | SymbolIndex,
+        dwarf: DwarfInfo | None = None,
+        debug_file: str = "",
     ) -> None:
         self.build_id = build_id
         self.segments = tuple(segments)
-        self._index = SymbolIndex(candidates)
+        self._index = candidates if isinstance(candidates, SymbolIndex) else SymbolIndex(candidates)
+        self.dwarf = dwarf
+        self.debug_file = debug_file
+        self.saved = False  # written to the on-disk cache (see persist.py)
+
+    def dirty(self) -> bool:
+        """DWARF units were decoded since the last save."""
+        return self.dwarf is not None and self.dwarf.new_units > 0
+
+    @property
+    def index(self) -> SymbolIndex:
+        return self._index
 
     def __len__(self) -> int:
         return len(self._index)
@@ -82,7 +101,9 @@ def load_elf(source: str | os.PathLike[str] | IO[bytes]) -> ElfSymbols:
         with open(source, "rb") as f:
             return load_elf(f)
     elf = _open(source)
-    return _guarded(lambda: ElfSymbols(_build_id(elf), _load_segments(elf), _function_symbols(elf)))
+    return _guarded(
+        lambda: ElfSymbols(_build_id(elf), _load_segments(elf), function_candidates(elf))
+    )
 
 
 def read_build_id(stream: IO[bytes]) -> str:
@@ -145,6 +166,23 @@ def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
+def open_elf(stream: IO[bytes]) -> Any:
+    """pyelftools' ELFFile, or ElfError."""
+    return _open(stream)
+
+
+def guarded(step: Callable[[], T]) -> T:
+    return _guarded(step)
+
+
+def build_id_of(elf: Any) -> str:
+    return _guarded(lambda: _build_id(elf))
+
+
+def load_segments(elf: Any) -> list[Segment]:
+    return _guarded(lambda: _load_segments(elf))
+
+
 def _build_id(elf: Any) -> str:
     """From PT_NOTE segments, else SHT_NOTE sections (files without phdrs)."""
     notes = [(s.data(), s["p_align"]) for s in elf.iter_segments() if s["p_type"] == "PT_NOTE"]
@@ -167,7 +205,7 @@ def _load_segments(elf: Any) -> list[Segment]:
     ]
 
 
-def _function_symbols(elf: Any) -> list[Candidate]:
+def function_candidates(elf: Any) -> list[Candidate]:
     """Function symbols of .symtab and .dynsym; .symtab ones rank higher."""
     sections = list(elf.iter_sections())
     extents = [(s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in sections]

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 from symbolizer.cache import LruCache, build_id_key, file_key
-from symbolizer.elf import ElfError, ElfSymbols, build_id_from_notes, load_elf, read_build_id
+from symbolizer.debuginfo import DebugSearch
+from symbolizer.diskcache import SymbolCache
+from symbolizer.dwarf import SourceFrame
+from symbolizer.elf import ElfError, ElfSymbols, build_id_from_notes, read_build_id
+from symbolizer.frames import ResolvedLine, source_lines
 from symbolizer.kernel import KernelSymbols, read_kallsyms, read_kernel_notes
+from symbolizer.objfile import load_object
+from symbolizer.perfmap import PerfMapReader, perf_map_path
+from symbolizer.persist import restore_table, table_state
 from symbolizer.process import (
     FileId,
     ProcessInfo,
@@ -40,6 +47,11 @@ class ResolvedFrame:
     `mapping` are still set then, so it can be symbolized later (offline,
     by build ID). `elf_vaddr` is the address in the file's own terms
     (what addr2line takes); `module` names a kernel module, "" otherwise.
+    `function` is demangled: the outermost function at the address.
+    `lines` is the inline chain, innermost first, each with its file:line
+    (the last one is `function` itself); one line without a file when
+    there is no DWARF; empty when unsymbolized. `kind` is "native",
+    "kernel" or "jit" (a perf map name).
     """
 
     address: int
@@ -49,6 +61,8 @@ class ResolvedFrame:
     symbol_offset: int = 0
     elf_vaddr: int | None = None
     module: str = ""
+    lines: tuple[ResolvedLine, ...] = ()
+    kind: str = "native"
 
 
 class Symbolizer:
@@ -61,7 +75,14 @@ class Symbolizer:
         notes_path: str = "/sys/kernel/notes",
         cache_size: int = 512,
         max_snapshots: int = 8,
+        debug_search: DebugSearch | None = None,
+        cache_dir: str | None = None,
     ) -> None:
+        """`debug_search` says where separate debug files are looked for;
+        `cache_dir`, if set, keeps parsed tables on disk by build ID."""
+        self.debug_search = debug_search or DebugSearch()
+        self.disk_cache = SymbolCache(cache_dir) if cache_dir else None
+        self._perf_maps: dict[int, PerfMapReader] = {}
         self.proc_root = proc_root
         self.kallsyms_path = kallsyms_path
         self.notes_path = notes_path
@@ -93,6 +114,7 @@ class Symbolizer:
         self.stats.observed += 1
         info.exe = read_exe(pid, self.proc_root) or info.exe
         info.comm = read_comm(pid, self.proc_root) or info.comm
+        self._observe_perf_map(pid, maps)
         if info.snapshots and info.snapshots[0].maps == maps:
             return
         info.add(Snapshot(maps, self._load_tables(pid, maps)), self.max_snapshots)
@@ -100,6 +122,7 @@ class Symbolizer:
     def forget(self, pid: int) -> None:
         """Drop what is kept for `pid` (its tables stay cached for others)."""
         self._procs.pop(pid, None)
+        self._perf_maps.pop(pid, None)
 
     def resolve_user(self, pid: int, address: int) -> ResolvedFrame:
         """Resolve exactly `address` (callers pass return addresses minus 1).
@@ -109,17 +132,92 @@ class Symbolizer:
         if pid not in self._procs:
             self.observe(pid)
         hit = self._procs[pid].find(address)
+        if hit is None or hit[1] is None:
+            jit = self._resolve_jit(pid, address, hit[0] if hit else None)
+            if jit is not None:
+                return jit
         if hit is None:
             return self._miss(ResolvedFrame(address))
         entry, table = hit
         if table is None:
             return self._miss(ResolvedFrame(address, entry))
         vaddr = table.file_offset_to_vaddr(entry.file_offset(address))
+        return self._resolve_in(table, vaddr, ResolvedFrame(address, entry, table.build_id))
+
+    def resolve_elf(self, path: str, vaddr: int) -> ResolvedFrame:
+        """A file's own virtual address (what addr2line takes), through the
+        same tables, debug files and caches as process addresses.
+        Raises OSError if the file cannot be opened, ElfError if not ELF."""
+        table = self.load_file(path)
+        return self._resolve_in(table, vaddr, ResolvedFrame(vaddr, None, table.build_id))
+
+    def load_file(self, path: str) -> ElfSymbols:
+        """The (cached) table of a file on this host's file system."""
+        with open(path, "rb") as f:
+            read_build_id(f)  # not ELF: ElfError, before anything is logged
+            table = self._table_from_file(f, path, path, "")
+            if table is None:
+                raise ElfError(self._bad_files.get(_fkey(f)) or "not a regular file")
+            return table
+
+    def _resolve_in(
+        self, table: ElfSymbols, vaddr: int | None, base: ResolvedFrame
+    ) -> ResolvedFrame:
         sym = table.lookup(vaddr) if vaddr is not None else None
-        if vaddr is None or sym is None:
-            return self._miss(ResolvedFrame(address, entry, table.build_id, elf_vaddr=vaddr))
+        lines = self._lines(table, vaddr, sym.name if sym else "")
+        if vaddr is None or not lines:
+            return self._miss(replace(base, elf_vaddr=vaddr))
         self.stats.resolved += 1
-        return ResolvedFrame(address, entry, table.build_id, sym.name, vaddr - sym.start, vaddr)
+        offset = vaddr - sym.start if sym else 0
+        return replace(
+            base, function=lines[-1].function, symbol_offset=offset, elf_vaddr=vaddr, lines=lines
+        )
+
+    def _lines(self, table: ElfSymbols, vaddr: int | None, symbol: str) -> tuple[ResolvedLine, ...]:
+        """Source lines from DWARF (guarded: a DWARF bug must not lose the symbol)."""
+        source: tuple[SourceFrame, ...] = ()
+        if table.dwarf is not None and vaddr is not None:
+            try:
+                source = table.dwarf.frames(vaddr)
+            except Exception as exc:
+                self.stats.bad_dwarf += 1
+                self.stats.warn_once(f"dwarf:{table.build_id}", f"DWARF lookup failed: {exc!r}")
+        return source_lines(source, symbol)
+
+    def _observe_perf_map(self, pid: int, maps: tuple[MapEntry, ...]) -> None:
+        """Read the perf map now, while /proc/PID/root still leads to it."""
+        del maps  # (any process may have one: JIT code can live in memfd mappings too)
+        reader = self._perf_maps.get(pid) or PerfMapReader(perf_map_path(pid, self.proc_root))
+        if reader.refresh():
+            self._perf_maps[pid] = reader
+
+    def _resolve_jit(self, pid: int, address: int, entry: MapEntry | None) -> ResolvedFrame | None:
+        reader = self._perf_maps.get(pid)
+        found = reader.lookup(address) if reader else None
+        if found is None:
+            return None
+        self.stats.resolved += 1
+        lines = (ResolvedLine(found.name, found.name),)
+        return ResolvedFrame(
+            address, entry, "", found.name, address - found.start, lines=lines, kind="jit"
+        )
+
+    def save_cache(self) -> int:
+        """Write tables that gained decoded DWARF since their last save to the
+        on-disk cache; returns how many were written (0 without a cache)."""
+        if self.disk_cache is None:
+            return 0
+        written = 0
+        for table in self._tables.values():
+            if not table.build_id or (table.saved and not table.dirty()):
+                continue
+            try:
+                self.disk_cache.store(table.build_id, table_state(table))
+                table.saved = True
+                written += 1
+            except (OSError, ValueError) as exc:
+                self.stats.warn_once("disk-cache", f"cannot write the symbol cache: {exc}")
+        return written
 
     def table_for(self, pid: int, address: int) -> ElfSymbols | None:
         """The (shared) symbol table behind `address` in `pid`, if loaded."""
@@ -167,9 +265,13 @@ class Symbolizer:
         """A kernel address; mapping None (the caller owns the kernel mapping)."""
         sym = self.kernel_symbols().lookup(address)
         if sym is None:
-            return self._miss(ResolvedFrame(address))
+            return self._miss(ResolvedFrame(address, kind="kernel"))
         self.stats.resolved += 1
-        return ResolvedFrame(address, None, "", sym.name, address - sym.start, module=sym.module)
+        lines = (ResolvedLine(sym.name, sym.name),)
+        return ResolvedFrame(
+            address, None, "", sym.name, address - sym.start, module=sym.module, lines=lines,
+            kind="kernel",
+        )  # fmt: skip
 
     # -- internals -------------------------------------------------------
 
@@ -193,10 +295,15 @@ class Symbolizer:
             self.stats.unreadable_files += 1
             self.stats.warn_once(f"open:{entry.path}", f"cannot open {entry.path}: {exc}")
             return None
+        root = f"{self.proc_root}/{pid}/root"
         with f:
-            return self._table_from_file(f, entry.path)
+            return self._table_from_file(
+                f, f.name if isinstance(f.name, str) else "", entry.path, root
+            )
 
-    def _table_from_file(self, f: IO[bytes], path: str) -> ElfSymbols | None:
+    def _table_from_file(
+        self, f: IO[bytes], opened: str, path: str, root: str
+    ) -> ElfSymbols | None:
         """The cached table for this file, by identity then build ID; else parse it.
 
         A file already found unusable is not read again (nor warned about).
@@ -206,11 +313,11 @@ class Symbolizer:
         if not stat.S_ISREG(st.st_mode):
             self.stats.unreadable_files += 1
             return None
-        fkey = file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        fkey = _fkey(f)
         table = self._tables.get(fkey)
         if table is None and self._bad_files.get(fkey) is None:
             try:
-                table = self._load_by_build_id(f, fkey)
+                table = self._load_by_build_id(f, fkey, opened, path, root)
             except ElfError as exc:
                 self._bad_files.put(fkey, str(exc))
                 self.stats.bad_elf += 1
@@ -219,15 +326,44 @@ class Symbolizer:
             self.stats.table_cache_hits += 1
         return table
 
-    def _load_by_build_id(self, f: IO[bytes], fkey: str) -> ElfSymbols:
+    def _load_by_build_id(
+        self, f: IO[bytes], fkey: str, opened: str, path: str, root: str
+    ) -> ElfSymbols:
         build_id = read_build_id(f)
         table = self._tables.get(build_id_key(build_id)) if build_id else None
         if table is None:
-            table = load_elf(f)
-            self.stats.tables_loaded += 1
+            table = self._restore(build_id) or self._parse(f, opened, path, root)
             if build_id:
                 self._tables.put(build_id_key(build_id), table)
         else:
             self.stats.table_cache_hits += 1
         self._tables.put(fkey, table)
         return table
+
+    def _parse(self, f: IO[bytes], opened: str, path: str, root: str) -> ElfSymbols:
+        def warn(message: str) -> None:
+            self.stats.bad_dwarf += 1
+            self.stats.warn_once(f"debug:{message[:200]}", message)
+
+        table = load_object(f, opened, path, root, self.debug_search, warn)
+        self.stats.tables_loaded += 1
+        return table
+
+    def _restore(self, build_id: str) -> ElfSymbols | None:
+        if self.disk_cache is None or not build_id:
+            return None
+        state = self.disk_cache.load(build_id)
+        if state is None:
+            return None
+        try:
+            table = restore_table(build_id, state, self.stats.warn_once)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            self.stats.warn_once(f"disk-cache:{build_id}", f"ignoring a bad cache entry: {exc}")
+            return None
+        self.stats.disk_cache_hits += 1
+        return table
+
+
+def _fkey(f: IO[bytes]) -> str:
+    st = os.fstat(f.fileno())
+    return file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -26,6 +26,8 @@ class SymbolizerStats:
     resolved: int = 0  # addresses given a function name
     misses: int = 0  # addresses left unsymbolized
     kernel_unavailable: int = 0  # kallsyms unreadable or empty
+    bad_dwarf: int = 0  # debug files or DWARF units that could not be used
+    disk_cache_hits: int = 0  # tables restored from the on-disk cache
     _warned: dict[str, None] = field(default_factory=dict, repr=False)
 
     def warn_once(self, key: str, message: str) -> None:

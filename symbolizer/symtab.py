@@ -40,6 +40,9 @@ class Candidate(NamedTuple):
     rank: tuple[bool, bool, int, int]
 
 
+Plain = tuple[list[int], list[int], list[int], list[str], list[int]]
+
+
 class SymbolIndex:
     """Parallel arrays sorted by start address; `lookup` is one bisect."""
 
@@ -58,6 +61,24 @@ class SymbolIndex:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+    def to_plain(self) -> Plain:
+        return self._starts, self._sizes, self._limits, self._names, self._cover
+
+    @classmethod
+    def from_plain(
+        cls, plain: tuple[list[int], list[int], list[int], list[str], list[int]]
+    ) -> SymbolIndex:
+        """Rebuild from to_plain()'s lists (the on-disk cache), without sorting again."""
+        index = cls(())
+        starts, sizes, limits, cover = (list(map(int, x)) for x in plain[:3] + plain[4:])
+        names = [str(n) for n in plain[3]]
+        if not len(starts) == len(sizes) == len(limits) == len(names) == len(cover):
+            raise ValueError("inconsistent symbol index")
+        index._starts, index._sizes, index._limits, index._names, index._cover = (
+            starts, sizes, limits, names, cover,
+        )  # fmt: skip
+        return index
 
     def lookup(self, address: int) -> Symbol | None:
         i = bisect_right(self._starts, address) - 1

@@ -23,10 +23,20 @@ class FakeEntry:
 
 
 @dataclass(frozen=True)
+class FakeLine:
+    function: str
+    system_name: str = ""
+    file: str = ""
+    line: int = 0
+    start_line: int = 0
+
+
+@dataclass(frozen=True)
 class FakeResolved:
     mapping: FakeEntry | None
     build_id: str
     function: str | None
+    lines: tuple[FakeLine, ...] = ()
 
 
 class FakeSymbolizer:
@@ -84,6 +94,23 @@ def test_unresolved_address_keeps_address_and_mapping() -> None:
     assert loc.mapping is not None and loc.mapping.file == "/usr/bin/prog"
     assert loc.display_name() == "prog+0x234"
     assert resolver.misses == 1
+
+
+def test_inline_chain_becomes_several_frames_innermost_first() -> None:
+    class InlineSymbolizer(FakeSymbolizer):
+        def resolve_user(self, pid: int, address: int) -> FakeResolved:
+            lines = (
+                FakeLine("sq", "", "/src/a.c", 2, 2),
+                FakeLine("work(int)", "_Z4worki", "/src/a.c", 9, 5),
+            )
+            return FakeResolved(self.entry, "abcd", "work(int)", lines)
+
+    (loc,) = StackResolver(InlineSymbolizer({}, {})).locations(key((0x1100,)))
+    assert [(f.function, f.file, f.line, f.start_line, f.system_name) for f in loc.frames] == [
+        ("sq", "/src/a.c", 2, 2, ""),
+        ("work(int)", "/src/a.c", 9, 5, "_Z4worki"),
+    ]
+    assert loc.display_name() == "work(int)"
 
 
 def test_resolver_caches_per_address() -> None:

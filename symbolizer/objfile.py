@@ -1,0 +1,155 @@
+"""One binary and every source of symbols for it, combined into ElfSymbols.
+
+The function table merges the binary's own .symtab/.dynsym, the full
+.symtab of its separate debug file (a stripped binary keeps only
+.dynsym), and MiniDebugInfo: `.gnu_debugdata`, an xz-compressed ELF
+holding the local function symbols that .dynsym lacks (Fedora ships its
+binaries this way). DWARF comes from the separate debug file if one is
+found, else from the binary itself.
+
+DWARF is read lazily, at the first address that needs it, by re-opening
+the file: the loader checks it is still the same file (same build ID, or
+same inode, size and mtime without one), so a binary replaced by an
+upgrade is never read as the old one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import lzma
+import os
+from collections.abc import Callable
+from typing import IO, Any
+
+from symbolizer.debuginfo import DebugSearch, find_debug_file, read_debuglink
+from symbolizer.dwarf import DwarfInfo
+from symbolizer.dwarf_units import SECTION_NAMES, Sections
+from symbolizer.elf import (
+    ElfError,
+    ElfSymbols,
+    build_id_of,
+    function_candidates,
+    guarded,
+    load_segments,
+    open_elf,
+)
+from symbolizer.sections import MAX_SECTION_SIZE, SectionHeader, read_section, section_headers
+from symbolizer.symtab import Candidate
+
+Warn = Callable[[str], None]
+MAX_MINI_DEBUGINFO = 64 << 20
+
+
+def _log_warning(message: str) -> None:
+    logging.getLogger("bpfprof.symbolizer").warning("%s", message)
+
+
+def load_object(
+    f: IO[bytes],
+    opened: str,
+    binary: str = "",
+    root: str = "",
+    search: DebugSearch | None = None,
+    warn: Warn = _log_warning,
+) -> ElfSymbols:
+    """Everything symbolization needs from the binary open as `f`.
+
+    `opened` is the path `f` was opened by (perhaps /proc/PID/map_files/..),
+    `binary` the path as its process sees it, `root` the prefix reaching
+    that process's files ("/proc/PID/root", or "" for the host's).
+    Raises ElfError if the binary itself is unusable; a bad debug file
+    only costs its extras, with a warning.
+    """
+    elf = open_elf(f)
+    build_id = build_id_of(elf)
+    segments = load_segments(elf)
+    candidates = guarded(lambda: function_candidates(elf))
+    headers = guarded(lambda: section_headers(elf))
+    binary = binary or opened
+    search = search or DebugSearch()
+    link = _quietly(lambda: read_debuglink(elf), None)
+    debug = find_debug_file(binary, build_id, link, search, root)
+    dwarf = None
+    if debug:
+        try:
+            candidates += _symbols_of(debug)
+            dwarf = DwarfInfo(dwarf_loader([debug], build_id, None), _prefixed(debug, warn))
+        except (OSError, ElfError) as exc:
+            warn(f"cannot use debug file {debug} of {binary}: {exc}")
+            debug = ""
+    if not debug and (".debug_info" in headers or ".zdebug_info" in headers):
+        paths = [opened] + ([binary] if not root and binary != opened else [])
+        identity = _identity(f)
+        dwarf = DwarfInfo(dwarf_loader(paths, build_id, identity), _prefixed(binary, warn))
+        debug = binary
+    if ".gnu_debugdata" in headers and ".symtab" not in headers:
+        candidates += _quietly(lambda: _mini_debuginfo(f, headers[".gnu_debugdata"], elf), [])
+    return ElfSymbols(build_id, segments, candidates, dwarf, debug)
+
+
+def _prefixed(path: str, warn: Warn) -> Warn:
+    return lambda message: warn(f"{path}: {message}")
+
+
+def _quietly(step: Callable[[], Any], default: Any) -> Any:
+    try:
+        return guarded(step)
+    except ElfError:
+        return default
+
+
+def _symbols_of(path: str) -> list[Candidate]:
+    with open(path, "rb") as f:
+        elf = open_elf(f)
+        return guarded(lambda: function_candidates(elf))
+
+
+def _identity(f: IO[bytes]) -> tuple[int, int, int, int]:
+    st = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def dwarf_loader(
+    paths: list[str], build_id: str, identity: tuple[int, int, int, int] | None
+) -> Callable[[], Sections]:
+    """A function reading the DWARF sections from the first of `paths` that
+    is still the expected file (its build ID, or `identity` without one)."""
+
+    def load() -> Sections:
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    if build_id and build_id_of(open_elf(f)) != build_id:
+                        continue
+                    if not build_id and identity is not None and _identity(f) != identity:
+                        continue
+                    return read_dwarf_sections(f)
+            except OSError:
+                continue
+        raise ElfError(f"no longer readable as the same file: {', '.join(paths)}")
+
+    return load
+
+
+def read_dwarf_sections(f: IO[bytes], max_size: int = MAX_SECTION_SIZE) -> Sections:
+    elf = open_elf(f)
+    sections = Sections()
+    for name, header in guarded(lambda: section_headers(elf)).items():
+        field = SECTION_NAMES.get(name.replace(".zdebug_", ".debug_", 1))
+        if field is not None and not getattr(sections, field):
+            data = read_section(f, header, elf.elfclass, elf.little_endian, max_size)
+            setattr(sections, field, data)
+    if not elf.little_endian:
+        raise ElfError("big-endian DWARF is not supported")
+    return sections
+
+
+def _mini_debuginfo(f: IO[bytes], header: SectionHeader, elf: Any) -> list[Candidate]:
+    """Function symbols of the xz-compressed ELF in .gnu_debugdata."""
+    raw = read_section(f, header, elf.elfclass, elf.little_endian)
+    dec = lzma.LZMADecompressor()
+    data = dec.decompress(raw, max_length=MAX_MINI_DEBUGINFO)
+    if not dec.eof:
+        raise ElfError(".gnu_debugdata is truncated or larger than the limit")
+    return function_candidates(open_elf(io.BytesIO(data)))
