@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import BpfLimits, RecordConfig, format_from_suffix
+from agent.config import DEFAULT_ALLOC_RATE, BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError
 from agent.model import Profile
 
@@ -83,6 +83,37 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="Stack-map buckets per window; raise it when stacks are lost to collisions.",
 )
+@click.option(
+    "--min-block-us",
+    type=click.IntRange(0, 10**9),
+    default=0,
+    show_default=True,
+    help="offcpu: ignore blocks shorter than this many microseconds.",
+)
+@click.option(
+    "--min-wait-us",
+    type=click.IntRange(0, 10**9),
+    default=0,
+    show_default=True,
+    help="lock: ignore waits shorter than this many microseconds.",
+)
+@click.option(
+    "--alloc-rate",
+    type=click.IntRange(1, 1 << 40),
+    default=DEFAULT_ALLOC_RATE,
+    show_default=True,
+    help="alloc: sample one allocation per this many bytes, on average.",
+)
+@click.option(
+    "--all-processes",
+    is_flag=True,
+    help="alloc: probe every process's allocator (slows the whole host).",
+)
+@click.option(
+    "--no-inuse",
+    is_flag=True,
+    help="alloc: do not probe free (cheaper; no inuse_* values).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
     profile_type: str,
@@ -93,6 +124,11 @@ def record(
     output_format: str | None,
     max_entries: int,
     stack_storage_size: int,
+    min_block_us: int,
+    min_wait_us: int,
+    alloc_rate: int,
+    all_processes: bool,
+    no_inuse: bool,
     command: tuple[str, ...],
 ) -> None:
     """Record one profile and write it to a file.
@@ -112,6 +148,11 @@ def record(
         output=output,
         output_format=output_format or format_from_suffix(output),
         limits=BpfLimits(max_entries=max_entries, stack_entries=stack_storage_size),
+        min_block_us=min_block_us,
+        min_wait_us=min_wait_us,
+        alloc_rate=alloc_rate,
+        all_processes=all_processes,
+        alloc_inuse=not no_inuse,
     )
     status = do_record(config)
     sys.exit(status)
