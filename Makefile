@@ -18,9 +18,11 @@ setup: ## install OS packages, kernel headers, tracefs and .venv (root; skips wh
 setup-test: ## setup, plus the test tools (go, elfutils, llvm, bpfcc-tools) and the [test] extra
 	$(SETUP) --test
 
-demo: setup ## record a 10 s system-wide CPU profile to profile.pb.gz and print its top functions
+demo: setup ## record a 10 s system-wide CPU profile to profile.pb.gz, its flame graph and top functions
 	$(BIN)/bpfprof record -d 10 -o profile.pb.gz
+	$(BIN)/bpfprof flamegraph profile.pb.gz -o flamegraph.html
 	$(BIN)/bpfprof top profile.pb.gz
+	@echo "Flame graph: $(CURDIR)/flamegraph.html"
 
 test: setup-test ## run the whole test suite (unit, BPF, end-to-end) with a 90% coverage gate
 	$(BIN)/pytest $(COV)

@@ -239,6 +239,61 @@ def status(status_file: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("flamegraph.html"),
+    show_default=True,
+    help="Output file: .html (interactive) or .svg (static).",
+)
+@click.option("--diff", is_flag=True, help="Draw what changed from BASE to NEW (two files).")
+@click.option(
+    "--sample-index", help="Sample type shown first (name or index; default: the profile's)."
+)
+@click.option("--title", help="Title of the graph (default: from the file names).")
+def flamegraph(
+    files: tuple[Path, ...], output: Path, diff: bool, sample_index: str | None, title: str | None
+) -> None:
+    """Flame graph of a pprof FILE, or with --diff of BASE NEW: what changed."""
+    from agent.errors import UsageError
+    from agent.flamegraph import output_format, write_flamegraph
+
+    want = 2 if diff else 1
+    if len(files) != want:
+        usage = "--diff BASE NEW" if diff else "FILE (or --diff BASE NEW)"
+        raise UsageError(f"flamegraph takes {usage}, got {len(files)} files")
+    output_format(output)
+    profiles = [load_profile(f) for f in files]
+    if title is None:
+        names = [f.name for f in files]
+        title = f"Change from {names[0]} to {names[1]}" if diff else f"Flame graph of {names[0]}"
+    graph = write_flamegraph(profiles, output, title, sample_index)
+    if graph.empty:
+        click.echo("bpfprof: note: the profile has no samples; the graph says so", err=True)
+    click.echo(f"bpfprof: wrote flame graph to {output}", err=True)
+
+
+@cli.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option(
+    "-n", "count", type=int, default=10, show_default=True, help="How many functions to show."
+)
+@click.option(
+    "--sample-index", help="Sample type to compare (name or index; default: the new profile's)."
+)
+@click.option("--cum", is_flag=True, help="Compare cumulative shares instead of flat ones.")
+def diff(base: Path, new: Path, count: int, sample_index: str | None, cum: bool) -> None:
+    """The functions whose share changed most from BASE to NEW."""
+    from agent.flamegraph.diff import format_diff
+
+    before, after = load_profile(base), load_profile(new)
+    click.echo(format_diff(before, after, sample_index, count=count, by_cum=cum), nl=False)
+
+
+@cli.command()
 @click.option(
     "--print-bpf", is_flag=True, help="Print the CPU BPF program as it would be compiled, and exit."
 )

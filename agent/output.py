@@ -34,7 +34,11 @@ def encode(profile: Profile, fmt: str) -> bytes:
 
 def write_profile(profile: Profile, path: Path, fmt: str) -> int:
     """Encode and write; returns the number of bytes written."""
-    data = encode(profile, fmt)
+    return write_atomically(path, encode(profile, fmt))
+
+
+def write_atomically(path: Path, data: bytes) -> int:
+    """Write `data` under a temporary name, then rename it to `path`."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)

@@ -20,8 +20,10 @@ SYSTEM_PYTHON=/usr/bin/python3
 STAMP_FILE="$VENV_DIR/.bpfprof-setup-stamp"
 
 BASE_PACKAGES=(python3-bpfcc python3-venv gcc make)
-# go tool pprof, eu-addr2line, addr2line/readelf, llvm-symbolizer, profile-bpfcc
-TEST_PACKAGES=(golang-go elfutils binutils llvm bpfcc-tools)
+# go tool pprof, eu-addr2line, addr2line/readelf, llvm-symbolizer, profile-bpfcc,
+# and headless chromium for the flame graph page's browser tests,
+# and systemd-analyze to verify the agent's unit
+TEST_PACKAGES=(golang-go elfutils binutils llvm bpfcc-tools chromium systemd)
 
 APT_UPDATED=0
 
