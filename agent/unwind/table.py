@@ -1,0 +1,216 @@
+"""One binary's unwind table: built from its CFI once, cached on disk by build ID.
+
+Building python3.11's table takes a fraction of a second; reading it back
+from the cache takes milliseconds, so a host pays the cost once per build
+of a binary, not once per process or per agent start. Files without a build
+ID are built every time (they are rare in distributions and cheap when small).
+
+`.eh_frame` is what the loader and C++ exceptions use, so it is present in
+nearly every binary; `.debug_frame` (same rules, other encoding) fills in
+ranges `.eh_frame` lacks, for code built with -fno-asynchronous-unwind-tables -g.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import struct
+import tempfile
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from elftools.elf.elffile import ELFFile
+
+from agent.unwind.ehframe import CfiError, Fde, parse_section
+from agent.unwind.rows import ROW, Row, merge_rows, pack, unpack
+
+log = logging.getLogger("bpfprof.unwind")
+
+CACHE_MAGIC = b"BPFUNW01"
+_HEADER = struct.Struct("<8sQI")  # magic, base, row count
+
+
+class TableError(Exception):
+    """The binary's CFI cannot be turned into a table (corrupt, too large)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A PT_LOAD header: file bytes [offset, offset+filesz) at vaddr."""
+
+    offset: int
+    vaddr: int
+    filesz: int
+
+
+@dataclass(frozen=True)
+class UnwindTable:
+    """Rows of one binary; `data` packs them relative to `base` (an ELF vaddr)."""
+
+    build_id: str
+    base: int
+    data: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.data) // ROW.size
+
+    def rows(self) -> list[Row]:
+        return unpack(self.data, self.base)
+
+
+@dataclass(frozen=True)
+class ElfUnwindInfo:
+    """What loading a binary into the walker needs: its table and segments."""
+
+    table: UnwindTable
+    segments: tuple[Segment, ...]
+
+    def load_bias(self, map_start: int, map_offset: int) -> int | None:
+        """Runtime address minus ELF vaddr for a mapping of this file.
+
+        The PT_LOAD holding the mapping's file offset pairs a file byte with
+        its link-time address (the mapping itself starts page-aligned below).
+        """
+        for seg in self.segments:
+            if seg.offset <= map_offset < seg.offset + max(seg.filesz, 1):
+                return map_start - (map_offset - seg.offset + seg.vaddr)
+        return None
+
+
+def table_from_fdes(build_id: str, fdes: list[Fde]) -> UnwindTable:
+    rows = merge_rows(fdes)
+    if not rows:
+        return UnwindTable(build_id, 0, b"")
+    base = rows[0].address
+    if rows[-1].address - base >= 1 << 32:
+        raise TableError("code spans more than 4 GiB: row addresses do not fit 32 bits")
+    return UnwindTable(build_id, base, pack(rows, base))
+
+
+def build_table(elf: Any, build_id: str) -> UnwindTable:
+    """The table of an opened pyelftools ELFFile (x86-64, little-endian)."""
+    if elf["e_machine"] != "EM_X86_64":
+        raise TableError(f"unwinding supports x86-64 only, not {elf['e_machine']}")
+    fdes: list[Fde] = []
+    try:
+        eh = elf.get_section_by_name(".eh_frame")
+        if eh is not None and eh["sh_type"] != "SHT_NOBITS":
+            fdes = parse_section(eh.data(), eh["sh_addr"], is_eh_frame=True)
+        debug = elf.get_section_by_name(".debug_frame")
+        if debug is not None and debug["sh_type"] != "SHT_NOBITS":
+            extra = parse_section(debug.data(), 0, is_eh_frame=False)
+            fdes.extend(_uncovered(fdes, extra))
+    except (CfiError, IndexError, ValueError, struct.error) as exc:
+        raise TableError(f"bad CFI: {exc}") from exc
+    return table_from_fdes(build_id, fdes)
+
+
+def _uncovered(have: list[Fde], extra: list[Fde]) -> list[Fde]:
+    """The FDEs of `extra` whose start no FDE of `have` covers."""
+    spans = sorted((f.pc_begin, f.pc_end) for f in have)
+    starts = [s for s, _ in spans]
+    out = []
+    for fde in extra:
+        i = bisect_right(starts, fde.pc_begin) - 1
+        if i < 0 or spans[i][1] <= fde.pc_begin:
+            out.append(fde)
+    return out
+
+
+def segments_of(elf: Any) -> tuple[Segment, ...]:
+    return tuple(
+        Segment(s["p_offset"], s["p_vaddr"], s["p_filesz"])
+        for s in elf.iter_segments()
+        if s["p_type"] == "PT_LOAD"
+    )
+
+
+class TableCache:
+    """Unwind tables on disk, one file per build ID, under `directory`.
+
+    The walker follows these rows blindly, so a file planted by another user
+    could make it report wrong stacks: as with the symbol cache, the
+    directory is created 0700 and a file is read only if it and its
+    directory belong to us and are not writable by others. A bad or foreign
+    file is ignored and replaced."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    def path(self, build_id: str) -> Path | None:
+        if self.directory is None or not _valid_build_id(build_id):
+            return None
+        return self.directory / f"{build_id}.unwind"
+
+    def get(self, build_id: str) -> UnwindTable | None:
+        path = self.path(build_id)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                if not (_trusted(os.fstat(f.fileno())) and _trusted(os.stat(path.parent))):
+                    return None
+                blob = f.read()
+        except OSError:
+            return None
+        return decode_cached(build_id, blob)
+
+    def put(self, table: UnwindTable) -> None:
+        """Write atomically (rename), so a concurrent reader sees all or nothing."""
+        path = self.path(table.build_id)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(encode_cached(table))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot cache the unwind table of %s: %s", table.build_id, exc)
+
+
+def _valid_build_id(build_id: str) -> bool:
+    return 4 <= len(build_id) <= 128 and all(c in "0123456789abcdef" for c in build_id)
+
+
+def _trusted(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def encode_cached(table: UnwindTable) -> bytes:
+    return _HEADER.pack(CACHE_MAGIC, table.base, table.count) + table.data
+
+
+def decode_cached(build_id: str, blob: bytes) -> UnwindTable | None:
+    """The table in a cache file; None if it is from another format or cut short."""
+    if len(blob) < _HEADER.size:
+        return None
+    magic, base, count = _HEADER.unpack_from(blob)
+    data = blob[_HEADER.size :]
+    if magic != CACHE_MAGIC or len(data) != count * ROW.size:
+        return None
+    return UnwindTable(build_id, base, data)
+
+
+def load_unwind_info(stream: IO[bytes], build_id: str, cache: TableCache) -> ElfUnwindInfo:
+    """The table (from the cache when it has this build ID) and PT_LOADs of a file."""
+    try:
+        elf = ELFFile(stream)
+        segments = segments_of(elf)
+    except Exception as exc:  # pyelftools raises many types on a malformed file
+        raise TableError(f"not a usable ELF file: {exc}") from exc
+    table = cache.get(build_id)
+    if table is None:
+        try:
+            table = build_table(elf, build_id)
+        except TableError:
+            raise
+        except Exception as exc:  # a corrupt section header, as above
+            raise TableError(f"cannot read the CFI sections: {exc}") from exc
+        cache.put(table)
+    return ElfUnwindInfo(table, segments)
