@@ -1,0 +1,1 @@
+"""Benchmarks of bpfprof against BCC's own tools (`make bench`)."""
