@@ -84,6 +84,27 @@ def cli(verbose: int) -> None:
     help="Stack-map buckets per window; raise it when stacks are lost to collisions.",
 )
 @click.option(
+    "--unwind",
+    type=click.Choice(["dwarf", "fp"]),
+    default="dwarf",
+    show_default=True,
+    help="User stacks: walk the binaries' CFI (.eh_frame), or frame pointers only.",
+)
+@click.option(
+    "--unwind-rows",
+    type=click.IntRange(1024, 1 << 26),
+    default=BpfLimits.unwind_rows,
+    show_default=True,
+    help="CFI rows the kernel holds for all binaries (12 bytes each).",
+)
+@click.option(
+    "--unwind-mappings",
+    type=click.IntRange(64, 1 << 24),
+    default=BpfLimits.unwind_mappings,
+    show_default=True,
+    help="Executable mappings the kernel holds for all processes (32 bytes each).",
+)
+@click.option(
     "--min-block-us",
     type=click.IntRange(0, 10**9),
     default=0,
@@ -124,6 +145,9 @@ def record(
     output_format: str | None,
     max_entries: int,
     stack_storage_size: int,
+    unwind: str,
+    unwind_rows: int,
+    unwind_mappings: int,
     min_block_us: int,
     min_wait_us: int,
     alloc_rate: int,
@@ -147,7 +171,13 @@ def record(
         frequency=frequency,
         output=output,
         output_format=output_format or format_from_suffix(output),
-        limits=BpfLimits(max_entries=max_entries, stack_entries=stack_storage_size),
+        limits=BpfLimits(
+            max_entries=max_entries,
+            stack_entries=stack_storage_size,
+            unwind_rows=unwind_rows,
+            unwind_mappings=unwind_mappings,
+        ),
+        unwind=unwind,
         min_block_us=min_block_us,
         min_wait_us=min_wait_us,
         alloc_rate=alloc_rate,

@@ -13,6 +13,7 @@ from agent.errors import UsageError
 PROFILE_TYPES = ("cpu", "offcpu", "alloc", "lock")
 DEFAULT_ALLOC_RATE = 512 * 1024  # bytes between allocation samples, on average
 OUTPUT_FORMATS = ("pprof", "folded", "otlp")
+UNWIND_MODES = ("dwarf", "fp")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class BpfLimits:
     target_entries: int = 8192  # followed processes with --pid / COMMAND
     seen_entries: int = 16384  # processes remembered as already seen
     event_pages: int = 64  # ring-buffer pages for new-process events
+    unwind_rows: int = 1 << 20  # CFI rows of all binaries (12 bytes each)
+    unwind_mappings: int = 65536  # executable mappings of all processes (32 bytes each)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class SourceOptions:
     filter_pids: bool = False  # count only the target processes
     follow_forks: bool = False  # add the targets' children as they are forked
     limits: BpfLimits = field(default_factory=BpfLimits)
+    unwind: str = "dwarf"  # user stacks: "dwarf" (CFI, frame pointers as fallback) or "fp"
     min_block_us: int = 0  # offcpu: ignore shorter blocks
     min_wait_us: int = 0  # lock: ignore shorter waits
     alloc_rate: int = DEFAULT_ALLOC_RATE  # alloc: mean bytes between samples
@@ -54,6 +58,7 @@ class RecordConfig:
     output_format: str = "pprof"
     window: float = 5.0  # seconds between drains of the kernel maps
     limits: BpfLimits = field(default_factory=BpfLimits)
+    unwind: str = "dwarf"
     min_block_us: int = 0
     min_wait_us: int = 0
     alloc_rate: int = DEFAULT_ALLOC_RATE
@@ -68,6 +73,9 @@ class RecordConfig:
             )
         if self.pids and self.command:
             raise UsageError("give either --pid or a COMMAND, not both")
+        if self.unwind not in UNWIND_MODES:
+            modes = ", ".join(UNWIND_MODES)
+            raise UsageError(f"--unwind must be one of {modes}, not {self.unwind!r}")
         if not 1 <= self.frequency <= 10000:
             raise UsageError(f"--frequency must be between 1 and 10000 Hz, not {self.frequency}")
         if self.duration is not None and self.duration <= 0:
@@ -105,6 +113,7 @@ class RecordConfig:
             filter_pids=bool(self.pids or self.command),
             follow_forks=bool(self.command),
             limits=self.limits,
+            unwind=self.unwind,
             min_block_us=self.min_block_us,
             min_wait_us=self.min_wait_us,
             alloc_rate=self.alloc_rate,

@@ -218,6 +218,7 @@ def report_counters(counters: dict[str, int], config: RecordConfig) -> None:
         "live_full": "sampled allocations left out of inuse_*: the live table was full",
         "sample_lost": "allocation samples or frees dropped: the ring buffer was full "
         "(raise --alloc-rate)",
+        "unwind_truncated": "user stacks deeper than 127 frames, marked [user stack truncated]",
     }
     for name, text in lost.items():
         if counters.get(name):

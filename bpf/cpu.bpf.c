@@ -13,8 +13,14 @@
  *   FOLLOW_FORKS     add the children of targeted processes to `targets`
  *   TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES  sizes of the other maps
  *   INCLUDE_IDLE     count the idle task (pid 0)
+ *   UNWIND_DWARF     walk user stacks with the CFI tables of bpf/unwind.h
+ *                    (frame pointers where a binary has none) instead of
+ *                    bpf_get_stackid; user stack ids then index ustacks0/1
  */
 #include "common.h"
+#ifdef UNWIND_DWARF
+#include "unwind.h"
+#endif
 
 BPF_HASH(counts0, struct sample_key, u64, MAX_ENTRIES);
 BPF_HASH(counts1, struct sample_key, u64, MAX_ENTRIES);
@@ -25,6 +31,15 @@ BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+#ifdef UNWIND_DWARF
+/* Unwound user stacks by id: a bucket found from the stack's hash by linear
+ * probing, so ids behave like bpf_get_stackid's (including -EEXIST when
+ * every probed bucket holds another stack). Allocated on use: most windows
+ * fill a small part of them. */
+BPF_F_TABLE("hash", u32, struct unwound_stack, ustacks0, STACK_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", u32, struct unwound_stack, ustacks1, STACK_ENTRIES, BPF_F_NO_PREALLOC);
+#define USTACK_PROBES 4
+#endif
 
 static __always_inline void bump(int idx)
 {
@@ -64,12 +79,61 @@ static __always_inline void add_one(u64 *v, int inserted)
         bump(CTR_MAP_FULL);
 }
 
+#ifdef UNWIND_DWARF
+static __always_inline u32 ustack_bucket(struct unwound_stack *st, int probe)
+{
+    return (u32)((st->hash + probe) % STACK_ENTRIES);
+}
+
+/* Map methods cannot be used in a macro or through a pointer under BCC, so
+ * each half of the double buffer is spelled out. */
+static __always_inline int user_stackid_0(struct unwound_stack *st)
+{
+    if (!st || st->len == 0)
+        return -BPFPROF_EFAULT;
+#pragma unroll
+    for (int i = 0; i < USTACK_PROBES; i++) {
+        u32 id = ustack_bucket(st, i);
+        struct unwound_stack *old = ustacks0.lookup(&id);
+        if (!old && ustacks0.insert(&id, st) == 0)
+            return id;
+        if (!old)
+            old = ustacks0.lookup(&id);  /* another CPU took the bucket meanwhile */
+        if (old && old->hash == st->hash)
+            return id;
+    }
+    return -BPFPROF_EEXIST;
+}
+
+static __always_inline int user_stackid_1(struct unwound_stack *st)
+{
+    if (!st || st->len == 0)
+        return -BPFPROF_EFAULT;
+#pragma unroll
+    for (int i = 0; i < USTACK_PROBES; i++) {
+        u32 id = ustack_bucket(st, i);
+        struct unwound_stack *old = ustacks1.lookup(&id);
+        if (!old && ustacks1.insert(&id, st) == 0)
+            return id;
+        if (!old)
+            old = ustacks1.lookup(&id);
+        if (old && old->hash == st->hash)
+            return id;
+    }
+    return -BPFPROF_EEXIST;
+}
+#endif
+
 /* The two halves of the double buffer. Map methods cannot be used in a
  * macro or through a pointer under BCC, so each half is spelled out. */
-static __always_inline void sample_into_0(void *ctx, struct sample_key *key)
+static __always_inline void sample_into_0(void *ctx, struct sample_key *key, void *ustack)
 {
     u64 one = 1;
+#ifdef UNWIND_DWARF
+    key->user_stack_id = user_stackid_0(ustack);
+#else
     key->user_stack_id = stacks0.get_stackid(ctx, BPF_F_USER_STACK);
+#endif
     key->kernel_stack_id = stacks0.get_stackid(ctx, 0);
     u64 *v = counts0.lookup(key);
     /* insert fails with -EEXIST if another CPU inserted the key meanwhile */
@@ -79,10 +143,14 @@ static __always_inline void sample_into_0(void *ctx, struct sample_key *key)
     add_one(v, inserted);
 }
 
-static __always_inline void sample_into_1(void *ctx, struct sample_key *key)
+static __always_inline void sample_into_1(void *ctx, struct sample_key *key, void *ustack)
 {
     u64 one = 1;
+#ifdef UNWIND_DWARF
+    key->user_stack_id = user_stackid_1(ustack);
+#else
     key->user_stack_id = stacks1.get_stackid(ctx, BPF_F_USER_STACK);
+#endif
     key->kernel_stack_id = stacks1.get_stackid(ctx, 0);
     u64 *v = counts1.lookup(key);
     int inserted = !v && counts1.insert(key, &one) == 0;
@@ -107,12 +175,16 @@ int on_cpu_sample(void *ctx)
     struct sample_key key = {.pid = pid, .tid = tid};
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
 
+    void *ustack = NULL;
+#ifdef UNWIND_DWARF
+    ustack = unwind_user_stack(pid);  /* once: the walk is the costly part to verify */
+#endif
     int zero = 0;
     u32 *w = window.lookup(&zero);
     if (w && (*w & 1))
-        sample_into_1(ctx, &key);
+        sample_into_1(ctx, &key, ustack);
     else
-        sample_into_0(ctx, &key);
+        sample_into_0(ctx, &key, ustack);
     stack_error(key.user_stack_id, CTR_USER_COLLISION);
     stack_error(key.kernel_stack_id, CTR_KERNEL_COLLISION);
     bump(CTR_SAMPLES);
@@ -143,5 +215,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     seen.delete(&pid);
+#ifdef UNWIND_DWARF
+    unwind_procs.delete(&pid);  /* its old mappings would misguide the walk */
+#endif
     return 0;
 }

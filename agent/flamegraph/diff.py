@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from agent import model
 from agent.errors import InvalidProfile
-from agent.report import tally
+from agent.report import scaled_label, tally
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,19 @@ def format_diff(
     by_cum: bool = False,
 ) -> str:
     """A header and the `count` functions whose share changed most."""
-    _, new_idx = matching_indices(base, new, sample_index)
+    base_idx, new_idx = matching_indices(base, new, sample_index)
     changes = function_changes(base, new, sample_index, by_cum)
+    unit = new.sample_types[new_idx].unit
+    totals = (
+        scaled_label(sum(abs(s.values[idx]) for s in p.samples), unit)
+        for p, idx in ((base, base_idx), (new, new_idx))
+    )
     moved = [c for c in changes if round(c.delta * 100, 2) != 0]
     shown = moved[: max(count, 0)]
     which = "cum" if by_cum else "flat"
     lines = [
         f"Type: {new.sample_types[new_idx].type} ({which} share of each profile's total)",
-        f"Samples: {len(base.samples)} base, {len(new.samples)} new",
+        "Total: {} base, {} new".format(*totals),
         f"Showing top {len(shown)} of {len(moved)} functions whose share changed",
         f"{'before':>8} {'after':>8} {'change':>9}  name",
     ]

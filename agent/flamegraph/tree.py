@@ -2,8 +2,10 @@
 
 A flame graph is a call tree whose nodes are functions under their caller:
 two samples share a node for as long as their stacks, read from the root,
-agree. A function here is a name, a frame kind, a source file and whether
-the frame was inlined: two static `init`s of different files stay apart.
+agree. A function here is a name, a frame kind and whether the frame was
+inlined; not its source file, which differs between two builds of the same
+code (another build directory), and a diff must match them up. The file
+shown is the first one seen.
 Inlined frames are nodes of their own (an inlined call is still a call to
 whoever reads the graph), marked so the tooltip can say so.
 
@@ -88,8 +90,9 @@ class Tree:
         return node
 
 
-# A frame as the tree keys it: name, kind, inlined, file; and its line.
-_Func = tuple[str, str, bool, str]
+# A frame as the tree keys it (name, kind, inlined); then its file and line.
+_Func = tuple[str, str, bool]
+_Step = tuple[_Func, str, int]
 
 
 def build_tree(series: Sequence[tuple[model.Profile, Sequence[int]]]) -> Tree:
@@ -109,14 +112,14 @@ def build_tree(series: Sequence[tuple[model.Profile, Sequence[int]]]) -> Tree:
     return builder.flatten()
 
 
-def location_steps(loc: model.Location) -> list[tuple[_Func, int]]:
+def location_steps(loc: model.Location) -> list[_Step]:
     """Outermost frame first: a location's frames are stored innermost
     first, and all but the outermost were inlined into the next one out."""
     if not loc.frames:
-        return [((loc.display_name(), loc.kind, False, ""), 0)]
+        return [((loc.display_name(), loc.kind, False), "", 0)]
     last = len(loc.frames) - 1
     return [
-        ((f.function or loc.display_name(), loc.kind, i != last, f.file), f.line)
+        ((f.function or loc.display_name(), loc.kind, i != last), f.file, f.line)
         for i, f in reversed(list(enumerate(loc.frames)))
     ]
 
@@ -130,7 +133,8 @@ class _Builder:
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self.funcs: dict[_Func, int] = {(ROOT_NAME, "root", False, ""): 0}
+        self.funcs: dict[_Func, int] = {(ROOT_NAME, "root", False): 0}
+        self.func_file = [""]
         self.func_line = [0]
         self.edges: dict[tuple[int, int], int] = {}
         self.node_func = [0]
@@ -166,11 +170,14 @@ class _Builder:
     def _steps(self, loc: model.Location) -> list[tuple[int, int]]:
         self.keep.append(loc)
         out = []
-        for func, line in location_steps(loc):
+        for func, file, line in location_steps(loc):
             fid = self.funcs.get(func)
             if fid is None:
                 fid = self.funcs[func] = len(self.funcs)
+                self.func_file.append(file)
                 self.func_line.append(line)
+            elif file and not self.func_file[fid]:
+                self.func_file[fid] = file
             out.append((fid, line))
         return out
 
@@ -234,11 +241,11 @@ class _Builder:
                 getattr(tree, table).append(text)
             return ids[text]
 
-        for (name, kind, inlined, file), fid in self.funcs.items():
+        for (name, kind, inlined), fid in self.funcs.items():
             tree.func_name.append(intern("names", name))
             tree.func_kind.append(intern("kinds", kind))
             tree.func_inlined.append(inlined)
-            tree.func_file.append(intern("files", file))
+            tree.func_file.append(intern("files", self.func_file[fid]))
             tree.func_line.append(self.func_line[fid])
         order = sorted(self.funcs.items())
         rank = [0] * len(order)

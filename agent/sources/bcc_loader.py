@@ -65,12 +65,12 @@ def check_prerequisites() -> None:
 
 def render(name: str, cflags: list[str]) -> str:
     """The program as it will be compiled: its -D flags as #defines, the
-    shared header inlined."""
+    shared headers inlined."""
     defines = []
     for flag in cflags:
         macro, _, value = flag[2:].partition("=")
         defines.append(f"#define {macro} {value or 1}")
-    text = bpf.source(name).replace('#include "common.h"', bpf.source("common.h"))
+    text = bpf.expanded(name)
     return "\n".join([f"/* {name} as bpfprof compiles it */", *defines, "", text])
 
 
@@ -78,7 +78,7 @@ def compile_program(name: str, cflags: list[str]) -> Any:
     """A loaded BCC `BPF` object for one of the shipped programs."""
     bcc = import_bcc()
     check_prerequisites()
-    text = bpf.source(name)
+    text = bpf.expanded(name)
     flags = [f"-I{bpf.include_dir()}", *cflags]
     with tempfile.TemporaryFile() as err:
         saved = os.dup(2)

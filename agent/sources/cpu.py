@@ -5,6 +5,11 @@ the program counts (pid, tid, comm, user stack, kernel stack) in a hash map.
 Draining flips the program to the other half of a double buffer, so the
 half being read is no longer written and can be emptied without losing the
 samples taken meanwhile.
+
+User stacks are walked with the binaries' CFI (bpf/unwind.h) unless the
+options ask for frame pointers only; if the kernel refuses the walker's
+program, the frame-pointer one is loaded instead, with a warning. Each
+process's tables are loaded when its first sample announces it.
 """
 
 from __future__ import annotations
@@ -12,14 +17,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
+from agent.errors import SetupError
 from agent.layout import Counter, ProcessEvent
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources import bcc_loader
+from agent.sources.unwind_maps import BccUnwindMaps
+from agent.unwind.layout import E2BIG, STACK_TRUNCATED
+from agent.unwind.loader import UnwindLoader, default_cache_dir
+from agent.unwind.table import TableCache
 
 log = logging.getLogger("bpfprof.cpu")
 
@@ -27,7 +39,12 @@ PROGRAM = "cpu.bpf.c"
 
 
 def bpf_cflags(
-    limits: BpfLimits, *, filter_pids: bool, follow_forks: bool, include_idle: bool = False
+    limits: BpfLimits,
+    *,
+    filter_pids: bool,
+    follow_forks: bool,
+    include_idle: bool = False,
+    unwind: bool = False,
 ) -> list[str]:
     """The -D flags that configure the program: a pure function of the options."""
     flags = [
@@ -43,12 +60,27 @@ def bpf_cflags(
         flags.append("-DFOLLOW_FORKS=1")
     if include_idle:
         flags.append("-DINCLUDE_IDLE=1")
+    if unwind:
+        flags += unwind_cflags(limits)
     return flags
 
 
-def cflags_for(options: SourceOptions) -> list[str]:
+def unwind_cflags(limits: BpfLimits) -> list[str]:
+    """The flags that turn on the CFI walker of bpf/unwind.h and size its maps."""
+    return [
+        "-DUNWIND_DWARF=1",
+        f"-DUNWIND_ROWS={limits.unwind_rows}",
+        f"-DUNWIND_MAPS={limits.unwind_mappings}",
+        f"-DUNWIND_PROCS={limits.seen_entries}",
+    ]
+
+
+def cflags_for(options: SourceOptions, unwind: bool | None = None) -> list[str]:
     return bpf_cflags(
-        options.limits, filter_pids=options.filter_pids, follow_forks=options.follow_forks
+        options.limits,
+        filter_pids=options.filter_pids,
+        follow_forks=options.follow_forks,
+        unwind=options.unwind == "dwarf" if unwind is None else unwind,
     )
 
 
@@ -60,13 +92,15 @@ def render_program(options: SourceOptions) -> str:
 class CpuSource:
     """The CPU SampleSource. Construct, add_targets, start, then poll/drain."""
 
-    def __init__(self, options: SourceOptions) -> None:
+    def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
         self._options = options
-        self._cflags = cflags_for(options)
+        self._cache_dir = cache_dir
         self._targets: list[int] = []
         self._bpf: Any = None
         self._window = 0
         self._on_new: Callable[[int], None] | None = None
+        self._unwind_maps: BccUnwindMaps | None = None
+        self.unwinder: UnwindLoader | None = None
 
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
@@ -74,7 +108,18 @@ class CpuSource:
             self._write_targets(self._targets)
 
     def start(self) -> None:
-        self._bpf = bcc_loader.compile_program(PROGRAM, self._cflags)
+        self._bpf = self._compile()
+        if self._unwind_maps is not None:
+            limits = self._options.limits
+            cache = TableCache(self._cache_dir or default_cache_dir())
+            self.unwinder = UnwindLoader(
+                self._unwind_maps,
+                max_rows=limits.unwind_rows,
+                max_maps=limits.unwind_mappings,
+                cache=cache,
+            )
+            for pid in self._targets:
+                self.unwinder.load(pid)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
         bcc = bcc_loader.import_bcc()
@@ -86,6 +131,20 @@ class CpuSource:
             cpu=-1,
         )
 
+    def _compile(self) -> Any:
+        """The walker's program if wanted and accepted, else the frame-pointer one."""
+        if self._options.unwind == "dwarf":
+            try:
+                program = bcc_loader.compile_program(PROGRAM, cflags_for(self._options, True))
+            except SetupError as exc:
+                if "run as root" in str(exc) and os.geteuid() != 0:
+                    raise
+                log.warning("user stacks fall back to frame pointers: %s", exc)
+            else:
+                self._unwind_maps = BccUnwindMaps(program)
+                return program
+        return bcc_loader.compile_program(PROGRAM, cflags_for(self._options, False))
+
     def _write_targets(self, pids: Iterable[int]) -> None:
         table = self._bpf["targets"]
         for pid in pids:
@@ -93,8 +152,11 @@ class CpuSource:
 
     def _on_event(self, _cpu: int, data: int, _size: int) -> None:
         event = ctypes.cast(data, ctypes.POINTER(ProcessEvent)).contents
+        pid = int(event.pid)
         if self._on_new is not None:
-            self._on_new(int(event.pid))
+            self._on_new(pid)  # first: the symbolizer's snapshot must not wait
+        if self.unwinder is not None:
+            self.unwinder.load(pid)
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
@@ -111,12 +173,22 @@ class CpuSource:
         time.sleep(0.002)
         counts = self._bpf[f"counts{old}"]
         stacks = self._bpf[f"stacks{old}"]
+        user = self._bpf[f"ustacks{old}"] if self._unwind_maps is not None else None
         drained = [(k, _as_int(v)) for k, v in counts.items_lookup_and_delete_batch()]
-        return read_samples(drained, stacks)
+        return read_samples(drained, stacks, user)
+
+    @property
+    def unwinding(self) -> bool:
+        """Whether user stacks are walked with CFI (False: frame pointers only)."""
+        return self._unwind_maps is not None
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
-        return {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
+        out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
+        if self._unwind_maps is not None and self.unwinder is not None:
+            out.update({f"unwind_{k}": v for k, v in self._unwind_maps.stats().items()})
+            out.update({f"unwind_{k}": v for k, v in vars(self.unwinder.stats).items()})
+        return out
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -124,13 +196,18 @@ class CpuSource:
             self._bpf = None
 
 
-def read_samples(drained: list[tuple[Any, int]], stacks: Any) -> list[RawSample]:
+def read_samples(
+    drained: list[tuple[Any, int]], stacks: Any, user_stacks: Any = None
+) -> list[RawSample]:
     """Turn drained (key, count) pairs into RawSamples, then free their stacks.
 
     Each stack id is read once however many keys share it; ids are deleted
-    from the stack map afterwards so the next use of this half starts empty.
+    from the stack maps afterwards so the next use of this half starts empty.
+    With the CFI walker, user stack ids index `user_stacks` (ustacksN) and
+    a stack cut at the frame limit gets user_error -E2BIG.
     """
     cache: dict[int, tuple[int, ...]] = {}
+    user_cache: dict[int, tuple[tuple[int, ...], int]] = {}
 
     def stack(stack_id: int) -> tuple[int, ...]:
         if stack_id < 0:
@@ -139,12 +216,22 @@ def read_samples(drained: list[tuple[Any, int]], stacks: Any) -> list[RawSample]
             cache[stack_id] = read_stack(stacks, stack_id)
         return cache[stack_id]
 
+    def user(stack_id: int) -> tuple[tuple[int, ...], int]:
+        if user_stacks is None:
+            return stack(stack_id), min(stack_id, 0)
+        if stack_id < 0:
+            return (), stack_id
+        if stack_id not in user_cache:
+            user_cache[stack_id] = read_unwound(user_stacks, stack_id)
+        return user_cache[stack_id]
+
     samples = []
     for key, count in drained:
+        user_ips, user_error = user(key.user_stack_id)
         raw = RawStack(
-            user=stack(key.user_stack_id),
+            user=user_ips,
             kernel=stack(key.kernel_stack_id),
-            user_error=min(key.user_stack_id, 0),
+            user_error=user_error,
             kernel_error=min(key.kernel_stack_id, 0),
         )
         comm = bytes(key.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -152,7 +239,20 @@ def read_samples(drained: list[tuple[Any, int]], stacks: Any) -> list[RawSample]
     for stack_id in cache:
         with contextlib.suppress(KeyError):  # already gone: nothing to free
             del stacks[stacks.Key(stack_id)]
+    for stack_id in user_cache:
+        with contextlib.suppress(KeyError):
+            del user_stacks[user_stacks.Key(stack_id)]
     return samples
+
+
+def read_unwound(user_stacks: Any, stack_id: int) -> tuple[tuple[int, ...], int]:
+    """(ips leaf first, user_error) of one stack the CFI walker stored."""
+    try:
+        leaf = user_stacks[user_stacks.Key(stack_id)]
+    except KeyError:
+        return (), 0
+    ips = tuple(int(ip) for ip in leaf.ips[: min(int(leaf.len), len(leaf.ips))])
+    return ips, -E2BIG if leaf.flags & STACK_TRUNCATED else 0
 
 
 def read_stack(stacks: Any, stack_id: int) -> tuple[int, ...]:

@@ -106,7 +106,7 @@ def test_diff_text_golden() -> None:
     text = format_diff(split_profile(75, 25), split_profile(50, 50), count=5)
     assert text == (
         "Type: samples (flat share of each profile's total)\n"
-        "Samples: 2 base, 2 new\n"
+        "Total: 100 base, 100 new\n"
         "Showing top 2 of 2 functions whose share changed\n"
         "  before    after    change  name\n"
         "  75.00%   50.00%   -25.00%  hot_a\n"
@@ -130,13 +130,15 @@ def test_diff_needs_the_sample_type_in_both_profiles() -> None:
 
 
 def frames(svg: str) -> dict[str, tuple[float, str]]:
-    """Each frame's width and fill by its name (the title up to " (")."""
+    """Width and fill of the widest frame of each name (the title up to " (")."""
     root = ET.fromstring(svg)
-    out = {}
+    out: dict[str, tuple[float, str]] = {}
     for g in root.iter(f"{SVG}g"):
         title, rect = g.find(f"{SVG}title"), g.find(f"{SVG}rect")
         if title is not None and rect is not None and title.text:
-            out[title.text.split(" (")[0]] = (float(rect.attrib["width"]), rect.attrib["fill"])
+            name, width = title.text.split(" (")[0], float(rect.attrib["width"])
+            if width > out.get(name, (-1.0, ""))[0]:
+                out[name] = (width, rect.attrib["fill"])
     return out
 
 

@@ -1,0 +1,230 @@
+"""Loading unwind tables into the walker's maps, once per binary.
+
+For each process the walker is told about, its executable file mappings are
+read from /proc/PID/maps; each mapped binary's rows go into `unwind_rows`
+once (found again by build ID, or by file identity without one), and the
+process gets its own sorted list of mappings in `unwind_maps`.
+
+Both arrays are fixed-size pools, carved into ranges by `RangeAllocator`.
+When a pool is full the binary or process is left to frame pointers, the
+event is counted (`rows_full`, `maps_full`) and logged once, naming the
+option to raise. Mapping ranges of processes that are gone are reclaimed
+when the pool runs out; rows are kept for the agent's lifetime.
+
+The maps themselves are written through a `MapWriter`, so this module has no
+BPF in it and its tests use a plain fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from agent.unwind.layout import pack_mapping
+from agent.unwind.table import ElfUnwindInfo, TableCache, TableError, load_unwind_info
+from symbolizer.elf import ElfError, read_build_id
+from symbolizer.process import open_mapped_file
+from symbolizer.procmaps import MapEntry, parse_maps, read_maps
+
+log = logging.getLogger("bpfprof.unwind")
+
+
+class MapWriter(Protocol):
+    def write_rows(self, first: int, data: bytes) -> None: ...
+    def write_mappings(self, first: int, data: bytes) -> None: ...
+    def set_process(self, pid: int, first_map: int, count: int) -> None: ...
+    def delete_process(self, pid: int) -> None: ...
+
+
+class RangeAllocator:
+    """First-fit ranges of [0, size): few, long-lived allocations."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[tuple[int, int]] = [(0, size)] if size > 0 else []
+
+    def alloc(self, count: int) -> int | None:
+        for i, (start, length) in enumerate(self._free):
+            if length >= count:
+                if length == count:
+                    del self._free[i]
+                else:
+                    self._free[i] = (start + count, length - count)
+                return start
+        return None
+
+    def free(self, start: int, count: int) -> None:
+        """Give a range back, merging it with free neighbours."""
+        spans = sorted([*self._free, (start, count)])
+        merged: list[tuple[int, int]] = []
+        for s, n in spans:
+            if merged and merged[-1][0] + merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((s, n))
+        self._free = merged
+
+    @property
+    def used(self) -> int:
+        return self.size - sum(n for _, n in self._free)
+
+
+@dataclass
+class LoaderStats:
+    processes: int = 0  # processes loaded (again after an exec)
+    binaries: int = 0  # binaries whose rows are in the map
+    rows: int = 0  # rows in the map
+    tables_built: int = 0  # tables built from CFI (not found in the disk cache)
+    rows_full: int = 0  # binaries left to frame pointers: the rows map was full
+    maps_full: int = 0  # processes left to frame pointers: the mappings map was full
+    errors: int = 0  # binaries whose CFI could not be read
+
+
+@dataclass(frozen=True)
+class LoadedBinary:
+    first_row: int
+    row_count: int
+    info: ElfUnwindInfo
+
+
+class UnwindLoader:
+    """Keeps the walker's maps in step with the processes it is told about."""
+
+    def __init__(
+        self,
+        writer: MapWriter,
+        *,
+        max_rows: int,
+        max_maps: int,
+        cache: TableCache,
+        proc_root: str = "/proc",
+    ) -> None:
+        self._writer = writer
+        self._rows = RangeAllocator(max_rows)
+        self._maps = RangeAllocator(max_maps)
+        self._cache = cache
+        self._proc_root = proc_root
+        self._binaries: dict[str, LoadedBinary | None] = {}
+        self._procs: dict[int, tuple[int, int]] = {}  # pid -> (first_map, count)
+        self._warned: set[str] = set()
+        self.stats = LoaderStats()
+
+    def load(self, pid: int) -> bool:
+        """(Re)load a process's mappings; False if it is gone or has no room."""
+        try:
+            entries = parse_maps(read_maps(pid, self._proc_root))
+        except OSError:
+            return False
+        mappings = []
+        for entry in entries:
+            if entry.is_exec and entry.is_file:
+                packed = self._mapping(pid, entry)
+                if packed is not None:
+                    mappings.append(packed)
+        return self._publish(pid, mappings)
+
+    def forget(self, pid: int) -> None:
+        held = self._procs.pop(pid, None)
+        if held is not None:
+            self._writer.delete_process(pid)
+            self._maps.free(*held)
+
+    def sweep(self) -> int:
+        """Forget processes that have exited; how many were."""
+        gone = [pid for pid in self._procs if not os.path.exists(f"{self._proc_root}/{pid}")]
+        for pid in gone:
+            self.forget(pid)
+        return len(gone)
+
+    def _publish(self, pid: int, mappings: list[bytes]) -> bool:
+        if not mappings:
+            self.forget(pid)
+            return True
+        first = self._maps.alloc(len(mappings))
+        if first is None and self.sweep():
+            first = self._maps.alloc(len(mappings))
+        if first is None:
+            self.stats.maps_full += 1
+            self._warn(
+                "maps",
+                "unwind mapping table full: some processes are unwound with "
+                "frame pointers only (raise --unwind-mappings)",
+            )
+            return False
+        self._writer.write_mappings(first, b"".join(mappings))
+        self._writer.set_process(pid, first, len(mappings))
+        old = self._procs.get(pid)
+        self._procs[pid] = (first, len(mappings))
+        if old is not None:
+            self._maps.free(*old)
+        self.stats.processes += 1
+        return True
+
+    def _mapping(self, pid: int, entry: MapEntry) -> bytes | None:
+        binary = self._binary(pid, entry)
+        if binary is None:
+            return None
+        bias = binary.info.load_bias(entry.start, entry.offset)
+        if bias is None:
+            return None
+        base = bias + binary.info.table.base
+        return pack_mapping(entry.start, entry.end, base, binary.first_row, binary.row_count)
+
+    def _binary(self, pid: int, entry: MapEntry) -> LoadedBinary | None:
+        try:
+            with open_mapped_file(pid, entry, self._proc_root) as f:
+                key, build_id = _identity(f)
+                if key in self._binaries:
+                    return self._binaries[key]
+                info = load_unwind_info(f, build_id, self._cache)
+        except (OSError, ElfError, TableError) as exc:
+            self.stats.errors += 1
+            log.debug("no unwind table for %s: %s", entry.path, exc)
+            return None
+        loaded = self._place(info, entry.path)
+        self._binaries[key] = loaded
+        return loaded
+
+    def _place(self, info: ElfUnwindInfo, path: str) -> LoadedBinary | None:
+        count = info.table.count
+        if count == 0:
+            return None
+        first = self._rows.alloc(count)
+        if first is None:
+            self.stats.rows_full += 1
+            self._warn(
+                "rows",
+                f"unwind rows map full: {path} and later binaries are unwound "
+                "with frame pointers only (raise --unwind-rows)",
+            )
+            return None
+        self._writer.write_rows(first, info.table.data)
+        self.stats.binaries += 1
+        self.stats.rows += count
+        return LoadedBinary(first, count, info)
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
+
+
+def _identity(f: IO[bytes]) -> tuple[str, str]:
+    """(cache key, build ID) of an opened mapped file."""
+    build_id = read_build_id(f)
+    if build_id:
+        return f"build-id:{build_id}", build_id
+    st = os.fstat(f.fileno())
+    return f"file:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", ""
+
+
+def default_cache_dir() -> Path:
+    """$BPFPROF_CACHE_DIR, else $XDG_CACHE_HOME/bpfprof, else ~/.cache/bpfprof."""
+    explicit = os.environ.get("BPFPROF_CACHE_DIR")
+    if explicit:
+        return Path(explicit) / "unwind"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bpfprof" / "unwind"

@@ -1,0 +1,218 @@
+"""The CFI walker, loaded for real, on programs built here without frame
+pointers: every sample in the hot leaf must reach its known callers.
+
+Each program prints "ready", the test loads its tables (as the agent does on
+a process's first sample) and then lets it run, so every sample counted is
+one the walker had tables for. Symbols come from the symbolizer, stacks
+from the CPU source: the whole path a profile takes."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import BpfLimits, SourceOptions
+from agent.model import RawSample
+from agent.resolve import StackResolver
+from agent.sources.bcc_loader import compile_program, render
+from agent.sources.cpu import CpuSource, bpf_cflags, cflags_for
+from agent.unwind.layout import MAX_FRAMES, UnwindMapping, UnwindProc, UnwindRow, UnwindStat
+from symbolizer import Symbolizer
+from tests.conftest import PROGRAMS
+
+pytestmark = pytest.mark.bpf
+
+SECONDS = 2.0
+HZ = 199
+MIN_SAMPLES = 50  # enough for a 90% share to mean something, on a busy host too
+
+
+@pytest.fixture(scope="module")
+def unwind_prog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs/unwind.c without frame pointers, linked with the
+    frame-pointer-only, CFI-less unwind_fp.c."""
+    out = tmp_path_factory.mktemp("unwind")
+    main_o, fp_o, exe = out / "unwind.o", out / "unwind_fp.o", out / "unwind"
+    cc = ["gcc", "-O2", "-c"]
+    subprocess.run([*cc, "-fomit-frame-pointer", "-o", main_o, PROGRAMS / "unwind.c"], check=True)
+    no_cfi = ["-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]
+    subprocess.run([*cc, *no_cfi, "-o", fp_o, PROGRAMS / "unwind_fp.c"], check=True)
+    subprocess.run(["gcc", "-o", exe, main_o, fp_o, "-lpthread"], check=True)
+    return exe
+
+
+@dataclass
+class Profile:
+    stacks: list[tuple[list[str], int]]  # user function names, leaf first; count
+    counters: dict[str, int]
+    unwinding: bool
+
+    def having(self, leaf: str) -> list[tuple[list[str], int]]:
+        return [(s, n) for s, n in self.stacks if s and s[0] == leaf]
+
+    def share(self, leaf: str, *callers: str) -> tuple[float, int]:
+        """Of the samples whose leaf is `leaf`: the share with all `callers`, and their count."""
+        hits = self.having(leaf)
+        total = sum(n for _, n in hits)
+        good = sum(n for s, n in hits if all(c in s for c in callers))
+        return (good / total if total else 0.0), total
+
+
+@pytest.fixture
+def profile(unwind_prog: Path, tmp_path: Path) -> Iterator[object]:
+    def run(mode: str, unwind: str = "dwarf") -> Profile:
+        proc = subprocess.Popen(
+            [str(unwind_prog), mode, str(SECONDS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().startswith("ready")
+        symbolizer = Symbolizer()
+        symbolizer.observe(proc.pid)
+        source = CpuSource(
+            SourceOptions(frequency=HZ, filter_pids=True, unwind=unwind), cache_dir=tmp_path
+        )
+        source.add_targets([proc.pid])
+        source.start()
+        try:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            samples: list[RawSample] = []
+            end = time.monotonic() + SECONDS + 10
+            while proc.poll() is None and time.monotonic() < end:
+                source.poll(100, lambda _pid: None)
+            samples += source.drain() + source.drain()
+            counters = source.counters()
+            unwinding = source.unwinding
+        finally:
+            source.close()
+        resolver = StackResolver(symbolizer)
+        stacks = [
+            (
+                [loc.display_name() for loc in resolver.locations(s.key) if loc.kind != "kernel"],
+                s.values[0],
+            )
+            for s in samples
+        ]
+        return Profile(stacks, counters, unwinding)
+
+    procs: list[subprocess.Popen[str]] = []
+    yield run
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_whole_stack_reaches_main_without_frame_pointers(profile) -> None:  # type: ignore[no-untyped-def]
+    got = profile("chain")
+    assert got.unwinding
+    share, total = got.share("hot", "work", "run", "main")
+    assert total >= MIN_SAMPLES, got.stacks
+    assert share >= 0.9, got.having("hot")[:5]
+    print(got.having("hot")[:3])
+    assert got.counters["unwind_truncated"] == 0
+
+
+def test_frame_pointers_alone_do_not_reach_main(profile) -> None:  # type: ignore[no-untyped-def]
+    """The control: the same program, with bpf_get_stackid's frame-pointer walk."""
+    got = profile("chain", unwind="fp")
+    assert not got.unwinding
+    share, total = got.share("hot", "main")
+    assert total > 0 and share < 0.5
+
+
+def test_callers_above_libc_frames(profile) -> None:  # type: ignore[no-untyped-def]
+    """qsort (Debian's libc, no frame pointers) calls back into the program."""
+    got = profile("qsort")
+    share, total = got.share("compare", "sort_all", "run", "main")
+    assert total >= MIN_SAMPLES and share >= 0.9, got.having("compare")[:5]
+    for stack, _ in got.having("compare"):
+        if "sort_all" in stack:  # libc's frames sit between the comparator and its caller
+            between = stack[1 : stack.index("sort_all")]
+            assert any("qsort" in f or "msort" in f for f in between), stack
+
+
+def test_signal_handler_frames_are_unwound(profile) -> None:  # type: ignore[no-untyped-def]
+    got = profile("signal")
+    share, total = got.share("hot", "work", "on_signal", "run", "main")
+    assert total >= MIN_SAMPLES and share >= 0.9, got.having("hot")[:5]
+    for stack, _ in got.having("hot"):
+        if "main" in stack:
+            # through the trampoline the kernel returns by (__restore_rt, not in
+            # stripped libc's symbols) to the interrupted code: raise
+            assert stack[-1] == "_start", stack
+            assert stack.index("on_signal") < stack.index("raise"), stack
+
+
+def test_thread_stacks_end_at_the_thread_entry(profile) -> None:  # type: ignore[no-untyped-def]
+    got = profile("thread")
+    share, total = got.share("hot", "work", "thread_main", "start_thread")
+    assert total >= MIN_SAMPLES and share >= 0.9, got.having("hot")[:5]
+    for stack, _ in got.having("hot"):
+        if "start_thread" in stack:  # clone3's child path marks RIP undefined: nothing after it
+            assert stack[stack.index("start_thread") + 1 :] in ([], ["__clone3"], ["clone3"]), stack
+
+
+def test_main_stacks_end_at_start_with_no_garbage(profile) -> None:  # type: ignore[no-untyped-def]
+    got = profile("chain")
+    known = {"hot", "work", "run", "main", "__libc_start_call_main", "_start"}
+    for stack, _ in got.having("hot"):
+        if "main" in stack:
+            assert stack[-1] == "_start", stack
+            assert all(f in known or f.startswith("__libc_start_main") for f in stack), stack
+    assert got.counters["unwind_unsupported"] == 0
+
+
+def test_a_stack_deeper_than_the_limit_is_marked_truncated(profile) -> None:  # type: ignore[no-untyped-def]
+    got = profile("deep")
+    hits = got.having("hot")
+    total = sum(n for _, n in hits)
+    cut = sum(n for s, n in hits if s[-1] == "[user stack truncated]")
+    assert total >= MIN_SAMPLES and cut / total >= 0.9, hits[:3]
+    assert all(len(s) == 128 for s, _ in hits if s[-1] == "[user stack truncated]")  # 127 + mark
+    assert got.counters["unwind_truncated"] >= cut
+
+
+def test_mixed_frame_pointer_and_cfi_frames(profile) -> None:  # type: ignore[no-untyped-def]
+    """fp_middle has frame pointers but no CFI: the walker crosses it with
+    its frame pointer, between CFI frames on both sides."""
+    got = profile("mixed")
+    share, total = got.share("hot", "work", "fp_middle", "run", "main")
+    assert total >= MIN_SAMPLES and share >= 0.9, got.having("hot")[:5]
+    assert got.counters["unwind_fp_frames"] > 0
+
+
+def test_python_mirror_of_unwind_h_matches_what_bcc_compiled() -> None:
+    flags = bpf_cflags(BpfLimits(), filter_pids=True, follow_forks=False, unwind=True)
+    program = compile_program("cpu.bpf.c", flags)
+    try:
+        for table, mirror in (
+            ("unwind_rows", UnwindRow),
+            ("unwind_maps", UnwindMapping),
+            ("unwind_procs", UnwindProc),
+        ):
+            leaf = program[table].Leaf
+            assert ctypes.sizeof(leaf) == ctypes.sizeof(mirror), table
+            for name, *_ in mirror._fields_:
+                assert getattr(leaf, name).offset == getattr(mirror, name).offset, (table, name)
+        stack = program["ustacks0"].Leaf
+        assert len(stack().ips) == MAX_FRAMES and stack.ips.offset == 16
+        assert len(program["unwind_stats"]) == len(UnwindStat) == 8
+    finally:
+        program.cleanup()
+
+
+def test_print_bpf_shows_the_walker() -> None:
+    text = render("cpu.bpf.c", cflags_for(SourceOptions(unwind="dwarf")))
+    assert "#define UNWIND_DWARF 1" in text and "struct unwind_row {" in text
+    assert '#include "unwind.h"' not in text
+    assert "#define UNWIND_DWARF" not in render("cpu.bpf.c", cflags_for(SourceOptions(unwind="fp")))
