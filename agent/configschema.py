@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.profiletypes import PLANNED, TYPES
+from agent.profiletypes import TYPES
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ for _side in ("include", "exclude"):
     SCHEMA[f"filter.{_side}_command_line"] = Key("regex", "")
 for _t in TYPES.values():
     SCHEMA[f"profiles.{_t.name}.enabled"] = Key("bool", _t.enabled_by_default)
-    for _name, (_type, _default, _low, _high) in _t.settings.items():
-        SCHEMA[f"profiles.{_t.name}.{_name}"] = Key(_type.__name__, _default, _low, _high)
+    for _name, (_kind, _default, _low, _high) in _t.settings.items():
+        SCHEMA[f"profiles.{_t.name}.{_name}"] = Key(_kind, _default, _low, _high)
 
 
 def flatten(table: Mapping[str, Any], origin: str, prefix: str = "") -> Iterator[Override]:
@@ -100,18 +100,9 @@ def check_key(o: Override) -> None:
     if o.key in SCHEMA:
         return
     parts = o.key.split(".")
-    if parts[0] == "profiles" and len(parts) == 3:
-        name = parts[1]
-        if name in PLANNED:
-            if parts[2] == "enabled" and o.value is False:
-                return
-            raise ConfigError(
-                f"{o.origin}: the {name} profile type is not available in this version "
-                f"(available: {', '.join(TYPES)})"
-            )
-        if name not in TYPES:
-            known = ", ".join([*TYPES, *PLANNED])
-            raise ConfigError(f"{o.origin}: unknown profile type {name!r} (known: {known})")
+    if parts[0] == "profiles" and len(parts) == 3 and parts[1] not in TYPES:
+        known = ", ".join(TYPES)
+        raise ConfigError(f"{o.origin}: unknown profile type {parts[1]!r} (known: {known})")
     close = difflib.get_close_matches(o.key, SCHEMA, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"{o.origin}: unknown key {o.key!r}{hint}")

@@ -167,8 +167,7 @@ def load(
     values = {k: spec.default for k, spec in SCHEMA.items()}
     for o in [*file_overrides, *env_overrides(os.environ if env is None else env), *flags]:
         check_key(o)
-        if o.key in SCHEMA:  # a planned profile type switched off: nothing to set
-            values[o.key] = coerce(o)
+        values[o.key] = coerce(o)
     return build(values, source)
 
 

@@ -40,7 +40,7 @@ from agent.record import require_privileges
 from agent.resolve import StackResolver
 from agent.rolling import RollingFiles, file_name
 from agent.runconfig import RunConfig
-from agent.sources.base import SampleSource
+from agent.sources.base import SampleSource, SnapshotSource
 from agent.spool import Spool
 from agent.telemetry import SelfUsage, log_line, write_status
 from symbolizer import Symbolizer
@@ -84,7 +84,7 @@ def make_sources(config: RunConfig) -> dict[str, tuple[SampleSource, ProfileSpec
     out = {}
     for name, _ in config.profiles:
         t, settings = TYPES[name], config.type_settings(name)
-        out[name] = (t.make_source(settings, config.limits), t.make_spec(settings))
+        out[name] = (t.make_source(settings, config.limits), t.make_spec(settings, config.limits))
     return out
 
 
@@ -169,6 +169,8 @@ class Session:
             raw = source.drain()
             if final:  # the other half of the double buffer
                 raw += source.drain()
+            if isinstance(source, SnapshotSource):
+                raw += source.live_heap()  # inuse_*: what is still allocated now
             drained += sum(s.values[0] for s in raw if s.values)
             profiles[name] = self.build(self.wanted(raw), spec, resolver, start, now - start)
         self.submit(profiles, now)

@@ -9,6 +9,7 @@ import pytest
 
 from agent.configschema import Override, parse_key_values
 from agent.errors import ConfigError
+from agent.profiletypes import TYPES
 from agent.runconfig import ExportConfig, flag_overrides, load
 
 
@@ -99,7 +100,6 @@ def test_environment_overrides_file_and_flags_override_both(tmp_path: Path) -> N
         ("[filter]\nexclude_command_line = '('", {}, r"not a valid regular expression"),
         ("[profiles.cpu]\nfrequency = 0", {}, r"profiles.cpu.frequency: must be at least 1"),
         ("[profiles.cpu]\nenabled = false", {}, r"no profile type is enabled"),
-        ("[profiles.offcpu]\nenabled = true", {}, r"offcpu profile type is not available"),
         ("[profiles.gpu]\nenabled = true", {}, r"unknown profile type 'gpu'"),
         ("[profiles.cpu]\nfreq = 9", {}, r"unknown key 'profiles.cpu.freq'"),
         ("interval = [", {}, r"not valid TOML"),
@@ -140,9 +140,24 @@ def test_a_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
         load(tmp_path / "nope.toml", env={})
 
 
-def test_a_planned_type_switched_off_is_accepted(tmp_path: Path) -> None:
+def test_other_types_are_opt_in_with_their_settings(tmp_path: Path) -> None:
     c = load(write(tmp_path, "[profiles.lock]\nenabled = false\n"), env={})
     assert [name for name, _ in c.profiles] == ["cpu"]
+    text = (
+        "[profiles.cpu]\nenabled = false\n[profiles.offcpu]\nenabled = true\nmin_block_us = 5\n"
+        "[profiles.alloc]\nenabled = true\nrate = '1MiB'\ninuse = false\n"
+        "[profiles.lock]\nenabled = true\n"
+    )
+    c = load(write(tmp_path, text), env={})
+    assert [name for name, _ in c.profiles] == ["offcpu", "lock", "alloc"]
+    assert c.type_settings("offcpu") == {"min_block_us": 5}
+    assert c.type_settings("lock") == {"min_wait_us": 10}
+    assert c.type_settings("alloc") == {"rate": 1 << 20, "inuse": False}
+    alloc = TYPES["alloc"].options(c.type_settings("alloc"), c.limits)
+    assert (alloc.alloc_rate, alloc.alloc_inuse, alloc.all_processes) == (1 << 20, False, True)
+    assert TYPES["alloc"].make_spec(c.type_settings("alloc"), c.limits).period == 1 << 20
+    with pytest.raises(ConfigError, match=r"profiles.alloc.rate: expected a size"):
+        load(write(tmp_path, "[profiles.alloc]\nrate = 'x'\n"), env={})
 
 
 @pytest.mark.parametrize(
