@@ -150,6 +150,8 @@ def test_large_profile_draws_a_bounded_number_of_frames(browser: Browser, tmp_pa
     assert len(graph.tree) > 100_000 and len(frames) <= width * len(rows)
     assert all(f["w"] >= 1 - 1e-6 for f in frames)
     assert any("merged" in f["cls"] for f in frames)
+    overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert browser.evaluate(overflow) == 0, "the chart must fit the window's width"
     widest = max(
         (f for f in frames if f["y"] > frames[0]["y"] and "merged" not in f["cls"]),
         key=lambda f: f["w"],
