@@ -17,7 +17,8 @@
  *   LIVE_ENTRIES     sampled blocks remembered until freed
  *   PENDING_ENTRIES, COUNTDOWN_ENTRIES, TARGET_ENTRIES, EVENT_PAGES  map sizes
  *   FILTER_PIDS      report exits of `targets` only (probes are per process)
- *   NO_INUSE         allocations only: no live table (free is not probed)
+ *   NO_INUSE         allocations only: no return probes, no live table, free
+ *                    not probed; samples are sent from the entry
  */
 #include <uapi/linux/ptrace.h>
 #include "common.h"
@@ -88,7 +89,45 @@ static __always_inline int sampled(u32 tid, u64 size)
     return 1;
 }
 
-static __always_inline int alloc_entry(u64 size, u64 memptr)
+/* The one place this program takes stacks (to be swapped for the shared
+ * unwinder): the user stack into the record, leaf first. */
+static __always_inline s32 take_user_stack(void *ctx, struct alloc_event *ev)
+{
+    return bpf_get_stack(ctx, ev->ips, sizeof(ev->ips), BPF_F_USER_STACK);
+}
+
+#ifdef NO_INUSE
+/* Without inuse_* the address is not needed, so there is no return probe
+ * (it doubles a call's cost): the sample is sent from the entry. There the
+ * frame-pointer walk starts at the allocator and goes on from its caller's
+ * frame, which skips the caller itself: its pc is the return address on top
+ * of the stack, and takes the allocator's slot. */
+static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (size == 0 || !sampled((u32)id, size))
+        return 0;
+    struct alloc_event *ev = events.ringbuf_reserve(sizeof(struct alloc_event));
+    if (!ev) {
+        bump(CTR_SAMPLE_LOST);
+        return 0;
+    }
+    ev->kind = ALLOC_EVENT_UNTRACKED;
+    ev->pid = id >> 32;
+    ev->tid = (u32)id;
+    ev->addr = 0;
+    ev->size = size;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    ev->stack_bytes = take_user_stack(ctx, ev);
+    if (ev->stack_bytes >= 8 &&
+        bpf_probe_read_user(&ev->ips[0], sizeof(u64), (void *)PT_REGS_SP(ctx)) != 0)
+        ev->ips[0] = 0;
+    events.ringbuf_submit(ev, 0);
+    bump(CTR_SAMPLES);
+    return 0;
+}
+#else
+static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr)
 {
     u32 tid = bpf_get_current_pid_tgid();
     if (size == 0 || !sampled(tid, size))
@@ -98,13 +137,7 @@ static __always_inline int alloc_entry(u64 size, u64 memptr)
         bump(CTR_PENDING_FULL);
     return 0;
 }
-
-/* The one place this program takes stacks (to be swapped for the shared
- * unwinder): the user stack into the record, leaf first. */
-static __always_inline s32 take_user_stack(void *ctx, struct alloc_event *ev)
-{
-    return bpf_get_stack(ctx, ev->ips, sizeof(ev->ips), BPF_F_USER_STACK);
-}
+#endif
 
 static __always_inline int alloc_return(struct pt_regs *ctx, int via_memptr)
 {
@@ -137,15 +170,11 @@ static __always_inline int alloc_return(struct pt_regs *ctx, int via_memptr)
     ev->stack_bytes = take_user_stack(ctx, ev);
     /* Into `live` before the record is submitted: a free racing with us is
      * reserved after this record, so user space sees them in order. */
-#ifdef NO_INUSE
-    ev->kind = ALLOC_EVENT_UNTRACKED;
-#else
     struct live_key k = {.pid = ev->pid, .addr = addr};
     if (live.update(&k, &size) != 0) {
         ev->kind = ALLOC_EVENT_UNTRACKED;
         bump(CTR_LIVE_FULL);
     }
-#endif
     events.ringbuf_submit(ev, 0);
     bump(CTR_SAMPLES);
     return 0;
@@ -164,19 +193,19 @@ static __always_inline void freed(u64 addr)
         bump(CTR_SAMPLE_LOST);
 }
 
-int on_malloc(struct pt_regs *ctx) { return alloc_entry(PT_REGS_PARM1(ctx), 0); }
-int on_calloc(struct pt_regs *ctx) { return alloc_entry(PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0); }
-int on_memalign(struct pt_regs *ctx) { return alloc_entry(PT_REGS_PARM2(ctx), 0); }
+int on_malloc(struct pt_regs *ctx) { return alloc_entry(ctx, PT_REGS_PARM1(ctx), 0); }
+int on_calloc(struct pt_regs *ctx) { return alloc_entry(ctx, PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0); }
+int on_memalign(struct pt_regs *ctx) { return alloc_entry(ctx, PT_REGS_PARM2(ctx), 0); }
 int on_posix_memalign(struct pt_regs *ctx)
 {
-    return alloc_entry(PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx));
+    return alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx));
 }
 
 /* realloc(p, n) frees p (when it succeeds) and allocates n. */
 int on_realloc(struct pt_regs *ctx)
 {
     freed(PT_REGS_PARM1(ctx));
-    return alloc_entry(PT_REGS_PARM2(ctx), 0);
+    return alloc_entry(ctx, PT_REGS_PARM2(ctx), 0);
 }
 
 int on_return(struct pt_regs *ctx) { return alloc_return(ctx, 0); }

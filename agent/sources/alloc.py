@@ -171,7 +171,7 @@ class AllocSource:
         self._bpf.attach_uprobe(
             name=point.path.encode(), sym=sym, sym_off=point.probe_offset, fn_name=entry, pid=pid
         )
-        if ret:
+        if ret and self._options.alloc_inuse:
             self._bpf.attach_uretprobe(name=point.path.encode(), sym=sym, fn_name=ret, pid=pid)
         self.probes.append((pid, point))
 

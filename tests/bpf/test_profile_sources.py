@@ -249,3 +249,31 @@ def test_alloc_needs_an_allocator_to_probe(tmp_path: Path) -> None:
         source.close()
         proc.kill()
         proc.wait()
+
+
+def test_allocation_only_mode_attributes_from_the_entry(built: Callable[[str], Path]) -> None:
+    """--no-inuse sends samples from the entry probe; the caller's frame is
+    recovered from the return address on top of the stack."""
+    units, block, rate = 8192, 4096, 64 * 1024
+    run = Run([str(built("allocsplit")), str(units), str(block)])
+    source = AllocSource(SourceOptions(filter_pids=True, alloc_rate=rate, alloc_inuse=False))
+    sym = Symbolizer()
+    try:
+        source.add_targets([run.proc.pid])
+        source.start()
+        sym.observe(run.proc.pid)
+        run.send()
+        done = run.line(source, []).split()
+        allocs = source.drain()
+        assert source.live_heap() == []
+    finally:
+        source.close()
+        run.close()
+    leaves = {}
+    for s in allocs:
+        leaf = functions(sym, s)[:1]
+        name = leaf[0] if leaf else "?"
+        leaves[name] = leaves.get(name, 0) + s.values[1]
+    sd = expected_error([(block, 3 * units)], rate)
+    assert abs(leaves.get("churn", 0) - int(done[1])) < 4 * sd, leaves
+    assert abs(leaves.get("hoard", 0) - int(done[2])) < 4 * expected_error([(block, units)], rate)

@@ -1,0 +1,218 @@
+"""Benchmarks of the allocation, lock and off-CPU profilers (make bench).
+
+Each workload (bench/profiles_workload.c) measures its own time per
+operation around its loop; it is run alone and under each tool attached to
+its pid, and the best of a few runs is kept (the host is shared, so noise
+only ever adds time). Compared with the tools the issue names:
+memleak-bpfcc for allocations, a plain futex tracer for locks.
+
+  malloc   ns per malloc+free pair: alone, bpfprof alloc, bpfprof alloc
+           --no-inuse, memleak-bpfcc; goal: bpfprof's slowdown at most a
+           tenth of memleak's
+  lock     ns per lock/unlock, 1 thread (never contended) and 2 threads
+           (contended): alone, bpfprof lock, futex tracer; goals: nothing
+           added uncontended, at most 1 us per contended wait
+  offcpu   ns per hand-over of a token between two threads pinned to one
+           CPU (one context switch each): alone, bpfprof offcpu; goal: at
+           most 1 us per switch
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BPFPROF = str(REPO / ".venv" / "bin" / "bpfprof")
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    argv: Callable[[int, Path], list[str]]
+    ready: str  # a line the tool prints once it is attached
+    stream: str = "stderr"
+
+
+def bpfprof(kind: str, *extra: str) -> Tool:
+    return Tool(
+        f"bpfprof {kind}{' ' + ' '.join(extra) if extra else ''}",
+        lambda pid, out: [BPFPROF, "record", "-t", kind, "-p", str(pid), "-o", str(out), *extra],
+        "recording",
+    )
+
+
+MEMLEAK = Tool(
+    "memleak-bpfcc", lambda pid, _: ["memleak-bpfcc", "-p", str(pid)], "Attaching", "stdout"
+)
+FUTEX = Tool(
+    "futex tracer",
+    lambda pid, _: [PYTHON, str(HERE / "futex_tracer.py"), str(pid)],
+    "attached",
+    "stdout",
+)
+
+
+def build(workdir: Path) -> Path:
+    exe = workdir / "profiles_workload"
+    src = HERE / "profiles_workload.c"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def run_once(argv: list[str], tool: Tool | None, workdir: Path) -> float:
+    """ns per op of one run, with `tool` attached to the workload first."""
+    prog = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert prog.stdin is not None and prog.stdout is not None
+    pid = int(prog.stdout.readline().split()[1])
+    attached = None
+    try:
+        if tool is not None:
+            attached = subprocess.Popen(
+                tool.argv(pid, workdir / "out.pb.gz"),
+                stdout=subprocess.PIPE if tool.stream == "stdout" else subprocess.DEVNULL,
+                stderr=subprocess.PIPE if tool.stream == "stderr" else subprocess.DEVNULL,
+                text=True,
+            )
+            stream = attached.stdout if tool.stream == "stdout" else attached.stderr
+            assert stream is not None
+            for line in stream:
+                if tool.ready in line:
+                    break
+            else:
+                raise RuntimeError(f"{tool.name} exited before attaching")
+            settle(attached.pid)
+        prog.stdin.write("go\n")
+        prog.stdin.flush()
+        result = prog.stdout.readline().split()
+        return float(result[1])
+    finally:
+        prog.wait()
+        if attached is not None:
+            attached.send_signal(signal.SIGINT)
+            try:
+                attached.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                attached.kill()
+
+
+def perf_events(pid: int) -> int:
+    """How many perf events (each attached probe is one) a process holds."""
+    n = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            n += os.readlink(fd) == "anon_inode:[perf_event]"
+        except OSError:
+            continue
+    return n
+
+
+def settle(pid: int, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    """Wait until the tool's probes stop appearing: memleak says it is
+    attaching before it attaches, one probe at a time."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = perf_events(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif n > 0 and time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"pid {pid} never finished attaching")
+
+
+def best(argv: list[str], tool: Tool | None, workdir: Path, repeat: int) -> float:
+    return min(run_once(argv, tool, workdir) for _ in range(repeat))
+
+
+def contended_waits(path: Path) -> int:
+    sys.path.insert(0, str(REPO))
+    from agent.exporters.pprof import decode
+
+    return sum(s.values[0] for s in decode(path.read_bytes()).samples)
+
+
+def bench_malloc(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
+    argv = [str(exe), "malloc", str(n)]
+    alone = best(argv, None, workdir, repeat)
+    rows = [f"| malloc+free pair, alone | {alone:.0f} ns | 1.0x |"]
+    slow: dict[str, float] = {}
+    tools = [bpfprof("alloc"), bpfprof("alloc", "--no-inuse")]
+    if shutil.which("memleak-bpfcc"):
+        tools.append(MEMLEAK)
+    for tool in tools:
+        t = best(argv, tool, workdir, repeat if tool is not MEMLEAK else 1)
+        slow[tool.name] = t / alone
+        rows.append(f"| malloc+free pair, {tool.name} | {t:.0f} ns | {t / alone:.1f}x |")
+    if "memleak-bpfcc" in slow:
+        for name in ("bpfprof alloc", "bpfprof alloc --no-inuse"):
+            rows.append(
+                f"| slowdown of {name} / memleak's | | {slow[name] / slow['memleak-bpfcc']:.3f} |"
+            )
+    return rows
+
+
+def bench_lock(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
+    rows = []
+    for threads in (1, 2):
+        argv = [str(exe), "lock", str(n), str(threads)]
+        label = "uncontended (1 thread)" if threads == 1 else "contended (2 threads)"
+        alone = best(argv, None, workdir, repeat)
+        rows.append(f"| lock/unlock {label}, alone | {alone:.1f} ns | |")
+        for tool in (bpfprof("lock"), FUTEX):
+            t = best(argv, tool, workdir, repeat)
+            extra = ""
+            if threads > 1 and tool.name == "bpfprof lock":
+                waits = contended_waits(workdir / "out.pb.gz")
+                ops = n * threads
+                per_wait = (t - alone) * ops * min(threads, os.cpu_count() or 1) / max(waits, 1)
+                extra = f"{waits} waits, ~{per_wait / 1000:.2f} us added per wait"
+            rows.append(f"| lock/unlock {label}, {tool.name} | {t:.1f} ns | {extra} |")
+    return rows
+
+
+def bench_offcpu(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
+    cpu = str((os.cpu_count() or 1) - 1)
+    argv = ["taskset", "-c", cpu, str(exe), "pingpong", str(n)]
+    alone = best(argv, None, workdir, repeat)
+    t = best(argv, bpfprof("offcpu"), workdir, repeat)
+    return [
+        f"| context switch (hand-over on one CPU), alone | {alone:.0f} ns | |",
+        f"| context switch, bpfprof offcpu | {t:.0f} ns | {(t - alone) / 1000:.2f} us added |",
+    ]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/profiles.py")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=["malloc", "lock", "offcpu"])
+    args, _ = parser.parse_known_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        exe = build(workdir)
+        rows = ["| what | time per op | vs alone |", "|---|---|---|"]
+        if args.only in (None, "malloc"):
+            rows += bench_malloc(exe, workdir, args.repeat, 300_000)
+        if args.only in (None, "lock"):
+            rows += bench_lock(exe, workdir, args.repeat, 2_000_000)
+        if args.only in (None, "offcpu"):
+            rows += bench_offcpu(exe, workdir, args.repeat, 200_000)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main(sys.argv[1:]))
