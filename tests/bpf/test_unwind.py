@@ -24,27 +24,12 @@ from agent.sources.bcc_loader import compile_program, render
 from agent.sources.cpu import CpuSource, bpf_cflags, cflags_for
 from agent.unwind.layout import MAX_FRAMES, UnwindMapping, UnwindProc, UnwindRow, UnwindStat
 from symbolizer import Symbolizer
-from tests.conftest import PROGRAMS
 
 pytestmark = pytest.mark.bpf
 
 SECONDS = 2.0
 HZ = 199
 MIN_SAMPLES = 50  # enough for a 90% share to mean something, on a busy host too
-
-
-@pytest.fixture(scope="module")
-def unwind_prog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/programs/unwind.c without frame pointers, linked with the
-    frame-pointer-only, CFI-less unwind_fp.c."""
-    out = tmp_path_factory.mktemp("unwind")
-    main_o, fp_o, exe = out / "unwind.o", out / "unwind_fp.o", out / "unwind"
-    cc = ["gcc", "-O2", "-c"]
-    subprocess.run([*cc, "-fomit-frame-pointer", "-o", main_o, PROGRAMS / "unwind.c"], check=True)
-    no_cfi = ["-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]
-    subprocess.run([*cc, *no_cfi, "-o", fp_o, PROGRAMS / "unwind_fp.c"], check=True)
-    subprocess.run(["gcc", "-o", exe, main_o, fp_o, "-lpthread"], check=True)
-    return exe
 
 
 @dataclass

@@ -2,7 +2,7 @@
  * reached through a known chain of callers. Built without frame pointers
  * (-O2 -fomit-frame-pointer), so only the CFI walk can reach main.
  *
- * usage: unwind MODE SECONDS
+ * usage: unwind MODE SECONDS [WARMUP]
  *   chain   main -> run -> work -> hot
  *   qsort   main -> run -> sort_all -> qsort (libc) -> ... -> compare
  *   signal  main -> run -> raise (libc) -> [signal frame] -> on_signal -> hot
@@ -12,7 +12,9 @@
  *
  * Prints "ready <pid>" once its libraries are mapped, then waits for a line
  * on stdin before the measured work, so a test can load the tables first
- * (stdin at EOF: start at once). */
+ * (stdin at EOF: start at once). With WARMUP, it instead spins that many
+ * seconds in warmup() and sleeps one: a profiler that loads tables when a
+ * process is first sampled has them by the time the measured work starts. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +31,14 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) void warmup(double seconds)
+{
+    double end = now() + seconds;
+    while (now() < end)
+        sink++;
+    usleep(1000000);
 }
 
 __attribute__((noinline)) void hot(void)
@@ -131,7 +141,9 @@ int main(int argc, char **argv)
     printf("ready %d\n", (int)getpid());
     fflush(stdout);
     char line[16];
-    if (!fgets(line, sizeof(line), stdin))
+    if (argc > 3)
+        warmup(atof(argv[3]));
+    else if (!fgets(line, sizeof(line), stdin))
         line[0] = 0;
     deadline = now() + atof(argv[2]);
     run(argv[1]);
