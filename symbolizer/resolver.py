@@ -153,6 +153,10 @@ class Symbolizer:
 
     def load_file(self, path: str) -> ElfSymbols:
         """The (cached) table of a file on this host's file system."""
+        st = os.stat(path)
+        known = self._tables.get(file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        if known is not None:
+            return known
         with open(path, "rb") as f:
             read_build_id(f)  # not ELF: ElfError, before anything is logged
             table = self._table_from_file(f, path, path, "")
