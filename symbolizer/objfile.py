@@ -74,12 +74,18 @@ def load_object(
     if debug:
         try:
             candidates += _symbols_of(debug)
-            dwarf = DwarfInfo(dwarf_loader([debug], build_id, None), _prefixed(debug, warn))
+            # found under /proc/PID/root: the same path on the host (build ID
+            # checked) still works once the process has exited
+            paths = [debug] + ([debug[len(root) :]] if root and debug.startswith(root) else [])
+            dwarf = DwarfInfo(dwarf_loader(paths, build_id, None), _prefixed(debug, warn))
         except (OSError, ElfError) as exc:
             warn(f"cannot use debug file {debug} of {binary}: {exc}")
             debug = ""
     if not debug and (".debug_info" in headers or ".zdebug_info" in headers):
-        paths = [opened] + ([binary] if not root and binary != opened else [])
+        # /proc/PID/... dies with the process (a `record -- COMMAND` resolves
+        # after it exits): the host path is tried next, and the loader's
+        # build-ID (or identity) check keeps a different file out.
+        paths = [opened] + ([binary] if binary != opened else [])
         identity = _identity(f)
         dwarf = DwarfInfo(dwarf_loader(paths, build_id, identity), _prefixed(binary, warn))
         debug = binary
