@@ -95,7 +95,7 @@ def cli(verbose: int) -> None:
     type=click.IntRange(1024, 1 << 26),
     default=BpfLimits.unwind_rows,
     show_default=True,
-    help="CFI rows the kernel holds for all binaries (12 bytes each).",
+    help="CFI rows the kernel holds for all binaries (16 bytes of kernel memory each).",
 )
 @click.option(
     "--unwind-mappings",

@@ -25,7 +25,7 @@ class BpfLimits:
     target_entries: int = 8192  # followed processes with --pid / COMMAND
     seen_entries: int = 16384  # processes remembered as already seen
     event_pages: int = 64  # ring-buffer pages for new-process events
-    unwind_rows: int = 1 << 20  # CFI rows of all binaries (12 bytes each)
+    unwind_rows: int = 1 << 20  # CFI rows of all binaries (16 bytes of kernel memory each)
     unwind_mappings: int = 65536  # executable mappings of all processes (32 bytes each)
 
 

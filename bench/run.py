@@ -10,7 +10,11 @@ import importlib
 import sys
 from pathlib import Path
 
-SUITES = {"cpu": "bench.cpu"}  # name -> module with main(argv) -> int
+SUITES = {  # name -> module with main(argv) -> int
+    "cpu": "bench.cpu",
+    "unwind": "bench.unwind",
+    "profiles": "bench.profiles",
+}
 
 
 def main(argv: list[str]) -> int:
