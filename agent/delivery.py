@@ -101,7 +101,8 @@ class Delivery:
         self._stopping.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=0.1)
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
         while True:  # the worker is stuck in a send: keep the rest on disk
             try:
                 label, payload = self._queue.get_nowait()

@@ -14,6 +14,7 @@ SUITES = {  # name -> module with main(argv) -> int
     "cpu": "bench.cpu",
     "unwind": "bench.unwind",
     "profiles": "bench.profiles",
+    "agent": "bench.agent",
 }
 
 

@@ -1,0 +1,150 @@
+"""The agent's hub with a plain fake source: intervals become files or OTLP
+requests, filters drop processes, counters reach the status file, and a
+reload keeps the running session when the new config is bad."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent import runner
+from agent.builder import cpu_spec
+from agent.configschema import Override
+from agent.errors import ConfigError
+from agent.exporters.pprof import decode
+from agent.model import RawKey, RawSample, RawStack
+from agent.runconfig import RunConfig, load
+from agent.telemetry import SelfUsage
+from tests.otlp_receiver import HttpReceiver
+
+ME = os.getpid()
+
+
+@dataclass
+class FakeSource:
+    """Hands out `batches` one drain at a time; counts like the kernel would."""
+
+    batches: list[list[RawSample]]
+    started: bool = False
+    closed: bool = False
+    drained: int = 0
+    seen: list[int] = field(default_factory=list)
+
+    def add_targets(self, pids: Iterable[int]) -> None:
+        pass
+
+    def start(self) -> None:
+        self.started = True
+
+    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
+        for pid in self.seen:
+            on_new_process(pid)
+        self.seen = []
+
+    def drain(self) -> list[RawSample]:
+        self.drained += 1
+        return self.batches.pop(0) if self.batches else []
+
+    def counters(self) -> dict[str, int]:
+        return {"samples": 10 * self.drained, "map_full": self.drained, "user_collision": 1}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sample(pid: int, n: int) -> RawSample:
+    return RawSample(RawKey(pid, pid, "fake", RawStack()), (n,))
+
+
+@pytest.fixture
+def source(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSource]:
+    fake = FakeSource([[sample(ME, 5), sample(1, 2)], [sample(ME, 3)]], seen=[ME])
+    monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
+    yield fake
+
+
+def config(tmp_path: Path, *flags: Override, text: str = "") -> RunConfig:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'status_file = "{tmp_path / "status.json"}"\n[output]\ndir = "{tmp_path / "out"}"\n'
+        f'[spool]\ndir = "{tmp_path / "spool"}"\n' + text
+    )
+    return load(path, env={}, flags=list(flags))
+
+
+def test_intervals_become_rolling_files_and_status(tmp_path: Path, source: FakeSource) -> None:
+    session = runner.Session(config(tmp_path), SelfUsage())
+    session.start()
+    session.poll()
+    session.report()
+    session.finish()
+    assert source.started and source.closed
+    files = sorted((tmp_path / "out").glob("*-cpu.pb.gz"))
+    assert len(files) == 2  # the interval, then the flush at finish
+    first = decode(files[0].read_bytes())
+    assert {s.num_labels["pid"]: s.values[0] for s in first.samples} == {ME: 5, 1: 2}
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "stopped" and status["intervals"] == 2
+    assert status["totals"]["samples"] == 30 and status["totals"]["lost_samples"] == 3
+    assert status["totals"]["lost_stacks"] == 1
+
+
+def test_filters_drop_excluded_processes(tmp_path: Path, source: FakeSource) -> None:
+    c = config(tmp_path, text="[filter]\nexclude_pids = [1]\n")
+    session = runner.Session(c, SelfUsage())
+    session.start()
+    session.report()
+    session.finish()
+    files = sorted((tmp_path / "out").glob("*-cpu.pb.gz"))
+    pids = {s.num_labels["pid"] for f in files for s in decode(f.read_bytes()).samples}
+    assert pids == {ME}
+
+
+def test_intervals_go_to_a_collector_as_otlp(tmp_path: Path, source: FakeSource) -> None:
+    receiver = HttpReceiver().start()
+    try:
+        endpoint = Override("export.endpoint", receiver.endpoint, "--endpoint")
+        protocol = Override("export.protocol", "http/protobuf", "--protocol")
+        session = runner.Session(config(tmp_path, endpoint, protocol), SelfUsage())
+        session.start()
+        session.report()
+        session.finish()
+    finally:
+        receiver.stop()
+    requests = receiver.received.snapshot()
+    assert len(requests) == 2
+    pids = {
+        kv.value.int_value
+        for rp in requests[0].resource_profiles
+        for kv in rp.resource.attributes
+        if kv.key == "process.pid"
+    }
+    assert pids == {ME, 1}
+    assert not list((tmp_path / "spool").glob("*.otlp"))
+
+
+def test_reload_keeps_the_session_on_a_bad_config(tmp_path: Path, source: FakeSource) -> None:
+    good = config(tmp_path)
+    session = runner.Session(good, SelfUsage())
+
+    def bad() -> RunConfig:
+        raise ConfigError("c.toml: interval: must be at least 0.2, not 0")
+
+    assert runner.reload_session(bad, session, SelfUsage()) is None
+    assert runner.reload_session(lambda: good, session, SelfUsage()) is None  # unchanged
+    changed = config(tmp_path, Override("interval", 2.0, "--interval"))
+    new = runner.reload_session(lambda: changed, session, SelfUsage())
+    assert new is not None and new.config.interval == 2.0
+    tls = config(
+        tmp_path,
+        Override("export.endpoint", "https://c:4318", "--endpoint"),
+        Override("export.protocol", "http/protobuf", "--protocol"),
+        Override("export.ca_file", str(tmp_path / "missing.pem"), "x"),
+    )
+    assert runner.reload_session(lambda: tls, session, SelfUsage()) is None
+    session.delivery.close(1)
