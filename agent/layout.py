@@ -50,6 +50,7 @@ class ProcessEvent(ctypes.Structure):
 
 
 EVENT_NEW_PROCESS = 1
+EVENT_MAPS_CHANGED = 2  # the unwinder met a mapping it was not told of (dlopen)
 
 # bpf_get_stackid errors (negative errno) that a stack id can carry.
 EFAULT = 14  # no stack of this kind: a kernel thread has no user stack

@@ -48,6 +48,7 @@ struct process_event {
 };
 
 #define EVENT_NEW_PROCESS 1
+#define EVENT_MAPS_CHANGED 2 /* a sampled PC is in no mapping user space told the unwinder of */
 
 /* Value of the wait counts (off-CPU, lock): how many waits, how long in all. */
 struct wait_value {

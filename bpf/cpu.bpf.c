@@ -39,6 +39,9 @@ BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 BPF_F_TABLE("hash", u32, struct unwound_stack, ustacks0, STACK_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", u32, struct unwound_stack, ustacks1, STACK_ENTRIES, BPF_F_NO_PREALLOC);
 #define USTACK_PROBES 4
+/* When each process last asked user space to reload its mappings. */
+BPF_TABLE("lru_hash", u32, u64, refreshed, SEEN_ENTRIES);
+#define REFRESH_NS 2000000000ULL
 #endif
 
 static __always_inline void bump(int idx)
@@ -80,6 +83,23 @@ static __always_inline void add_one(u64 *v, int inserted)
 }
 
 #ifdef UNWIND_DWARF
+/* The walker met a PC in no mapping it knows of (a library loaded by dlopen
+ * after the process was first seen, new JIT code): ask user space to read
+ * the maps again, at most every REFRESH_NS per process. */
+static __always_inline void notify_maps_changed(u32 pid, struct unwound_stack *st)
+{
+    if (!st || !(st->flags & STACK_NEW_MAPPING))
+        return;
+    u64 now = bpf_ktime_get_ns();
+    u64 *last = refreshed.lookup(&pid);
+    if (last && now - *last < REFRESH_NS)
+        return;
+    refreshed.update(&pid, &now);
+    struct process_event ev = {.pid = pid, .kind = EVENT_MAPS_CHANGED};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
 static __always_inline u32 ustack_bucket(struct unwound_stack *st, int probe)
 {
     return (u32)((st->hash + probe) % STACK_ENTRIES);
@@ -178,6 +198,7 @@ int on_cpu_sample(void *ctx)
     void *ustack = NULL;
 #ifdef UNWIND_DWARF
     ustack = unwind_user_stack(pid);  /* once: the walk is the costly part to verify */
+    notify_maps_changed(pid, ustack);
 #endif
     int zero = 0;
     u32 *w = window.lookup(&zero);

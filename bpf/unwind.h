@@ -61,6 +61,7 @@
 #define STACK_FP_USED 4     /* at least one frame was unwound with frame pointers */
 #define STACK_READ_ERROR 8  /* a saved register could not be read */
 #define STACK_UNSUPPORTED 16 /* CFI of a form the walker does not follow */
+#define STACK_NEW_MAPPING 32 /* a PC in none of the process's known mappings (dlopen) */
 
 /* self-metrics of the walker, `unwind_stats` (agent.unwind.layout.UnwindStat) */
 enum unwind_stat {
@@ -233,6 +234,8 @@ static __always_inline struct unwind_row *unwind_lookup(struct unwind_state *st)
      * noreturn function ends it): look up the call instruction instead. */
     u64 pc = st->pc - 1 + st->exact;
     struct unwind_mapping *m = unwind_find_mapping(st->first_map, st->map_count, pc);
+    if (!m && st->map_count)
+        st->flags |= STACK_NEW_MAPPING;
     if (!m || m->row_count == 0 || pc < m->base || pc - m->base > 0xffffffffULL)
         return NULL;
     return unwind_find_row(m->first_row, m->row_count, pc - m->base);

@@ -45,13 +45,15 @@ def hotsplit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def unwind_prog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """programs/unwind.c without frame pointers (-O2 -fomit-frame-pointer, CFI
     in .eh_frame as gcc emits by default), linked with unwind_fp.c, which has
-    frame pointers and no CFI at all."""
+    frame pointers and no CFI at all; beside it libunwind_test.so, which its
+    dlopen mode loads."""
     out = tmp_path_factory.mktemp("unwind")
     main_o, fp_o, exe = out / "unwind.o", out / "unwind_fp.o", out / "unwind"
     compile_c(PROGRAMS / "unwind.c", main_o, "-c", "-O2", "-fomit-frame-pointer")
     no_cfi = ("-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables")
     compile_c(PROGRAMS / "unwind_fp.c", fp_o, "-c", "-O2", *no_cfi)
-    subprocess.run(["gcc", "-o", str(exe), str(main_o), str(fp_o), "-lpthread"], check=True)
+    subprocess.run(["gcc", "-o", str(exe), str(main_o), str(fp_o), "-lpthread", "-ldl"], check=True)
+    compile_c(PROGRAMS / "unwind_lib.c", out / "libunwind_test.so", "-O2", "-shared", "-fPIC")
     return exe
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
-from agent.layout import Counter, ProcessEvent
+from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources import bcc_loader
 from agent.sources.unwind_maps import BccUnwindMaps
@@ -101,6 +101,7 @@ class CpuSource:
         self._on_new: Callable[[int], None] | None = None
         self._unwind_maps: BccUnwindMaps | None = None
         self.unwinder: UnwindLoader | None = None
+        self.maps_reloaded = 0  # maps-changed events handled
 
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
@@ -153,10 +154,14 @@ class CpuSource:
     def _on_event(self, _cpu: int, data: int, _size: int) -> None:
         event = ctypes.cast(data, ctypes.POINTER(ProcessEvent)).contents
         pid = int(event.pid)
+        # A changed process (dlopen) is also observed again: the symbolizer
+        # needs the new mapping as much as the unwinder does.
         if self._on_new is not None:
             self._on_new(pid)  # first: the symbolizer's snapshot must not wait
         if self.unwinder is not None:
             self.unwinder.load(pid)
+        if event.kind == EVENT_MAPS_CHANGED:
+            self.maps_reloaded += 1
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
@@ -188,6 +193,7 @@ class CpuSource:
         if self._unwind_maps is not None and self.unwinder is not None:
             out.update({f"unwind_{k}": v for k, v in self._unwind_maps.stats().items()})
             out.update({f"unwind_{k}": v for k, v in vars(self.unwinder.stats).items()})
+            out["unwind_maps_reloaded"] = self.maps_reloaded
         return out
 
     def close(self) -> None:

@@ -118,12 +118,7 @@ class UnwindLoader:
             entries = parse_maps(read_maps(pid, self._proc_root))
         except OSError:
             return False
-        mappings = []
-        for entry in entries:
-            if entry.is_exec and entry.is_file:
-                packed = self._mapping(pid, entry)
-                if packed is not None:
-                    mappings.append(packed)
+        mappings = [self._mapping(pid, e) for e in entries if e.is_exec]
         return self._publish(pid, mappings)
 
     def forget(self, pid: int) -> None:
@@ -140,7 +135,7 @@ class UnwindLoader:
         return len(gone)
 
     def _publish(self, pid: int, mappings: list[bytes]) -> bool:
-        if not mappings:
+        if not mappings:  # a process with no executable mappings: gone mid-read
             self.forget(pid)
             return True
         first = self._maps.alloc(len(mappings))
@@ -163,13 +158,18 @@ class UnwindLoader:
         self.stats.processes += 1
         return True
 
-    def _mapping(self, pid: int, entry: MapEntry) -> bytes | None:
-        binary = self._binary(pid, entry)
+    def _mapping(self, pid: int, entry: MapEntry) -> bytes:
+        """Every executable mapping is listed, with no rows where there is no
+        table ([vdso], JIT code, a binary without CFI): the walker uses frame
+        pointers there, and takes a PC outside all of them for a new mapping
+        (dlopen) to tell user space about."""
+        no_rows = pack_mapping(entry.start, entry.end, 0, 0, 0)
+        binary = self._binary(pid, entry) if entry.is_file else None
         if binary is None:
-            return None
+            return no_rows
         bias = binary.info.load_bias(entry.start, entry.offset)
         if bias is None:
-            return None
+            return no_rows
         base = bias + binary.info.table.base
         return pack_mapping(entry.start, entry.end, base, binary.first_row, binary.row_count)
 

@@ -9,6 +9,7 @@ from the CPU source: the whole path a profile takes."""
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -52,11 +53,13 @@ class Profile:
 @pytest.fixture
 def profile(unwind_prog: Path, tmp_path: Path) -> Iterator[object]:
     def run(mode: str, unwind: str = "dwarf") -> Profile:
+        lib = unwind_prog.parent / "libunwind_test.so"
         proc = subprocess.Popen(
             [str(unwind_prog), mode, str(SECONDS)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, "UNWIND_LIB": str(lib)},
         )
         procs.append(proc)
         assert proc.stdout is not None and proc.stdin is not None
@@ -74,7 +77,7 @@ def profile(unwind_prog: Path, tmp_path: Path) -> Iterator[object]:
             samples: list[RawSample] = []
             end = time.monotonic() + SECONDS + 10
             while proc.poll() is None and time.monotonic() < end:
-                source.poll(100, lambda _pid: None)
+                source.poll(100, symbolizer.observe)  # as the record runner does
             samples += source.drain() + source.drain()
             counters = source.counters()
             unwinding = source.unwinding
@@ -201,3 +204,13 @@ def test_print_bpf_shows_the_walker() -> None:
     assert "#define UNWIND_DWARF 1" in text and "struct unwind_row {" in text
     assert '#include "unwind.h"' not in text
     assert "#define UNWIND_DWARF" not in render("cpu.bpf.c", cflags_for(SourceOptions(unwind="fp")))
+
+
+def test_a_library_loaded_later_is_picked_up(profile) -> None:  # type: ignore[no-untyped-def]
+    """The tables were loaded before the program's dlopen: the walker meets a
+    PC in an unknown mapping, asks for a reload, and has the library's CFI
+    from then on (the samples before that may miss their callers)."""
+    got = profile("dlopen")
+    share, total = got.share("hot", "work", "lib_run", "run", "main")
+    assert total >= MIN_SAMPLES and share >= 0.9, got.having("hot")[:5]
+    assert got.counters["unwind_maps_reloaded"] >= 1

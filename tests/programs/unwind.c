@@ -9,12 +9,14 @@
  *   thread  start_thread (libc) -> thread_main -> work -> hot
  *   deep    main -> run -> recurse x 200 -> hot (deeper than 127 frames)
  *   mixed   main -> run -> fp_middle (frame pointers, no CFI) -> work -> hot
+ *   dlopen  main -> run -> lib_run (in $UNWIND_LIB, loaded now) -> work -> hot
  *
  * Prints "ready <pid>" once its libraries are mapped, then waits for a line
  * on stdin before the measured work, so a test can load the tables first
  * (stdin at EOF: start at once). With WARMUP, it instead spins that many
  * seconds in warmup() and sleeps one: a profiler that loads tables when a
  * process is first sampled has them by the time the measured work starts. */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -125,6 +127,15 @@ __attribute__((noinline)) void run(const char *mode)
         recurse(200);
     } else if (strcmp(mode, "mixed") == 0) {
         fp_middle(work);
+    } else if (strcmp(mode, "dlopen") == 0) {
+        const char *path = getenv("UNWIND_LIB");
+        void *lib = path ? dlopen(path, RTLD_NOW) : NULL;
+        void (*lib_run)(void (*)(void)) = lib ? (void (*)(void (*)(void)))dlsym(lib, "lib_run") : NULL;
+        if (!lib_run) {
+            fprintf(stderr, "cannot load lib_run from $UNWIND_LIB\n");
+            exit(2);
+        }
+        lib_run(work);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         exit(2);

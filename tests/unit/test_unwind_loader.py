@@ -115,8 +115,9 @@ def test_full_maps_are_counted_and_gone_processes_swept(tmp_path: Path, binary: 
 def test_full_rows_leave_the_binary_to_frame_pointers(tmp_path: Path, binary: Path) -> None:
     fake_proc(tmp_path, 100, binary)
     unwinder, fake = loader(tmp_path, rows=2)
-    assert unwinder.load(100)  # nothing to publish: no mapping has rows
-    assert unwinder.stats.rows_full == 1 and not fake.rows and 100 not in fake.procs
+    assert unwinder.load(100)
+    assert unwinder.stats.rows_full == 1 and not fake.rows
+    assert [m[4] for m in fake.mappings_of(100)] == [0]  # known, with no rows
 
 
 def test_vanished_process_and_unreadable_file(tmp_path: Path, binary: Path) -> None:
@@ -125,8 +126,18 @@ def test_vanished_process_and_unreadable_file(tmp_path: Path, binary: Path) -> N
     d = tmp_path / "5"
     d.mkdir()
     (d / "root").symlink_to("/")
-    (d / "maps").write_text("400000-401000 r-xp 00000000 08:01 7 /nonexistent/prog\n")
-    assert unwinder.load(5) and unwinder.stats.errors == 1 and not fake.procs
+    (d / "maps").write_text(
+        "400000-401000 r-xp 00000000 08:01 7 /nonexistent/prog\n"
+        "7fff00000000-7fff00002000 r-xp 00000000 00:00 0 [vdso]\n"
+        "7fff00004000-7fff00006000 rw-p 00000000 00:00 0 [stack]\n"
+    )
+    assert unwinder.load(5) and unwinder.stats.errors == 1
+    assert fake.mappings_of(5) == [
+        (0x400000, 0x401000, 0, 0, 0),
+        (0x7FFF00000000, 0x7FFF00002000, 0, 0, 0),
+    ]
+    (d / "maps").write_text("")  # every mapping gone: a process exiting mid-read
+    assert unwinder.load(5) and 5 not in fake.procs
 
 
 def test_range_allocator_first_fit_and_merge() -> None:
