@@ -137,13 +137,6 @@ def best(argv: list[str], tool: Tool | None, workdir: Path, repeat: int) -> floa
     return min(run_once(argv, tool, workdir) for _ in range(repeat))
 
 
-def contended_waits(path: Path) -> int:
-    sys.path.insert(0, str(REPO))
-    from agent.exporters.pprof import decode
-
-    return sum(s.values[0] for s in decode(path.read_bytes()).samples)
-
-
 def bench_malloc(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
     argv = [str(exe), "malloc", str(n)]
     alone = best(argv, None, workdir, repeat)
@@ -165,21 +158,27 @@ def bench_malloc(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
 
 
 def bench_lock(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
+    """Uncontended: one thread locking and unlocking (never enters the
+    kernel). Contended: the hand-over workload, where every hand-over is one
+    futex wait (and one wake), so the time added per hand-over is the cost of
+    a traced contended wait."""
     rows = []
-    for threads in (1, 2):
-        argv = [str(exe), "lock", str(n), str(threads)]
-        label = "uncontended (1 thread)" if threads == 1 else "contended (2 threads)"
-        alone = best(argv, None, workdir, repeat)
-        rows.append(f"| lock/unlock {label}, alone | {alone:.1f} ns | |")
-        for tool in (bpfprof("lock"), FUTEX):
-            t = best(argv, tool, workdir, repeat)
-            extra = ""
-            if threads > 1 and tool.name == "bpfprof lock":
-                waits = contended_waits(workdir / "out.pb.gz")
-                ops = n * threads
-                per_wait = (t - alone) * ops * min(threads, os.cpu_count() or 1) / max(waits, 1)
-                extra = f"{waits} waits, ~{per_wait / 1000:.2f} us added per wait"
-            rows.append(f"| lock/unlock {label}, {tool.name} | {t:.1f} ns | {extra} |")
+    argv = [str(exe), "lock", str(n), "1"]
+    alone = best(argv, None, workdir, repeat)
+    rows.append(f"| lock/unlock, uncontended, alone | {alone:.1f} ns | |")
+    for tool in (bpfprof("lock"), FUTEX):
+        t = best(argv, tool, workdir, repeat)
+        rows.append(f"| lock/unlock, uncontended, {tool.name} | {t:.1f} ns | {t - alone:+.1f} ns |")
+    cpu = str((os.cpu_count() or 1) - 1)
+    argv = ["taskset", "-c", cpu, str(exe), "pingpong", str(n // 10)]
+    alone = best(argv, None, workdir, repeat)
+    rows.append(f"| futex wait + wake (hand-over), alone | {alone:.0f} ns | |")
+    for tool in (bpfprof("lock"), FUTEX):
+        t = best(argv, tool, workdir, repeat)
+        rows.append(
+            f"| futex wait + wake (hand-over), {tool.name} | {t:.0f} ns | "
+            f"{(t - alone) / 1000:+.2f} us per wait |"
+        )
     return rows
 
 
