@@ -214,3 +214,52 @@ def test_a_library_loaded_later_is_picked_up(profile) -> None:  # type: ignore[n
     share, total = got.share("hot", "work", "lib_run", "run", "main")
     assert total >= MIN_SAMPLES and share >= 0.9, got.having("hot")[:5]
     assert got.counters["unwind_maps_reloaded"] >= 1
+
+
+def record_command(argv: list[str], unwind: str, tmp_path: Path) -> list[tuple[list[str], int]]:
+    """Stacks (kernel part leaf first, then user part) of a command started
+    behind a shell that waits for a line, so its pid is known before it
+    execs; its tables load on its first sample after the exec."""
+    proc = subprocess.Popen(
+        ["sh", "-c", 'read _ && exec "$@"', "sh", *argv], stdin=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None
+    symbolizer = Symbolizer()
+    source = CpuSource(
+        SourceOptions(frequency=HZ, filter_pids=True, unwind=unwind), cache_dir=tmp_path
+    )
+    source.add_targets([proc.pid])
+    source.start()
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        while proc.poll() is None:
+            source.poll(100, symbolizer.observe)
+        samples = source.drain() + source.drain()
+    finally:
+        source.close()
+        proc.kill()
+        proc.wait()
+    resolver = StackResolver(symbolizer)
+    return [
+        ([loc.display_name() for loc in resolver.locations(s.key)], s.values[0]) for s in samples
+    ]
+
+
+@pytest.mark.parametrize("unwind", ["fp", "dwarf"])
+def test_kernel_stacks_are_unchanged_and_dd_is_walked(unwind: str, tmp_path: Path) -> None:
+    """Debian's dd (no frame pointers, stripped) copying /dev/zero: most
+    samples are in the kernel, whose stacks come from bpf_get_stackid in both
+    modes and reach the syscall entry; only the CFI walk gets through dd's
+    own frames to libc's __libc_start_call_main."""
+    dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=4k", "count=2000000"]
+    stacks = record_command(dd, unwind, tmp_path)
+    in_kernel = [(s, n) for s, n in stacks if any(f.startswith("entry_SYSCALL_64") for f in s)]
+    total = sum(n for _, n in stacks)
+    assert total >= MIN_SAMPLES and sum(n for _, n in in_kernel) >= 0.5 * total
+    reached = sum(n for s, n in in_kernel if "__libc_start_call_main" in s)
+    share = reached / sum(n for _, n in in_kernel)
+    if unwind == "dwarf":
+        assert share >= 0.9, in_kernel[:3]
+    else:
+        assert share < 0.5, in_kernel[:3]
