@@ -12,7 +12,9 @@
  * nested contention (a spinlock inside a mutex's slow path) pairs correctly.
  *
  * Counts are double-buffered (cpu.bpf.c); the stack map is single, as in
- * offcpu.bpf.c, because a wait may span drains.
+ * offcpu.bpf.c, because a wait may span drains. The code both share is in
+ * waits.h; a futex wait's kernel stack is always the syscall entry path, so
+ * it is taken only for kernel locks (that halves a traced wait's cost).
  *
  * Compile-time options (-D, see agent/sources/lock.py):
  *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES,
@@ -53,74 +55,8 @@ BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
 BPF_HASH(start, struct wait_id, struct lock_start, PENDING_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 
-static __always_inline void bump(int idx)
-{
-    u64 *v = counters.lookup(&idx);
-    if (v)
-        (*v)++;
-}
-
-/* The one place this program takes stacks (to be swapped for the shared
- * unwinder): ids in `stacks`, or -errno. A futex wait's kernel stack is
- * always the syscall entry path, so it is only taken for kernel locks
- * (-EFAULT: none, as for a user-mode CPU sample); that halves the cost of a
- * traced contended wait. */
-static __always_inline void take_stacks(void *ctx, struct sample_key *key, int kernel)
-{
-    key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
-    key->kernel_stack_id = kernel ? stacks.get_stackid(ctx, 0) : -BPFPROF_EFAULT;
-    if (key->user_stack_id == -BPFPROF_EEXIST)
-        bump(CTR_USER_COLLISION);
-    else if (key->user_stack_id < 0 && key->user_stack_id != -BPFPROF_EFAULT)
-        bump(CTR_STACK_ERROR);
-    if (key->kernel_stack_id == -BPFPROF_EEXIST)
-        bump(CTR_KERNEL_COLLISION);
-}
-
-static __always_inline void notify_new(u32 pid)
-{
-    u8 one = 1;
-    if (seen.lookup(&pid))
-        return;
-    seen.update(&pid, &one);
-    struct process_event ev = {.pid = pid, .kind = EVENT_NEW_PROCESS};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
-}
-
-static __always_inline void add_wait(struct wait_value *v, u64 delta)
-{
-    __sync_fetch_and_add(&v->count, 1);
-    __sync_fetch_and_add(&v->total_ns, delta);
-}
-
-static __always_inline void count_into_0(struct lock_key *key, u64 delta)
-{
-    struct wait_value zero = {};
-    struct wait_value *v = counts0.lookup(key);
-    if (!v) {
-        counts0.insert(key, &zero); /* -EEXIST: another CPU inserted it */
-        v = counts0.lookup(key);
-    }
-    if (v)
-        add_wait(v, delta);
-    else
-        bump(CTR_MAP_FULL);
-}
-
-static __always_inline void count_into_1(struct lock_key *key, u64 delta)
-{
-    struct wait_value zero = {};
-    struct wait_value *v = counts1.lookup(key);
-    if (!v) {
-        counts1.insert(key, &zero);
-        v = counts1.lookup(key);
-    }
-    if (v)
-        add_wait(v, delta);
-    else
-        bump(CTR_MAP_FULL);
-}
+#define WAIT_KEY struct lock_key
+#include "waits.h"
 
 /* Is the current process one to trace? Returns its pid, or 0. */
 static __always_inline u32 traced_pid(void)
@@ -165,14 +101,7 @@ static __always_inline void end_wait(u64 lock)
     start.delete(&id);
     if (delta < MIN_WAIT_NS)
         return;
-    int zero = 0;
-    u32 *w = window.lookup(&zero);
-    if (w && (*w & 1))
-        count_into_1(&key, delta);
-    else
-        count_into_0(&key, delta);
-    bump(CTR_SAMPLES);
-    notify_new(key.base.pid);
+    count_wait(&key, key.base.pid, delta);
 }
 
 /* The futex operations that wait, and what kind of wait each is (0: none). */

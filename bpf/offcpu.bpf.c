@@ -33,73 +33,8 @@ BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
 BPF_HASH(start, u32, struct offcpu_start, PENDING_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 
-static __always_inline void bump(int idx)
-{
-    u64 *v = counters.lookup(&idx);
-    if (v)
-        (*v)++;
-}
-
-/* The one place this program takes stacks (to be swapped for the shared
- * unwinder): ids in `stacks`, or -errno. */
-static __always_inline void take_stacks(void *ctx, struct sample_key *key)
-{
-    key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
-    key->kernel_stack_id = stacks.get_stackid(ctx, 0);
-    if (key->user_stack_id == -BPFPROF_EEXIST)
-        bump(CTR_USER_COLLISION);
-    else if (key->user_stack_id < 0 && key->user_stack_id != -BPFPROF_EFAULT)
-        bump(CTR_STACK_ERROR);
-    if (key->kernel_stack_id == -BPFPROF_EEXIST)
-        bump(CTR_KERNEL_COLLISION);
-}
-
-static __always_inline void notify_new(u32 pid)
-{
-    u8 one = 1;
-    if (seen.lookup(&pid))
-        return;
-    seen.update(&pid, &one);
-    struct process_event ev = {.pid = pid, .kind = EVENT_NEW_PROCESS};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
-}
-
-static __always_inline void add_wait(struct wait_value *v, u64 delta)
-{
-    __sync_fetch_and_add(&v->count, 1);
-    __sync_fetch_and_add(&v->total_ns, delta);
-}
-
-/* The two halves of the double buffer, spelled out (BCC map methods cannot
- * be reached through a pointer). */
-static __always_inline void count_into_0(struct sample_key *key, u64 delta)
-{
-    struct wait_value zero = {};
-    struct wait_value *v = counts0.lookup(key);
-    if (!v) {
-        counts0.insert(key, &zero); /* -EEXIST: another CPU inserted it */
-        v = counts0.lookup(key);
-    }
-    if (v)
-        add_wait(v, delta);
-    else
-        bump(CTR_MAP_FULL);
-}
-
-static __always_inline void count_into_1(struct sample_key *key, u64 delta)
-{
-    struct wait_value zero = {};
-    struct wait_value *v = counts1.lookup(key);
-    if (!v) {
-        counts1.insert(key, &zero);
-        v = counts1.lookup(key);
-    }
-    if (v)
-        add_wait(v, delta);
-    else
-        bump(CTR_MAP_FULL);
-}
+#define WAIT_KEY struct sample_key
+#include "waits.h"
 
 /* prev leaves the CPU: remember when, and where it was. */
 static __always_inline void switch_out(void *ctx)
@@ -117,7 +52,7 @@ static __always_inline void switch_out(void *ctx)
     s.key.pid = pid;
     s.key.tid = tid;
     bpf_get_current_comm(&s.key.comm, sizeof(s.key.comm));
-    take_stacks(ctx, &s.key);
+    take_stacks(ctx, &s.key, 1);
     s.ts = bpf_ktime_get_ns();
     if (start.update(&tid, &s) != 0)
         bump(CTR_PENDING_FULL);
@@ -134,14 +69,7 @@ static __always_inline void switch_in(u32 tid)
     start.delete(&tid);
     if (delta < MIN_BLOCK_NS)
         return;
-    int zero = 0;
-    u32 *w = window.lookup(&zero);
-    if (w && (*w & 1))
-        count_into_1(&key, delta);
-    else
-        count_into_0(&key, delta);
-    bump(CTR_SAMPLES);
-    notify_new(key.pid);
+    count_wait(&key, key.pid, delta);
 }
 
 TRACEPOINT_PROBE(sched, sched_switch)

@@ -1,0 +1,95 @@
+/* What the wait programs (offcpu.bpf.c, lock.bpf.c) share: self-metrics,
+ * new-process events, stacks, and adding one wait to the double-buffered
+ * counts.
+ *
+ * Include it after declaring the maps it uses: counts0 and counts1 (keyed
+ * by WAIT_KEY, valued by struct wait_value), stacks, window, counters,
+ * seen and events. bpf.expanded() pastes it into the program, because BCC
+ * rewrites map calls (`counts0.lookup(...)`) only in the main file.
+ */
+#ifndef BPFPROF_WAITS_H
+#define BPFPROF_WAITS_H
+
+static __always_inline void bump(int idx)
+{
+    u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* The one place the wait programs take stacks (to be swapped for the
+ * shared unwinder): ids in `stacks`, or -errno. Without `kernel` the kernel
+ * stack is recorded as -EFAULT: none, as for a user-mode CPU sample. */
+static __always_inline void take_stacks(void *ctx, struct sample_key *key, int kernel)
+{
+    key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    key->kernel_stack_id = kernel ? stacks.get_stackid(ctx, 0) : -BPFPROF_EFAULT;
+    if (key->user_stack_id == -BPFPROF_EEXIST)
+        bump(CTR_USER_COLLISION);
+    else if (key->user_stack_id < 0 && key->user_stack_id != -BPFPROF_EFAULT)
+        bump(CTR_STACK_ERROR);
+    if (key->kernel_stack_id == -BPFPROF_EEXIST)
+        bump(CTR_KERNEL_COLLISION);
+}
+
+static __always_inline void notify_new(u32 pid)
+{
+    u8 one = 1;
+    if (seen.lookup(&pid))
+        return;
+    seen.update(&pid, &one);
+    struct process_event ev = {.pid = pid, .kind = EVENT_NEW_PROCESS};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
+static __always_inline void add_wait(struct wait_value *v, u64 delta)
+{
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->total_ns, delta);
+}
+
+/* The two halves of the double buffer, spelled out (BCC map methods cannot
+ * be reached through a pointer). */
+static __always_inline void count_into_0(WAIT_KEY *key, u64 delta)
+{
+    struct wait_value zero = {};
+    struct wait_value *v = counts0.lookup(key);
+    if (!v) {
+        counts0.insert(key, &zero); /* -EEXIST: another CPU inserted it */
+        v = counts0.lookup(key);
+    }
+    if (v)
+        add_wait(v, delta);
+    else
+        bump(CTR_MAP_FULL);
+}
+
+static __always_inline void count_into_1(WAIT_KEY *key, u64 delta)
+{
+    struct wait_value zero = {};
+    struct wait_value *v = counts1.lookup(key);
+    if (!v) {
+        counts1.insert(key, &zero);
+        v = counts1.lookup(key);
+    }
+    if (v)
+        add_wait(v, delta);
+    else
+        bump(CTR_MAP_FULL);
+}
+
+/* One finished wait of `delta` ns, into the half user space is not reading. */
+static __always_inline void count_wait(WAIT_KEY *key, u32 pid, u64 delta)
+{
+    int zero = 0;
+    u32 *w = window.lookup(&zero);
+    if (w && (*w & 1))
+        count_into_1(key, delta);
+    else
+        count_into_0(key, delta);
+    bump(CTR_SAMPLES);
+    notify_new(pid);
+}
+
+#endif
