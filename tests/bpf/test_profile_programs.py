@@ -282,3 +282,18 @@ def test_allocation_only_mode_attributes_from_the_entry(built: Callable[[str], P
     sd = expected_error([(block, 3 * units)], rate)
     assert abs(leaves.get("churn", 0) - int(done[1])) < 4 * sd, leaves
     assert abs(leaves.get("hoard", 0) - int(done[2])) < 4 * expected_error([(block, units)], rate)
+
+
+def test_all_processes_probes_the_system_libc(built: Callable[[str], Path]) -> None:
+    run = Run([str(built("allocsplit")), "4096", "4096"])
+    source = AllocSource(SourceOptions(all_processes=True, alloc_rate=64 * 1024))
+    try:
+        source.start()
+        assert {pid for pid, _ in source.probes} == {-1}
+        run.send()
+        run.line(source, [])
+        pids = {s.key.pid for s in source.drain()}
+    finally:
+        source.close()
+        run.close()
+    assert run.proc.pid in pids

@@ -139,3 +139,20 @@ def test_alloc_without_a_target_asks_for_the_flag(bpfprof_cmd: list[str]) -> Non
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("bpfprof: error:") and "--all-processes" in proc.stderr
+
+
+def test_record_alloc_of_a_command(bpfprof_cmd: list[str], tmp_path: Path) -> None:
+    """A COMMAND is probed before it runs: its executable and the libraries
+    ldd names, not the held child's image."""
+    exe = build(tmp_path, "allocsplit")
+    out = tmp_path / "alloc.folded"
+    args = ("-t", "alloc", "--alloc-rate", "65536", "--", str(exe), "8192", "4096")
+    _, last = record_command(bpfprof_cmd, out, *args)
+    assert last.startswith("done")
+    by_leaf: dict[str, int] = {}
+    for line in out.read_text().splitlines():  # folded: the first sample type
+        stack, count = line.rsplit(" ", 1)
+        leaf = stack.split(";")[-1]
+        by_leaf[leaf] = by_leaf.get(leaf, 0) + int(count)
+    # alloc_objects: churn allocates 3 blocks for each of hoard's
+    assert 2.4 < by_leaf["churn"] / by_leaf["hoard"] < 3.75, by_leaf
