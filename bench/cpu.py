@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,10 @@ def find_tools(tree: Path | None) -> tuple[list[str], str]:
         if not (tree / "agent" / "cli.py").is_file():
             raise BenchError(f"{tree} is not a bpfprof source tree (no agent/cli.py)")
         os.environ["PYTHONPATH"] = str(tree.resolve())
-        bpfprof = [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())"]
+        # -P: no current directory first on the path, so PYTHONPATH's tree
+        # wins over the checkout we may be running in.
+        code = "import sys; from agent.cli import main; sys.exit(main())"
+        bpfprof = [sys.executable, "-P", "-c", code]
     else:
         exe = Path(sys.executable).parent / "bpfprof"
         if not exe.exists():
@@ -198,6 +202,10 @@ def commit(tree: Path) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # Started in the background by a non-interactive shell, we inherit SIGINT
+    # ignored, and so would the profilers (an ignored signal survives exec):
+    # profile-bpfcc would never stop. A handler is reset to default by exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         bpfprof, bcc = find_tools(args.tree)
         stats_fd = bpfstats.enable_run_time_stats()

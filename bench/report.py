@@ -15,7 +15,8 @@ MODES = (ALONE, BPFPROF, BCC)
 def progress(t: Trial) -> str:
     line = f"  rep {t.rep} {t.mode:<14} cpu {t.workload_cpu_s:6.3f}s wall {t.workload_wall_s:6.3f}s"
     if t.attach_s is not None:
-        line += f"  attach {t.attach_s:.2f}s rss {t.rss_mib:.0f}MiB samples {t.samples}"
+        line += f"  attach {t.attach_s:.2f}s (cpu {t.attach_cpu_s:.2f}s)"
+        line += f" rss {t.rss_mib:.0f}MiB samples {t.samples}"
     return line + f"  load {t.load1:.2f}"
 
 
@@ -44,6 +45,7 @@ def rows(trials: list[Trial]) -> list[Row]:
         ("slowdown by CPU time (x alone)", ratio(lambda t: t.workload_cpu_s), 1, 3),
         ("slowdown by wall time (x alone)", ratio(lambda t: t.workload_wall_s), 1, 3),
         ("time to attach (s)", m(lambda t: t.attach_s), 1, 2),
+        ("profiler CPU until attached (s)", m(lambda t: t.attach_cpu_s), 1, 2),
         ("peak RSS (MiB)", m(lambda t: t.rss_mib), 1, 0),
         ("profiler CPU while recording (% of 1 CPU)", m(lambda t: t.tool_cpu_percent), 1, 2),
         ("profiler CPU, start to exit (s)", m(lambda t: t.tool_cpu_total_s), 1, 2),

@@ -55,6 +55,7 @@ class Trial:
     workload_cpu_s: float
     workload_wall_s: float
     attach_s: float | None = None
+    attach_cpu_s: float | None = None  # the profiler's own CPU time until attached
     rss_mib: float | None = None
     recording_s: float | None = None
     tool_cpu_recording_s: float | None = None
@@ -184,6 +185,7 @@ def _profile(
         cpu,
         wall,
         attach_s=attach,
+        attach_cpu_s=cpu0,
         rss_mib=usage.ru_maxrss / 1024,
         recording_s=t1 - t0,
         tool_cpu_recording_s=cpu1 - cpu0,
