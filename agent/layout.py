@@ -79,6 +79,8 @@ ALLOC_EVENT_ALLOC = 1
 ALLOC_EVENT_FREE = 2
 ALLOC_EVENT_EXIT = 3
 ALLOC_EVENT_UNTRACKED = 4
+ALLOC_EVENT_EXEC = 5  # a targeted process exec'd: reload its unwind tables
+ALLOC_EVENT_MAPS_CHANGED = 6  # the walker met a mapping it was not told of (dlopen)
 ALLOC_MAX_FRAMES = 127
 
 
@@ -98,6 +100,8 @@ class AllocEvent(ctypes.Structure):
         ("tid", ctypes.c_uint32),
         ("stack_bytes", ctypes.c_int32),
         ("size", ctypes.c_uint64),
+        ("stack_flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
         ("comm", ctypes.c_char * TASK_COMM_LEN),
         ("ips", ctypes.c_uint64 * ALLOC_MAX_FRAMES),
     )

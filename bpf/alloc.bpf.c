@@ -19,9 +19,14 @@
  *   FILTER_PIDS      report exits of `targets` only (probes are per process)
  *   NO_INUSE         allocations only: no return probes, no live table, free
  *                    not probed; samples are sent from the entry
+ *   UNWIND_DWARF     walk user stacks with CFI (unwind.h, as cpu.bpf.c) instead
+ *                    of frame pointers (bpf_get_stack)
  */
 #include <uapi/linux/ptrace.h>
 #include "common.h"
+#ifdef UNWIND_DWARF
+#include "unwind.h"
+#endif
 
 struct pending_alloc {
     u64 size;
@@ -89,19 +94,53 @@ static __always_inline int sampled(u32 tid, u64 size)
     return 1;
 }
 
-/* The one place this program takes stacks (to be swapped for the shared
- * unwinder): the user stack into the record, leaf first. */
-static __always_inline s32 take_user_stack(void *ctx, struct alloc_event *ev)
+static __always_inline void send_event(u32 kind, u32 pid)
 {
-    return bpf_get_stack(ctx, ev->ips, sizeof(ev->ips), BPF_F_USER_STACK);
+    struct alloc_free_event ev = {.kind = kind, .pid = pid};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_SAMPLE_LOST);
+}
+
+/* The one place this program takes stacks: the user stack into the record,
+ * leaf first. In a return probe the registers are the caller's, just after
+ * the call returned: the stack starts in the allocator's caller. In an
+ * entry probe (`at_entry`) the first frame is the allocator itself; it is
+ * left out, so both modes give the same stacks. */
+static __always_inline void take_user_stack(struct pt_regs *ctx, struct alloc_event *ev,
+                                            int at_entry)
+{
+    ev->stack_flags = 0;
+#ifdef UNWIND_DWARF
+    /* The walker finds the allocator's caller from its CFI, even at the
+     * entry, where the caller's frame is not set up yet. */
+    struct unwound_stack *st = unwind_user_stack(ev->pid);
+    u32 skip = at_entry ? 1 : 0;
+    if (!st || st->len <= skip) {
+        ev->stack_bytes = -BPFPROF_EFAULT;
+        return;
+    }
+    if (bpf_probe_read_kernel(ev->ips, sizeof(ev->ips) - skip * sizeof(u64), &st->ips[skip]) != 0) {
+        ev->stack_bytes = -BPFPROF_EFAULT;
+        return;
+    }
+    ev->stack_bytes = (st->len - skip) * sizeof(u64);
+    ev->stack_flags = st->flags;
+    if (unwind_maps_stale(ev->pid, st))
+        send_event(ALLOC_EVENT_MAPS_CHANGED, ev->pid);
+#else
+    ev->stack_bytes = bpf_get_stack(ctx, ev->ips, sizeof(ev->ips), BPF_F_USER_STACK);
+    /* At the entry the frame-pointer walk goes from the allocator to its
+     * caller's saved frame, which skips the caller itself: its pc is the
+     * return address on top of the stack, and takes the allocator's slot. */
+    if (at_entry && ev->stack_bytes >= 8 &&
+        bpf_probe_read_user(&ev->ips[0], sizeof(u64), (void *)PT_REGS_SP(ctx)) != 0)
+        ev->ips[0] = 0;
+#endif
 }
 
 #ifdef NO_INUSE
 /* Without inuse_* the address is not needed, so there is no return probe
- * (it doubles a call's cost): the sample is sent from the entry. There the
- * frame-pointer walk starts at the allocator and goes on from its caller's
- * frame, which skips the caller itself: its pc is the return address on top
- * of the stack, and takes the allocator's slot. */
+ * (it doubles a call's cost): the sample is sent from the entry. */
 static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -118,10 +157,7 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr
     ev->addr = 0;
     ev->size = size;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    ev->stack_bytes = take_user_stack(ctx, ev);
-    if (ev->stack_bytes >= 8 &&
-        bpf_probe_read_user(&ev->ips[0], sizeof(u64), (void *)PT_REGS_SP(ctx)) != 0)
-        ev->ips[0] = 0;
+    take_user_stack(ctx, ev, 1);
     events.ringbuf_submit(ev, 0);
     bump(CTR_SAMPLES);
     return 0;
@@ -167,7 +203,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx, int via_memptr)
     ev->addr = addr;
     ev->size = size;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    ev->stack_bytes = take_user_stack(ctx, ev);
+    take_user_stack(ctx, ev, 0);
     /* Into `live` before the record is submitted: a free racing with us is
      * reserved after this record, so user space sees them in order. */
     struct live_key k = {.pid = ev->pid, .addr = addr};
@@ -228,8 +264,22 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (!targets.lookup(&pid))
         return 0;
 #endif
-    struct alloc_free_event ev = {.kind = ALLOC_EVENT_EXIT, .pid = pid};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_SAMPLE_LOST);
+    send_event(ALLOC_EVENT_EXIT, pid);
     return 0;
 }
+
+#ifdef UNWIND_DWARF
+/* A targeted process that execs has new mappings: drop its tables at once
+ * (they would misguide the walk) and have user space load the new ones. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+#ifdef FILTER_PIDS
+    if (!targets.lookup(&pid))
+        return 0;
+#endif
+    unwind_procs.delete(&pid);
+    send_event(ALLOC_EVENT_EXEC, pid);
+    return 0;
+}
+#endif

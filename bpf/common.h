@@ -73,6 +73,8 @@ struct lock_key {
 #define ALLOC_EVENT_FREE 2  /* a sampled allocation was freed (or moved by realloc) */
 #define ALLOC_EVENT_EXIT 3  /* a targeted process exited: drop its live entries */
 #define ALLOC_EVENT_UNTRACKED 4 /* a sampled allocation the live table had no room for */
+#define ALLOC_EVENT_EXEC 5  /* a targeted process exec'd: its unwind tables are gone */
+#define ALLOC_EVENT_MAPS_CHANGED 6 /* the walker met a mapping it was not told of (dlopen) */
 
 #define ALLOC_MAX_FRAMES 127 /* bpf_get_stack's limit (perf_event_max_stack) */
 
@@ -87,8 +89,10 @@ struct alloc_event {
     u32 pid;
     u64 addr;
     u32 tid;
-    s32 stack_bytes; /* bpf_get_stack's result: bytes of ips filled, or -errno */
+    s32 stack_bytes; /* bytes of ips filled, or -errno (as bpf_get_stack returns) */
     u64 size;
+    u32 stack_flags; /* STACK_* of unwind.h: truncated, ... (0 with frame pointers) */
+    u32 pad;
     char comm[TASK_COMM_LEN];
     u64 ips[ALLOC_MAX_FRAMES];
 };

@@ -15,11 +15,14 @@
  *   INCLUDE_IDLE     count the idle task (pid 0)
  *   UNWIND_DWARF     walk user stacks with the CFI tables of bpf/unwind.h
  *                    (frame pointers where a binary has none) instead of
- *                    bpf_get_stackid; user stack ids then index ustacks0/1
+ *                    bpf_get_stackid; user stack ids then index `ustacks`
+ *                    (ustacks.h), in one half of it per window
  */
 #include "common.h"
 #ifdef UNWIND_DWARF
 #include "unwind.h"
+#define USTACK_HALVES 2
+#include "ustacks.h"
 #endif
 
 BPF_HASH(counts0, struct sample_key, u64, MAX_ENTRIES);
@@ -31,18 +34,6 @@ BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
-#ifdef UNWIND_DWARF
-/* Unwound user stacks by id: a bucket found from the stack's hash by linear
- * probing, so ids behave like bpf_get_stackid's (including -EEXIST when
- * every probed bucket holds another stack). Allocated on use: most windows
- * fill a small part of them. */
-BPF_F_TABLE("hash", u32, struct unwound_stack, ustacks0, STACK_ENTRIES, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", u32, struct unwound_stack, ustacks1, STACK_ENTRIES, BPF_F_NO_PREALLOC);
-#define USTACK_PROBES 4
-/* When each process last asked user space to reload its mappings. */
-BPF_TABLE("lru_hash", u32, u64, refreshed, SEEN_ENTRIES);
-#define REFRESH_NS 2000000000ULL
-#endif
 
 static __always_inline void bump(int idx)
 {
@@ -63,15 +54,20 @@ static __always_inline int stack_error(int id, int collision_counter)
     return 0;
 }
 
-static __always_inline void notify_new(u32 pid, u32 kind)
+static __always_inline void send_event(u32 pid, u32 kind)
+{
+    struct process_event ev = {.pid = pid, .kind = kind};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
+static __always_inline void notify_new(u32 pid)
 {
     u8 one = 1;
     if (seen.lookup(&pid))
         return;
     seen.update(&pid, &one);
-    struct process_event ev = {.pid = pid, .kind = kind};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
+    send_event(pid, EVENT_NEW_PROCESS);
 }
 
 static __always_inline void add_one(u64 *v, int inserted)
@@ -82,75 +78,13 @@ static __always_inline void add_one(u64 *v, int inserted)
         bump(CTR_MAP_FULL);
 }
 
-#ifdef UNWIND_DWARF
-/* The walker met a PC in no mapping it knows of (a library loaded by dlopen
- * after the process was first seen, new JIT code): ask user space to read
- * the maps again, at most every REFRESH_NS per process. */
-static __always_inline void notify_maps_changed(u32 pid, struct unwound_stack *st)
-{
-    if (!st || !(st->flags & STACK_NEW_MAPPING))
-        return;
-    u64 now = bpf_ktime_get_ns();
-    u64 *last = refreshed.lookup(&pid);
-    if (last && now - *last < REFRESH_NS)
-        return;
-    refreshed.update(&pid, &now);
-    struct process_event ev = {.pid = pid, .kind = EVENT_MAPS_CHANGED};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
-}
-
-static __always_inline u32 ustack_bucket(struct unwound_stack *st, int probe)
-{
-    return (u32)((st->hash + probe) % STACK_ENTRIES);
-}
-
-/* Map methods cannot be used in a macro or through a pointer under BCC, so
- * each half of the double buffer is spelled out. */
-static __always_inline int user_stackid_0(struct unwound_stack *st)
-{
-    if (!st || st->len == 0)
-        return -BPFPROF_EFAULT;
-#pragma unroll
-    for (int i = 0; i < USTACK_PROBES; i++) {
-        u32 id = ustack_bucket(st, i);
-        struct unwound_stack *old = ustacks0.lookup(&id);
-        if (!old && ustacks0.insert(&id, st) == 0)
-            return id;
-        if (!old)
-            old = ustacks0.lookup(&id);  /* another CPU took the bucket meanwhile */
-        if (old && old->hash == st->hash)
-            return id;
-    }
-    return -BPFPROF_EEXIST;
-}
-
-static __always_inline int user_stackid_1(struct unwound_stack *st)
-{
-    if (!st || st->len == 0)
-        return -BPFPROF_EFAULT;
-#pragma unroll
-    for (int i = 0; i < USTACK_PROBES; i++) {
-        u32 id = ustack_bucket(st, i);
-        struct unwound_stack *old = ustacks1.lookup(&id);
-        if (!old && ustacks1.insert(&id, st) == 0)
-            return id;
-        if (!old)
-            old = ustacks1.lookup(&id);
-        if (old && old->hash == st->hash)
-            return id;
-    }
-    return -BPFPROF_EEXIST;
-}
-#endif
-
 /* The two halves of the double buffer. Map methods cannot be used in a
  * macro or through a pointer under BCC, so each half is spelled out. */
 static __always_inline void sample_into_0(void *ctx, struct sample_key *key, void *ustack)
 {
     u64 one = 1;
 #ifdef UNWIND_DWARF
-    key->user_stack_id = user_stackid_0(ustack);
+    key->user_stack_id = unwind_stackid(ustack, 0);
 #else
     key->user_stack_id = stacks0.get_stackid(ctx, BPF_F_USER_STACK);
 #endif
@@ -167,7 +101,7 @@ static __always_inline void sample_into_1(void *ctx, struct sample_key *key, voi
 {
     u64 one = 1;
 #ifdef UNWIND_DWARF
-    key->user_stack_id = user_stackid_1(ustack);
+    key->user_stack_id = unwind_stackid(ustack, 1);
 #else
     key->user_stack_id = stacks1.get_stackid(ctx, BPF_F_USER_STACK);
 #endif
@@ -198,7 +132,8 @@ int on_cpu_sample(void *ctx)
     void *ustack = NULL;
 #ifdef UNWIND_DWARF
     ustack = unwind_user_stack(pid);  /* once: the walk is the costly part to verify */
-    notify_maps_changed(pid, ustack);
+    if (unwind_maps_stale(pid, ustack))
+        send_event(pid, EVENT_MAPS_CHANGED);
 #endif
     int zero = 0;
     u32 *w = window.lookup(&zero);
@@ -210,7 +145,7 @@ int on_cpu_sample(void *ctx)
     stack_error(key.kernel_stack_id, CTR_KERNEL_COLLISION);
     bump(CTR_SAMPLES);
     if (pid != 0)
-        notify_new(pid, EVENT_NEW_PROCESS);
+        notify_new(pid);
     return 0;
 }
 

@@ -18,7 +18,8 @@
  *
  * Compile-time options (-D, see agent/sources/lock.py):
  *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES,
- *   PENDING_ENTRIES, SELF_PID, FILTER_PIDS, FOLLOW_FORKS  as in offcpu.bpf.c
+ *   PENDING_ENTRIES, SELF_PID, FILTER_PIDS, FOLLOW_FORKS, UNWIND_DWARF
+ *                    as in offcpu.bpf.c
  *   MIN_WAIT_NS      ignore waits shorter than this
  *   USER_LOCKS, KERNEL_LOCKS  which halves to trace
  *   FUTEX_WAITV, FUTEX2_WAIT  the kernel has these syscalls' tracepoints
@@ -191,13 +192,6 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     return 0;
 }
 #endif
-
-TRACEPOINT_PROBE(sched, sched_process_exec)
-{
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    seen.delete(&pid);
-    return 0;
-}
 
 /* A thread killed while it waits never exits the syscall: free its slot. */
 TRACEPOINT_PROBE(sched, sched_process_exit)

@@ -5,8 +5,9 @@
  *
  * Counts are double-buffered like cpu.bpf.c's; stacks are not. A thread may
  * block across any number of drains, so the stack ids taken when it left the
- * CPU must stay valid until it returns: there is one stack map, never
- * cleared while the program lives (user space caches each id it has read).
+ * CPU must stay valid until it returns: there is one stack map (and one
+ * `ustacks` range for walked user stacks), never cleared while the program
+ * lives (user space caches each id it has read).
  * A long-running user recreates the source when the map gets crowded.
  *
  * Compile-time options (-D, see agent/sources/offcpu.py):
@@ -14,7 +15,8 @@
  *   PENDING_ENTRIES  threads that can be off the CPU at once
  *   MIN_BLOCK_NS     ignore blocks shorter than this
  *   SELF_PID         the agent's own process: never profiled
- *   FILTER_PIDS, FOLLOW_FORKS  as in cpu.bpf.c
+ *   FILTER_PIDS, FOLLOW_FORKS, UNWIND_DWARF  as in cpu.bpf.c (user stacks
+ *                    walked with CFI then live in `ustacks`, see waits.h)
  */
 #include "common.h"
 
@@ -94,13 +96,6 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     return 0;
 }
 #endif
-
-TRACEPOINT_PROBE(sched, sched_process_exec)
-{
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    seen.delete(&pid);
-    return 0;
-}
 
 /* A thread that exits never comes back: free its slot. */
 TRACEPOINT_PROBE(sched, sched_process_exit)

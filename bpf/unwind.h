@@ -12,8 +12,8 @@
  * no rows (a gap between FDEs, a binary without CFI, JIT code, a process not
  * loaded yet) is unwound with frame pointers instead, so a stack mixes both.
  *
- * The frame loop is a bpf_loop() callback, verified once whatever
- * UNWIND_MAX_FRAMES is; the two binary searches are bounded loops.
+ * The frame loop and the two binary searches are bounded loops (BCC 0.26
+ * cannot relocate a bpf_loop() callback).
  *
  * BCC rewrites map calls in the main file only: agent/sources/bcc_loader.py
  * pastes this header into the program text before compiling it.
@@ -119,6 +119,9 @@ BPF_ARRAY(unwind_maps, struct unwind_mapping, UNWIND_MAPS);
 BPF_HASH(unwind_procs, u32, struct unwind_proc, UNWIND_PROCS);
 BPF_PERCPU_ARRAY(unwind_scratch, struct unwound_stack, 1);
 BPF_PERCPU_ARRAY(unwind_stats, u64, USTAT_MAX);
+/* When each process last asked user space to read its maps again. */
+BPF_TABLE("lru_hash", u32, u64, unwind_refreshed, UNWIND_PROCS);
+#define UNWIND_REFRESH_NS 2000000000ULL
 
 struct unwind_state {
     u64 pc, sp, bp;
@@ -350,6 +353,23 @@ static __always_inline struct unwound_stack *unwind_user_stack(u32 pid)
     if (st.flags & STACK_UNSUPPORTED)
         unwind_count(USTAT_UNSUPPORTED, 1);
     return out;
+}
+
+/* Whether to ask user space to read the process's maps again: the walk met
+ * a PC in no mapping it was told of (a library loaded by dlopen after the
+ * process was first seen, new JIT code). At most every UNWIND_REFRESH_NS
+ * per process; each program sends the request in its own ring-buffer
+ * record. */
+static __always_inline int unwind_maps_stale(u32 pid, struct unwound_stack *st)
+{
+    if (!st || !(st->flags & STACK_NEW_MAPPING))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    u64 *last = unwind_refreshed.lookup(&pid);
+    if (last && now - *last < UNWIND_REFRESH_NS)
+        return 0;
+    unwind_refreshed.update(&pid, &now);
+    return 1;
 }
 
 #endif

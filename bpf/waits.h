@@ -1,14 +1,22 @@
 /* What the wait programs (offcpu.bpf.c, lock.bpf.c) share: self-metrics,
- * new-process events, stacks, and adding one wait to the double-buffered
- * counts.
+ * new-process events, stacks, adding one wait to the double-buffered
+ * counts, and forgetting a process that execs.
  *
  * Include it after declaring the maps it uses: counts0 and counts1 (keyed
  * by WAIT_KEY, valued by struct wait_value), stacks, window, counters,
  * seen and events. bpf.expanded() pastes it into the program, because BCC
  * rewrites map calls (`counts0.lookup(...)`) only in the main file.
+ *
+ * With UNWIND_DWARF, user stacks are walked with CFI (unwind.h) and their
+ * ids index `ustacks` (ustacks.h); `stacks` then holds kernel stacks only.
  */
 #ifndef BPFPROF_WAITS_H
 #define BPFPROF_WAITS_H
+
+#ifdef UNWIND_DWARF
+#include "unwind.h"
+#include "ustacks.h"
+#endif
 
 static __always_inline void bump(int idx)
 {
@@ -17,12 +25,29 @@ static __always_inline void bump(int idx)
         (*v)++;
 }
 
-/* The one place the wait programs take stacks (to be swapped for the
- * shared unwinder): ids in `stacks`, or -errno. Without `kernel` the kernel
- * stack is recorded as -EFAULT: none, as for a user-mode CPU sample. */
+static __always_inline void send_event(u32 pid, u32 kind)
+{
+    struct process_event ev = {.pid = pid, .kind = kind};
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        bump(CTR_EVENT_LOST);
+}
+
+/* The one place the wait programs take stacks: ids, or -errno. `key->pid`
+ * must be set. The walker reads the registers the thread entered the
+ * kernel with (the futex syscall, or whatever made it leave the CPU), so
+ * it starts in the user code that called into the kernel. Without `kernel`
+ * the kernel stack is recorded as -EFAULT: none, as for a user-mode CPU
+ * sample. */
 static __always_inline void take_stacks(void *ctx, struct sample_key *key, int kernel)
 {
+#ifdef UNWIND_DWARF
+    struct unwound_stack *st = unwind_user_stack(key->pid);
+    key->user_stack_id = unwind_stackid(st, 0);
+    if (unwind_maps_stale(key->pid, st))
+        send_event(key->pid, EVENT_MAPS_CHANGED);
+#else
     key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+#endif
     key->kernel_stack_id = kernel ? stacks.get_stackid(ctx, 0) : -BPFPROF_EFAULT;
     if (key->user_stack_id == -BPFPROF_EEXIST)
         bump(CTR_USER_COLLISION);
@@ -38,9 +63,7 @@ static __always_inline void notify_new(u32 pid)
     if (seen.lookup(&pid))
         return;
     seen.update(&pid, &one);
-    struct process_event ev = {.pid = pid, .kind = EVENT_NEW_PROCESS};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
+    send_event(pid, EVENT_NEW_PROCESS);
 }
 
 static __always_inline void add_wait(struct wait_value *v, u64 delta)
@@ -90,6 +113,19 @@ static __always_inline void count_wait(WAIT_KEY *key, u32 pid, u64 delta)
         count_into_0(key, delta);
     bump(CTR_SAMPLES);
     notify_new(pid);
+}
+
+/* A process that execs gets new mappings: forget it, so its next wait makes
+ * user space read /proc/PID/maps again (and its old tables cannot misguide
+ * the walk meanwhile). */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    seen.delete(&pid);
+#ifdef UNWIND_DWARF
+    unwind_procs.delete(&pid);
+#endif
+    return 0;
 }
 
 #endif

@@ -10,6 +10,11 @@ Probes go only where they are asked for: into the target processes (uprobes
 attached with their pid, so no other process takes a trap), or, with
 `all_processes`, into the system's libc for everyone. Libraries a target
 loads later with dlopen are not probed.
+
+User stacks are walked with CFI (agent/sources/unwinding.py, as for every
+source) unless the options ask for frame pointers: a process's tables are
+loaded when its first sampled allocation announces it, and again after an
+exec or when the walker meets a library loaded later.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.config import SourceOptions
 from agent.errors import TargetError
 from agent.layout import (
     ALLOC_EVENT_ALLOC,
+    ALLOC_EVENT_EXEC,
     ALLOC_EVENT_EXIT,
     ALLOC_EVENT_FREE,
+    ALLOC_EVENT_MAPS_CHANGED,
     ALLOC_EVENT_UNTRACKED,
     AllocEvent,
     AllocFreeEvent,
@@ -37,8 +45,8 @@ from agent.layout import (
 )
 from agent.model import RawKey, RawSample, RawStack
 from agent.sampling import scaled
-from agent.sources import bcc_loader
 from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
+from agent.sources.unwinding import Walker, unwind_cflags, unwound_ips
 
 log = logging.getLogger("bpfprof.alloc")
 
@@ -47,8 +55,9 @@ LIVE_ENTRIES = 1 << 18  # sampled blocks alive at once (a 512 KiB rate: 128 GiB 
 MIN_EVENT_PAGES = 2048  # 8 MiB of ring buffer: ~7000 samples between polls
 
 
-def alloc_cflags(options: SourceOptions) -> list[str]:
-    """The program's -D flags: a pure function of the options."""
+def alloc_cflags(options: SourceOptions, unwind: bool | None = None) -> list[str]:
+    """The program's -D flags: a pure function of the options (`unwind`
+    None: the walker if the options ask for it)."""
     limits = options.limits
     flags = [
         f"-DALLOC_RATE={options.alloc_rate}",
@@ -62,6 +71,8 @@ def alloc_cflags(options: SourceOptions) -> list[str]:
         flags.append("-DFILTER_PIDS=1")
     if not options.alloc_inuse:
         flags.append("-DNO_INUSE=1")
+    if options.unwind == "dwarf" if unwind is None else unwind:
+        flags += unwind_cflags(limits)
     return flags
 
 
@@ -121,8 +132,14 @@ class AllocSource:
     """The allocation SampleSource; values are (alloc_objects, alloc_space,
     inuse_objects, inuse_space), already unbiased."""
 
-    def __init__(self, options: SourceOptions, command: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        options: SourceOptions,
+        command: tuple[str, ...] = (),
+        cache_dir: Path | None = None,
+    ) -> None:
         self._options = options
+        self._walker = Walker(options, cache_dir)
         self._command = command
         self._rate = options.alloc_rate
         self._targets: list[int] = []
@@ -139,7 +156,9 @@ class AllocSource:
             raise RuntimeError("allocation probes are attached at start(): add targets before")
 
     def start(self) -> None:
-        self._bpf = bcc_loader.compile_program(PROGRAM, alloc_cflags(self._options))
+        self._bpf = self._walker.compile(PROGRAM, lambda u: alloc_cflags(self._options, u))
+        # a held COMMAND has not exec'd yet: its tables load after the exec
+        self._walker.start([] if self._command else self._targets)
         table = self._bpf["targets"]
         for pid in self._targets:
             table[table.Key(pid)] = table.Leaf(1)
@@ -183,17 +202,28 @@ class AllocSource:
             self._on_alloc(ctypes.cast(data, ctypes.POINTER(AllocEvent)).contents, kind)
             return
         event = ctypes.cast(data, ctypes.POINTER(AllocFreeEvent)).contents
+        pid = int(event.pid)
         if kind == ALLOC_EVENT_FREE:
-            self._live.pop((int(event.pid), int(event.addr)), None)
+            self._live.pop((pid, int(event.addr)), None)
         elif kind == ALLOC_EVENT_EXIT:
-            self._process_exited(int(event.pid))
+            self._process_exited(pid)
+        elif kind == ALLOC_EVENT_EXEC:
+            self._seen.discard(pid)  # announced (and its tables loaded) again on its next sample
+        elif kind == ALLOC_EVENT_MAPS_CHANGED:
+            self._announce(pid, changed=True)
+
+    def _announce(self, pid: int, changed: bool = False) -> None:
+        """Tell the runner (the symbolizer's snapshot first), then load the
+        process's unwind tables."""
+        if self._on_new is not None:
+            self._on_new(pid)
+        self._walker.load(pid, changed=changed)
 
     def _on_alloc(self, ev: AllocEvent, kind: int) -> None:
         pid = int(ev.pid)
         if pid not in self._seen:
             self._seen.add(pid)
-            if self._on_new is not None:
-                self._on_new(pid)
+            self._announce(pid)
         key = RawKey(pid, int(ev.tid), _comm(ev.comm), _stack(ev))
         objects, space = scaled(int(ev.size), self._rate)
         totals = self._allocs.setdefault(key, _Totals())
@@ -242,7 +272,13 @@ class AllocSource:
         out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
         out["live_blocks"] = len(self._live)
         out["probes"] = len(self.probes)
+        out.update(self._walker.counters())
         return out
+
+    @property
+    def unwinding(self) -> bool:
+        """Whether user stacks are walked with CFI (False: frame pointers only)."""
+        return self._walker.active
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -263,8 +299,10 @@ def _comm(raw: bytes) -> str:
 
 
 def _stack(ev: AllocEvent) -> RawStack:
-    """The record's user stack; a negative size is bpf_get_stack's -errno."""
+    """The record's user stack; a negative size is -errno (no stack). A
+    stack cut at the walker's frame limit gets -E2BIG, as in the maps."""
     n = int(ev.stack_bytes)
     if n < 0:
         return RawStack(user_error=n)
-    return RawStack(user=tuple(int(ip) for ip in ev.ips[: n // 8] if ip))
+    ips, error = unwound_ips(ev.ips, n // 8, int(ev.stack_flags))
+    return RawStack(user=tuple(ip for ip in ips if ip), user_error=error)

@@ -8,7 +8,8 @@ samples taken meanwhile.
 
 User stacks are walked with the binaries' CFI (bpf/unwind.h) unless the
 options ask for frame pointers only; if the kernel refuses the walker's
-program, the frame-pointer one is loaded instead, with a warning. Each
+program, the frame-pointer one is loaded instead, with a warning
+(agent/sources/unwinding.py, shared with the other sources). Each
 process's tables are loaded when its first sample announces it.
 """
 
@@ -16,24 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
-from agent.errors import SetupError
 from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources import bcc_loader
-from agent.sources.unwind_maps import BccUnwindMaps
-from agent.unwind.layout import E2BIG, STACK_TRUNCATED
-from agent.unwind.loader import UnwindLoader, default_cache_dir
-from agent.unwind.table import TableCache
-
-log = logging.getLogger("bpfprof.cpu")
+from agent.sources.unwinding import Walker, read_unwound, unwind_cflags
+from agent.unwind.loader import UnwindLoader
 
 PROGRAM = "cpu.bpf.c"
 
@@ -65,16 +59,6 @@ def bpf_cflags(
     return flags
 
 
-def unwind_cflags(limits: BpfLimits) -> list[str]:
-    """The flags that turn on the CFI walker of bpf/unwind.h and size its maps."""
-    return [
-        "-DUNWIND_DWARF=1",
-        f"-DUNWIND_ROWS={limits.unwind_rows}",
-        f"-DUNWIND_MAPS={limits.unwind_mappings}",
-        f"-DUNWIND_PROCS={limits.seen_entries}",
-    ]
-
-
 def cflags_for(options: SourceOptions, unwind: bool | None = None) -> list[str]:
     return bpf_cflags(
         options.limits,
@@ -94,14 +78,11 @@ class CpuSource:
 
     def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
         self._options = options
-        self._cache_dir = cache_dir
         self._targets: list[int] = []
         self._bpf: Any = None
         self._window = 0
         self._on_new: Callable[[int], None] | None = None
-        self._unwind_maps: BccUnwindMaps | None = None
-        self.unwinder: UnwindLoader | None = None
-        self.maps_reloaded = 0  # maps-changed events handled
+        self._walker = Walker(options, cache_dir)
 
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
@@ -110,17 +91,7 @@ class CpuSource:
 
     def start(self) -> None:
         self._bpf = self._compile()
-        if self._unwind_maps is not None:
-            limits = self._options.limits
-            cache = TableCache(self._cache_dir or default_cache_dir())
-            self.unwinder = UnwindLoader(
-                self._unwind_maps,
-                max_rows=limits.unwind_rows,
-                max_maps=limits.unwind_mappings,
-                cache=cache,
-            )
-            for pid in self._targets:
-                self.unwinder.load(pid)
+        self._walker.start(self._targets)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
         bcc = bcc_loader.import_bcc()
@@ -134,17 +105,7 @@ class CpuSource:
 
     def _compile(self) -> Any:
         """The walker's program if wanted and accepted, else the frame-pointer one."""
-        if self._options.unwind == "dwarf":
-            try:
-                program = bcc_loader.compile_program(PROGRAM, cflags_for(self._options, True))
-            except SetupError as exc:
-                if "run as root" in str(exc) and os.geteuid() != 0:
-                    raise
-                log.warning("user stacks fall back to frame pointers: %s", exc)
-            else:
-                self._unwind_maps = BccUnwindMaps(program)
-                return program
-        return bcc_loader.compile_program(PROGRAM, cflags_for(self._options, False))
+        return self._walker.compile(PROGRAM, lambda unwind: cflags_for(self._options, unwind))
 
     def _write_targets(self, pids: Iterable[int]) -> None:
         table = self._bpf["targets"]
@@ -158,10 +119,7 @@ class CpuSource:
         # needs the new mapping as much as the unwinder does.
         if self._on_new is not None:
             self._on_new(pid)  # first: the symbolizer's snapshot must not wait
-        if self.unwinder is not None:
-            self.unwinder.load(pid)
-        if event.kind == EVENT_MAPS_CHANGED:
-            self.maps_reloaded += 1
+        self._walker.load(pid, changed=event.kind == EVENT_MAPS_CHANGED)
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
@@ -178,22 +136,23 @@ class CpuSource:
         time.sleep(0.002)
         counts = self._bpf[f"counts{old}"]
         stacks = self._bpf[f"stacks{old}"]
-        user = self._bpf[f"ustacks{old}"] if self._unwind_maps is not None else None
+        user = self._bpf["ustacks"] if self._walker.active else None
         drained = [(k, _as_int(v)) for k, v in counts.items_lookup_and_delete_batch()]
         return read_samples(drained, stacks, user)
 
     @property
     def unwinding(self) -> bool:
         """Whether user stacks are walked with CFI (False: frame pointers only)."""
-        return self._unwind_maps is not None
+        return self._walker.active
+
+    @property
+    def unwinder(self) -> UnwindLoader | None:
+        return self._walker.loader
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
         out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
-        if self._unwind_maps is not None and self.unwinder is not None:
-            out.update({f"unwind_{k}": v for k, v in self._unwind_maps.stats().items()})
-            out.update({f"unwind_{k}": v for k, v in vars(self.unwinder.stats).items()})
-            out["unwind_maps_reloaded"] = self.maps_reloaded
+        out.update(self._walker.counters())
         return out
 
     def close(self) -> None:
@@ -209,7 +168,7 @@ def read_samples(
 
     Each stack id is read once however many keys share it; ids are deleted
     from the stack maps afterwards so the next use of this half starts empty.
-    With the CFI walker, user stack ids index `user_stacks` (ustacksN) and
+    With the CFI walker, user stack ids index `user_stacks` (`ustacks`) and
     a stack cut at the frame limit gets user_error -E2BIG.
     """
     cache: dict[int, tuple[int, ...]] = {}
@@ -249,16 +208,6 @@ def read_samples(
         with contextlib.suppress(KeyError):
             del user_stacks[user_stacks.Key(stack_id)]
     return samples
-
-
-def read_unwound(user_stacks: Any, stack_id: int) -> tuple[tuple[int, ...], int]:
-    """(ips leaf first, user_error) of one stack the CFI walker stored."""
-    try:
-        leaf = user_stacks[user_stacks.Key(stack_id)]
-    except KeyError:
-        return (), 0
-    ips = tuple(int(ip) for ip in leaf.ips[: min(int(leaf.len), len(leaf.ips))])
-    return ips, -E2BIG if leaf.flags & STACK_TRUNCATED else 0
 
 
 def read_stack(stacks: Any, stack_id: int) -> tuple[int, ...]:

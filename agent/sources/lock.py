@@ -125,13 +125,13 @@ class LockSource(WaitSource):
 
     PROGRAM = PROGRAM
 
-    def __init__(self, options: SourceOptions) -> None:
-        super().__init__(options)
+    def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
+        super().__init__(options, cache_dir)
 
-    def cflags(self) -> list[str]:
+    def cflags(self, unwind: bool | None = None) -> list[str]:
         tracefs = bcc_loader.tracefs_dir()
         return lock_cflags(
-            super().cflags(),
+            super().cflags(unwind),
             self._options.min_wait_us,
             user=True,
             kernel=has_tracepoint(tracefs, "lock", "contention_begin"),
@@ -139,9 +139,9 @@ class LockSource(WaitSource):
             futex2=has_tracepoint(tracefs, "syscalls", "sys_enter_futex_wait"),
         )
 
-    def sample(self, key: Any, value: Any, stacks: Any) -> RawSample:
+    def sample(self, key: Any, value: Any) -> RawSample:
         tag = KIND_NAMES.get(int(key.kind), "wait")
-        raw = to_raw_key(key.base, self._cache, stacks, tag)
+        raw = to_raw_key(key.base, self._cache, tag)
         return RawSample(raw, (int(value.count), int(value.total_ns)))
 
 

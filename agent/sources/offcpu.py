@@ -10,6 +10,7 @@ sleeps would otherwise be most of a whole-system profile).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from agent.config import SourceOptions
@@ -29,11 +30,11 @@ class OffCpuSource(WaitSource):
 
     PROGRAM = PROGRAM
 
-    def __init__(self, options: SourceOptions) -> None:
-        super().__init__(options)
+    def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
+        super().__init__(options, cache_dir)
 
-    def cflags(self) -> list[str]:
-        return offcpu_cflags(super().cflags(), self._options.min_block_us)
+    def cflags(self, unwind: bool | None = None) -> list[str]:
+        return offcpu_cflags(super().cflags(unwind), self._options.min_block_us)
 
-    def sample(self, key: Any, value: Any, stacks: Any) -> RawSample:
-        return RawSample(to_raw_key(key, self._cache, stacks), (int(value.total_ns),))
+    def sample(self, key: Any, value: Any) -> RawSample:
+        return RawSample(to_raw_key(key, self._cache), (int(value.total_ns),))

@@ -7,7 +7,8 @@ so its stack ids must outlive them, and clearing the map while waits are in
 flight would give them someone else's stack. So the map is never cleared;
 ids are read once and cached here, and `counters()["stack_ids"]` tells a
 long-running user when to recreate the source (past half the buckets,
-collisions become likely and are counted).
+collisions become likely and are counted). User stacks walked with CFI
+(the default) live in the same way in `ustacks`, kernel stacks in `stacks`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,24 @@ import ctypes
 import os
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
-from agent.layout import Counter, ProcessEvent
+from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources import bcc_loader
 from agent.sources.cpu import read_stack
+from agent.sources.unwinding import Walker, read_unwound, unwind_cflags
 
 
 def common_cflags(
-    limits: BpfLimits, *, filter_pids: bool, follow_forks: bool, self_pid: int
+    limits: BpfLimits,
+    *,
+    filter_pids: bool,
+    follow_forks: bool,
+    self_pid: int,
+    unwind: bool = False,
 ) -> list[str]:
     """The -D flags both wait programs take: a pure function of the options."""
     flags = [
@@ -42,34 +50,56 @@ def common_cflags(
         flags.append("-DFILTER_PIDS=1")
     if follow_forks:
         flags.append("-DFOLLOW_FORKS=1")
+    if unwind:
+        flags += unwind_cflags(limits)
     return flags
 
 
 class StackCache:
-    """Stack ids to instruction pointers, read from the map once each."""
+    """Stack ids to instruction pointers, read from the maps once each.
+
+    `stacks` is the program's stack map; `user_stacks` its `ustacks` when
+    user stacks are walked with CFI (their ids are another map's, so the
+    two are cached apart), else None: user ids index `stacks` too.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ips: dict[int, tuple[int, ...]] = {}
+        self.stacks: Any = None
+        self.user_stacks: Any = None
+        self._kernel: dict[int, tuple[int, ...]] = {}
+        self._user: dict[int, tuple[tuple[int, ...], int]] = {}
 
     def __len__(self) -> int:
-        return len(self._ips)
+        return len(self._kernel) + len(self._user)
 
-    def get(self, stacks: Any, stack_id: int) -> tuple[int, ...]:
+    def kernel(self, stack_id: int) -> tuple[int, ...]:
         if stack_id < 0:
             return ()
-        ips = self._ips.get(stack_id)
+        ips = self._kernel.get(stack_id)
         if ips is None:
-            ips = self._ips[stack_id] = read_stack(stacks, stack_id)
+            ips = self._kernel[stack_id] = read_stack(self.stacks, stack_id)
         return ips
 
+    def user(self, stack_id: int) -> tuple[tuple[int, ...], int]:
+        """(ips, user_error) of a user stack id."""
+        if self.user_stacks is None:
+            return self.kernel(stack_id), min(stack_id, 0)
+        if stack_id < 0:
+            return (), stack_id
+        got = self._user.get(stack_id)
+        if got is None:
+            got = self._user[stack_id] = read_unwound(self.user_stacks, stack_id)
+        return got
 
-def to_raw_key(key: Any, cache: StackCache, stacks: Any, tag: str = "") -> RawKey:
+
+def to_raw_key(key: Any, cache: StackCache, tag: str = "") -> RawKey:
     """A struct sample_key (as BCC returns it) to the neutral RawKey."""
+    user, user_error = cache.user(key.user_stack_id)
     raw = RawStack(
-        user=cache.get(stacks, key.user_stack_id),
-        kernel=cache.get(stacks, key.kernel_stack_id),
-        user_error=min(key.user_stack_id, 0),
+        user=user,
+        kernel=cache.kernel(key.kernel_stack_id),
+        user_error=user_error,
         kernel_error=min(key.kernel_stack_id, 0),
     )
     comm = bytes(key.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -77,7 +107,8 @@ def to_raw_key(key: Any, cache: StackCache, stacks: Any, tag: str = "") -> RawKe
 
 
 class WaitSource:
-    """A SampleSource over a program with counts0/1, stacks, stack_gen, events.
+    """A SampleSource over a program with counts0/1, stacks, window, events
+    (and, with the CFI walker, ustacks and the unwind maps).
 
     Subclasses name the program, give its flags, attach it, and turn one
     drained (key, value) pair into a RawSample.
@@ -85,28 +116,31 @@ class WaitSource:
 
     PROGRAM = ""
 
-    def __init__(self, options: SourceOptions) -> None:
+    def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
         self._options = options
         self._targets: list[int] = []
         self._bpf: Any = None
         self._window = 0
         self._on_new: Callable[[int], None] | None = None
         self._cache = StackCache(options.limits.stack_entries)
+        self._walker = Walker(options, cache_dir)
 
     # -- what subclasses provide ------------------------------------------
 
-    def cflags(self) -> list[str]:
+    def cflags(self, unwind: bool | None = None) -> list[str]:
+        """The -D flags; `unwind` None: as the options ask."""
         return common_cflags(
             self._options.limits,
             filter_pids=self._options.filter_pids,
             follow_forks=self._options.follow_forks,
             self_pid=os.getpid(),
+            unwind=self._walker.wanted if unwind is None else unwind,
         )
 
     def attach(self) -> None:
         """Tracepoints are attached by BCC from TRACEPOINT_PROBE on load."""
 
-    def sample(self, key: Any, value: Any, stacks: Any) -> RawSample:
+    def sample(self, key: Any, value: Any) -> RawSample:
         raise NotImplementedError
 
     # -- the SampleSource protocol -----------------------------------------
@@ -114,13 +148,21 @@ class WaitSource:
     def render(self) -> str:
         return bcc_loader.render(self.PROGRAM, self.cflags())
 
+    @property
+    def unwinding(self) -> bool:
+        """Whether user stacks are walked with CFI (False: frame pointers only)."""
+        return self._walker.active
+
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
         if self._bpf is not None:
             self._write_targets(self._targets)
 
     def start(self) -> None:
-        self._bpf = bcc_loader.compile_program(self.PROGRAM, self.cflags())
+        self._bpf = self._walker.compile(self.PROGRAM, self.cflags)
+        self._cache.stacks = self._bpf["stacks"]
+        self._cache.user_stacks = self._bpf["ustacks"] if self._walker.active else None
+        self._walker.start(self._targets)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
         self.attach()
@@ -132,8 +174,10 @@ class WaitSource:
 
     def _on_event(self, _cpu: int, data: int, _size: int) -> None:
         event = ctypes.cast(data, ctypes.POINTER(ProcessEvent)).contents
+        pid = int(event.pid)
         if self._on_new is not None:
-            self._on_new(int(event.pid))
+            self._on_new(pid)  # first: the symbolizer's snapshot must not wait
+        self._walker.load(pid, changed=event.kind == EVENT_MAPS_CHANGED)
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
@@ -147,13 +191,13 @@ class WaitSource:
         window[window.Key(0)] = window.Leaf(self._window)
         time.sleep(0.002)  # let programs that read the old index finish
         counts = self._bpf[f"counts{old}"]
-        stacks = self._bpf["stacks"]
-        return [self.sample(k, v, stacks) for k, v in counts.items_lookup_and_delete_batch()]
+        return [self.sample(k, v) for k, v in counts.items_lookup_and_delete_batch()]
 
     def counters(self) -> dict[str, int]:
         table = self._bpf["counters"]
         out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
         out["stack_ids"] = len(self._cache)
+        out.update(self._walker.counters())
         return out
 
     def close(self) -> None:

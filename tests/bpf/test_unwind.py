@@ -192,7 +192,7 @@ def test_python_mirror_of_unwind_h_matches_what_bcc_compiled() -> None:
             assert ctypes.sizeof(leaf) == ctypes.sizeof(mirror), table
             for name, *_ in mirror._fields_:
                 assert getattr(leaf, name).offset == getattr(mirror, name).offset, (table, name)
-        stack = program["ustacks0"].Leaf
+        stack = program["ustacks"].Leaf
         assert len(stack().ips) == MAX_FRAMES and stack.ips.offset == 16
         assert len(program["unwind_stats"]) == len(UnwindStat) == 8
     finally:
