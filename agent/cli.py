@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -17,6 +19,20 @@ from agent.errors import BpfprofError, InputError
 from agent.model import Profile
 
 log = logging.getLogger("bpfprof")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def type_option(help_text: str) -> Callable[[F], F]:
+    """`-t/--type`: a profile type, cpu by default (record, check --print-bpf)."""
+    return click.option(
+        "-t",
+        "--type",
+        "profile_type",
+        type=click.Choice(["cpu", "offcpu", "alloc", "lock"]),
+        default="cpu",
+        show_default=True,
+        help=help_text,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,15 +45,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
-@click.option(
-    "-t",
-    "--type",
-    "profile_type",
-    type=click.Choice(["cpu", "offcpu", "alloc", "lock"]),
-    default="cpu",
-    show_default=True,
-    help="What to profile.",
-)
+@type_option("What to profile.")
 @click.option(
     "-p", "--pid", "pids", type=int, multiple=True, help="Profile this process (repeatable)."
 )
@@ -325,14 +333,15 @@ def diff(base: Path, new: Path, count: int, sample_index: str | None, cum: bool)
 
 @cli.command()
 @click.option(
-    "--print-bpf", is_flag=True, help="Print the CPU BPF program as it would be compiled, and exit."
+    "--print-bpf", is_flag=True, help="Print a BPF program as it would be compiled, and exit."
 )
-def check(print_bpf: bool) -> None:
+@type_option("With --print-bpf: which profile type's program.")
+def check(print_bpf: bool, profile_type: str) -> None:
     """Diagnose this host: kernel, BPF, BTF, headers, BCC, tracefs, capabilities."""
     if print_bpf:
-        from agent.sources.cpu import render_program
+        from agent.sources import render_program
 
-        click.echo(render_program(RecordConfig().source_options()))
+        click.echo(render_program(profile_type, RecordConfig().source_options()))
         return
     from agent.check import format_report, run_checks
 

@@ -32,3 +32,22 @@ def create_source(
 
         return AllocSource(options, command)
     raise ValueError(f"unknown profile type {profile_type!r}")
+
+
+def render_program(profile_type: str, options: SourceOptions) -> str:
+    """The exact BPF program a profile type would compile with these
+    options, its flags shown as #defines (`bpfprof check --print-bpf`)."""
+    if profile_type == "cpu":
+        from agent.sources.cpu import render_program as render_cpu
+
+        return render_cpu(options)
+    if profile_type == "alloc":
+        from agent.sources import bcc_loader
+        from agent.sources.alloc import PROGRAM, alloc_cflags
+
+        return bcc_loader.render(PROGRAM, alloc_cflags(options))
+    from agent.sources.waits import WaitSource
+
+    source = create_source(profile_type, options)
+    assert isinstance(source, WaitSource)
+    return source.render()

@@ -156,7 +156,7 @@ class AllocSource:
             raise RuntimeError("allocation probes are attached at start(): add targets before")
 
     def start(self) -> None:
-        self._bpf = self._walker.compile(PROGRAM, lambda u: alloc_cflags(self._options, u))
+        self._bpf = self._compile()
         # a held COMMAND has not exec'd yet: its tables load after the exec
         self._walker.start([] if self._command else self._targets)
         table = self._bpf["targets"]
@@ -167,6 +167,10 @@ class AllocSource:
             self._attach(pid, point)
         if not self.probes:
             raise TargetError("found no allocator (malloc, jemalloc, tcmalloc, mimalloc) to probe")
+
+    def _compile(self) -> Any:
+        """The walker's build if wanted and accepted, else the frame-pointer one."""
+        return self._walker.compile(PROGRAM, lambda unwind: alloc_cflags(self._options, unwind))
 
     def _plan(self) -> list[tuple[int, EntryPoint]]:
         if self._options.all_processes:

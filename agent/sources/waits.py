@@ -159,13 +159,17 @@ class WaitSource:
             self._write_targets(self._targets)
 
     def start(self) -> None:
-        self._bpf = self._walker.compile(self.PROGRAM, self.cflags)
+        self._bpf = self._compile()
         self._cache.stacks = self._bpf["stacks"]
         self._cache.user_stacks = self._bpf["ustacks"] if self._walker.active else None
         self._walker.start(self._targets)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
         self.attach()
+
+    def _compile(self) -> Any:
+        """The walker's build if wanted and accepted, else the frame-pointer one."""
+        return self._walker.compile(self.PROGRAM, self.cflags)
 
     def _write_targets(self, pids: Iterable[int]) -> None:
         table = self._bpf["targets"]

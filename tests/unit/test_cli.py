@@ -34,6 +34,22 @@ def test_print_bpf_shows_the_program_without_loading_it(capsys: pytest.CaptureFi
     assert "#define MAX_ENTRIES 16384" in out and "int on_cpu_sample" in out
 
 
+@pytest.mark.parametrize(
+    ("profile_type", "marker"),
+    [
+        ("offcpu", "TRACEPOINT_PROBE(sched, sched_switch)"),
+        ("lock", "TRACEPOINT_PROBE(syscalls, sys_enter_futex)"),
+        ("alloc", "int on_malloc(struct pt_regs *ctx)"),
+    ],
+)
+def test_print_bpf_shows_any_type(
+    capsys: pytest.CaptureFixture[str], profile_type: str, marker: str
+) -> None:
+    code, out, _ = run(["check", "--print-bpf", "-t", profile_type], capsys)
+    assert code == 0 and marker in out and f"/* {profile_type}.bpf.c as" in out
+    assert "on_cpu_sample" not in out
+
+
 def test_a_bug_is_one_line_with_a_hint(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, profile_file: Path
 ) -> None:

@@ -1,0 +1,173 @@
+"""The walker as the off-CPU, lock and allocation sources use it, without
+BPF: which build each option compiles, the fallback, reading walked stacks,
+and the allocation source's exec and reload records."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent.config import BpfLimits, SourceOptions
+from agent.errors import SetupError
+from agent.layout import (
+    ALLOC_EVENT_ALLOC,
+    ALLOC_EVENT_EXEC,
+    ALLOC_EVENT_MAPS_CHANGED,
+    AllocEvent,
+    AllocFreeEvent,
+    SampleKey,
+)
+from agent.sources import bcc_loader, create_source, render_program
+from agent.sources.alloc import AllocSource, alloc_cflags
+from agent.sources.unwinding import Walker
+from agent.sources.waits import StackCache, to_raw_key
+from agent.unwind.layout import E2BIG, STACK_TRUNCATED
+
+
+@dataclass
+class FakeTable:
+    """A BCC table: Key() wraps an id, [] reads."""
+
+    items: dict[int, Any] = field(default_factory=dict)
+    reads: int = 0
+
+    @staticmethod
+    def Key(i: int) -> int:
+        return i
+
+    def __getitem__(self, key: int) -> Any:
+        self.reads += 1
+        return self.items[key]
+
+
+@dataclass
+class FakeProgram:
+    """What a loaded program offers the sources: tables by name, cleanup."""
+
+    flags: list[str]
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.tables.setdefault(name, FakeTable())
+
+    def cleanup(self) -> None:
+        pass
+
+
+def compiler(refuse_walker: bool, tried: list[list[str]]) -> Any:
+    def compile_program(name: str, flags: list[str]) -> FakeProgram:
+        tried.append(flags)
+        if refuse_walker and "-DUNWIND_DWARF=1" in flags:
+            raise SetupError(f"cannot compile {name}: program too large")
+        return FakeProgram(flags)
+
+    return compile_program
+
+
+@pytest.mark.parametrize("profile_type", ["offcpu", "lock", "alloc"])
+@pytest.mark.parametrize(
+    ("unwind", "refuse", "builds", "walked"),
+    [
+        ("dwarf", False, 1, True),  # the walker by default
+        ("dwarf", True, 2, False),  # refused: the frame-pointer build
+        ("fp", False, 1, False),  # --unwind fp: never tried
+    ],
+)
+def test_each_source_compiles_the_walker_unless_told_or_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    profile_type: str,
+    unwind: str,
+    refuse: bool,
+    builds: int,
+    walked: bool,
+) -> None:
+    tried: list[list[str]] = []
+    monkeypatch.setattr(bcc_loader, "compile_program", compiler(refuse, tried))
+    source: Any = create_source(profile_type, SourceOptions(unwind=unwind))
+    walker: Walker = source._walker
+    program = source._compile()
+    assert len(tried) == builds and walker.active is walked and source.unwinding is walked
+    assert ("-DUNWIND_DWARF=1" in program.flags) is walked
+    assert walker.counters() == {}  # no loader before start()
+
+
+def test_the_option_picks_the_flags() -> None:
+    assert "-DUNWIND_DWARF=1" in alloc_cflags(SourceOptions())
+    assert not any("UNWIND" in f for f in alloc_cflags(SourceOptions(unwind="fp")))
+    wait = create_source("offcpu", SourceOptions(unwind="fp"))
+    assert not any("UNWIND" in f for f in wait.cflags())  # type: ignore[attr-defined]
+    lock = create_source("lock", SourceOptions(limits=BpfLimits(unwind_rows=4096)))
+    assert "-DUNWIND_ROWS=4096" in lock.cflags()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("profile_type", ["cpu", "offcpu", "lock", "alloc"])
+def test_print_bpf_renders_every_type_with_the_walker(profile_type: str) -> None:
+    text = render_program(profile_type, SourceOptions())
+    assert "#define UNWIND_DWARF 1" in text and "unwind_user_stack(" in text
+    assert '#include "unwind.h"' not in text  # pasted, as BCC needs it
+    assert "#define UNWIND_DWARF" not in render_program(profile_type, SourceOptions(unwind="fp"))
+
+
+def sample_key(user: int, kernel: int) -> SampleKey:
+    return SampleKey(pid=5, tid=6, user_stack_id=user, kernel_stack_id=kernel, comm=b"prog")
+
+
+def test_walked_user_stacks_and_kernel_stacks_are_read_from_their_own_maps() -> None:
+    cache = StackCache(16)
+    cache.stacks = FakeTable({1: SimpleNamespace(ip=[0xFFFF0001, 0])})
+    cache.user_stacks = FakeTable(
+        {
+            1: SimpleNamespace(len=2, flags=0, ips=[0x401000, 0x402000, 0]),
+            2: SimpleNamespace(len=1, flags=STACK_TRUNCATED, ips=[0x403000]),
+        }
+    )
+    first = to_raw_key(sample_key(1, 1), cache)
+    assert first.stack.user == (0x401000, 0x402000) and first.stack.kernel == (0xFFFF0001,)
+    truncated = to_raw_key(sample_key(2, -14), cache, "mutex")
+    assert truncated.stack.user_error == -E2BIG and truncated.tag == "mutex"
+    assert to_raw_key(sample_key(-17, -14), cache).stack.user_error == -17
+    to_raw_key(sample_key(1, 1), cache)  # cached: the maps are read once per id
+    assert cache.user_stacks.reads == 2 and cache.stacks.reads == 1 and len(cache) == 3
+
+
+def test_with_frame_pointers_user_ids_index_the_stack_map() -> None:
+    cache = StackCache(16)
+    cache.stacks = FakeTable({4: SimpleNamespace(ip=[0x401000, 0])})
+    raw = to_raw_key(sample_key(4, -14), cache)
+    assert raw.stack.user == (0x401000,) and raw.stack.user_error == 0
+
+
+def feed(source: AllocSource, record: ctypes.Structure) -> None:
+    source._on_event(0, ctypes.addressof(record), ctypes.sizeof(record))
+
+
+def alloc(pid: int, flags: int = 0) -> AllocEvent:
+    ev = AllocEvent(kind=ALLOC_EVENT_ALLOC, pid=pid, addr=0x10, tid=pid, size=64, comm=b"p")
+    ev.ips[0] = 0x401000
+    ev.stack_bytes, ev.stack_flags = 8, flags
+    return ev
+
+
+def test_an_exec_announces_the_process_again_and_a_reload_is_counted() -> None:
+    seen: list[int] = []
+    source = AllocSource(SourceOptions())
+    source._on_new = seen.append
+    feed(source, alloc(9))
+    feed(source, alloc(9))
+    assert seen == [9]
+    feed(source, AllocFreeEvent(kind=ALLOC_EVENT_EXEC, pid=9))
+    feed(source, alloc(9))  # the new image's maps are read on its first sample
+    assert seen == [9, 9]
+    feed(source, AllocFreeEvent(kind=ALLOC_EVENT_MAPS_CHANGED, pid=9))
+    assert seen == [9, 9, 9] and source._walker.maps_reloaded == 1
+
+
+def test_a_truncated_walk_is_marked_in_the_allocation_stack() -> None:
+    source = AllocSource(SourceOptions())
+    feed(source, alloc(3, STACK_TRUNCATED))
+    (key,) = source._allocs
+    assert key.stack.user == (0x401000,) and key.stack.user_error == -E2BIG
