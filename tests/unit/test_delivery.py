@@ -56,7 +56,9 @@ def delivery(c: Collector, spool: Spool | None, queue_size: int = 4) -> Delivery
 
 def test_sends_in_order_and_counts(tmp_path: Path) -> None:
     c = Collector()
-    d = delivery(c, Spool(tmp_path, 1 << 20))
+    # room for all six: an overflow would take the spool, which drains later
+    # and so out of order (tested below); this test is about the queue
+    d = delivery(c, Spool(tmp_path, 1 << 20), queue_size=8)
     for i in range(5):
         d.submit("", b"p%d" % i)
     d.submit("", b"partial")
