@@ -76,14 +76,24 @@ MUTEX_FUNCTIONS = (
 )
 
 
+def plain_name(name: str) -> str:
+    """A libc symbol without glibc's internal alias prefix and version:
+    `__GI___lll_lock_wait` is `__lll_lock_wait`, `pthread_cond_wait@@GLIBC_2.3.2`
+    is `pthread_cond_wait` (the symbolizer may name either alias)."""
+    return name.split("@", 1)[0].removeprefix("__GI_")
+
+
 def classify(tag: str, functions: Sequence[str]) -> str:
     """The kind of a lock sample from its kernel tag and its stack's
     function names (leaf first): the stack wins where it is explicit, since
     the futex operation cannot tell a condition variable from an rwlock or a
-    non-glibc mutex (Rust's std uses FUTEX_WAIT_BITSET for all three)."""
+    non-glibc mutex (Rust's std uses FUTEX_WAIT_BITSET for all three). The
+    leaf-most known frame decides: a condition wait that, once woken, waits
+    to take its mutex back (`__lll_lock_wait` under `pthread_cond_wait`)
+    is mutex contention."""
     if tag == "kernel":
         return tag
-    for name in functions:
+    for name in map(plain_name, functions):
         if name.startswith(CONDVAR_FUNCTIONS):
             return "condvar"
         if name.startswith(RWLOCK_FUNCTIONS):

@@ -1,5 +1,11 @@
 """The off-CPU, lock and allocation programs, loaded for real and checked
-against programs that know their own ground truth (tests/programs)."""
+against programs that know their own ground truth (tests/programs).
+
+The programs are built without frame pointers, as Debian's libc is, and
+walked with CFI (the default): stacks must reach the known functions above
+libc's frames (nanosleep, pthread_mutex_lock, pthread_cond_wait) and on to
+main or the thread entry. The frame-pointer build of each BPF program is
+exercised too (`--unwind fp`), with a control showing what it loses."""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from agent.model import RawSample
 from agent.sampling import expected_error
 from agent.sources.alloc import AllocSource, alloc_cflags
 from agent.sources.bcc_loader import compile_program
-from agent.sources.lock import LockSource, classify
+from agent.sources.lock import LockSource, classify, is_contention, plain_name
 from agent.sources.offcpu import OffCpuSource
 from agent.sources.waits import WaitSource
 from symbolizer import Symbolizer
@@ -28,16 +34,19 @@ from tests.conftest import PROGRAMS, compile_c
 pytestmark = pytest.mark.bpf
 
 FP = ("-O1", "-g", "-fno-omit-frame-pointer")
+NO_FP = ("-O2", "-g", "-fomit-frame-pointer")  # the default unwind tables stay
+SLEEPS = {"nanosleep", "clock_nanosleep"}
+MUTEX_WAITS = {"pthread_mutex_lock", "__pthread_mutex_lock", "__lll_lock_wait"}
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     out = tmp_path_factory.mktemp("profile-programs")
 
-    def build(name: str) -> Path:
-        exe = out / name
+    def build(name: str, flags: tuple[str, ...] = NO_FP) -> Path:
+        exe = out / f"{name}{'-fp' if flags == FP else ''}"
         if not exe.exists():
-            compile_c(PROGRAMS / f"{name}.c", exe, *FP, "-pthread")
+            compile_c(PROGRAMS / f"{name}.c", exe, *flags, "-pthread")
         return exe
 
     return build
@@ -49,11 +58,13 @@ def assert_same_layout(bcc_type: type, mirror: type[ctypes.Structure]) -> None:
         assert getattr(bcc_type, name).offset == getattr(mirror, name).offset, name
 
 
-def test_python_mirrors_match_what_bcc_compiled() -> None:
+@pytest.mark.parametrize("unwind", [True, False])
+def test_python_mirrors_match_what_bcc_compiled(unwind: bool) -> None:
+    """Both builds of each program load: the walker's and the frame-pointer one."""
     offcpu = OffCpuSource(SourceOptions())
     lock = LockSource(SourceOptions())
     for source, key in ((offcpu, SampleKey), (lock, LockKey)):
-        program = compile_program(source.PROGRAM, source.cflags())
+        program = compile_program(source.PROGRAM, source.cflags(unwind))
         try:
             assert_same_layout(program["counts0"].Key, key)
             assert_same_layout(program["counts0"].Leaf, WaitValue)
@@ -71,7 +82,9 @@ def test_python_mirrors_match_what_bcc_compiled() -> None:
         assert_same_layout(program["f"].Leaf, AllocFreeEvent)
     finally:
         program.cleanup()
-    compile_program("alloc.bpf.c", alloc_cflags(SourceOptions())).cleanup()
+    for inuse in (True, False):
+        options = SourceOptions(alloc_inuse=inuse)
+        compile_program("alloc.bpf.c", alloc_cflags(options, unwind)).cleanup()
 
 
 def _compile_text(text: str) -> object:
@@ -121,14 +134,22 @@ class Run:
 
 
 def functions(sym: Symbolizer, sample: RawSample) -> list[str]:
+    """The user stack's function names, leaf first, libc's without their
+    alias prefix and symbol version (`pthread_mutex_lock@@GLIBC_2.2.5`)."""
     names = []
     for i, addr in enumerate(sample.key.stack.user):
         f = sym.resolve_user(sample.key.pid, addr - 1 if i else addr).function
-        names.append(f or "?")
+        names.append(plain_name(f) if f else "?")
     return names
 
 
-def test_offcpu_time_of_a_known_sleep(built: Callable[[str], Path]) -> None:
+def above(names: list[str], caller: str, callees: set[str]) -> bool:
+    """Whether `caller` is in the stack (leaf first) above one of `callees`."""
+    inner = [i for i, n in enumerate(names) if n in callees]
+    return bool(inner) and caller in names[min(inner) + 1 :]
+
+
+def test_offcpu_time_of_a_known_sleep(built: Callable[..., Path]) -> None:
     run = Run([str(built("sleeper")), "20", "25"])
     source = OffCpuSource(SourceOptions(filter_pids=True))
     sym = Symbolizer()
@@ -148,57 +169,117 @@ def test_offcpu_time_of_a_known_sleep(built: Callable[[str], Path]) -> None:
     # each nanosleep, less the few microseconds on either side of the switch
     # (plus any preemption, which on a busy host can only add).
     total = sum(s.values[0] for s in samples)
-    in_sleepy = sum(s.values[0] for s in samples if "sleepy" in functions(sym, s))
     assert slept * 0.97 <= total <= slept * 1.05, (total, slept)
-    # Nearly all of it through sleepy(): a frame-pointer walk can lose the
-    # odd stack in libc, never more than one nap's worth here.
-    assert in_sleepy >= 0.9 * total, (in_sleepy, total)
-    assert seen == [run.proc.pid] and counters["map_full"] == 0
+    # Nearly all of it in whole stacks: libc's sleep frames, then nap() and
+    # sleepy() above them, on to main.
+    whole = [
+        s
+        for s in samples
+        if (n := functions(sym, s))
+        and above(n, "nap", SLEEPS)
+        and above(n, "sleepy", {"nap"})
+        and above(n, "main", {"sleepy"})
+    ]
+    assert sum(s.values[0] for s in whole) >= 0.9 * total, [functions(sym, s) for s in samples]
+    assert source.unwinding and seen == [run.proc.pid] and counters["map_full"] == 0
+    assert counters["unwind_stacks"] > 0 and counters["unwind_unsupported"] == 0
 
 
-def test_offcpu_threshold_drops_short_blocks(built: Callable[[str], Path]) -> None:
-    run = Run([str(built("sleeper")), "10", "2"])
-    source = OffCpuSource(SourceOptions(filter_pids=True, min_block_us=50_000))
+def test_offcpu_threshold_drops_short_blocks(built: Callable[..., Path]) -> None:
+    """Naps of 60 ms pass a 50 ms threshold, the program's short blocks do
+    not. With the frame-pointer build of the program (--unwind fp)."""
+    run = Run([str(built("sleeper", FP)), "4", "60"])
+    source = OffCpuSource(SourceOptions(filter_pids=True, min_block_us=50_000, unwind="fp"))
     try:
         source.add_targets([run.proc.pid])
         source.start()
         run.send()
-        run.line(source, [])
+        slept = int(run.line(source, []).split()[1])
         samples = source.drain() + source.drain()
     finally:
         source.close()
         run.close()
+    assert not source.unwinding
     assert not [s for s in samples if s.values[0] < 50_000_000]
+    assert 0.97 * slept <= sum(s.values[0] for s in samples) <= 1.05 * slept
 
 
-def test_lock_delay_of_four_threads_on_one_mutex(built: Callable[[str], Path]) -> None:
-    run = Run([str(built("lockstorm")), "1500", "4", "20000"])
-    source = LockSource(SourceOptions(filter_pids=True))
+def lock_profile(
+    exe: Path, unwind: str = "dwarf"
+) -> tuple[list[tuple[RawSample, list[str]]], dict[str, int]]:
+    """lockstorm's waits with their function names, and what it measured."""
+    run = Run([str(exe), "1500", "4", "20000"])
+    source = LockSource(SourceOptions(filter_pids=True, unwind=unwind))
     sym = Symbolizer()
-    seen: list[int] = []
     try:
         source.add_targets([run.proc.pid])
         source.start()
         sym.observe(run.proc.pid)
         run.send()
-        waited = int(run.line(source, seen).split()[1])
+        words = run.line(source, []).split()  # waited_ns N locks N idle_ns N
         samples = source.drain() + source.drain()
     finally:
         source.close()
         run.close()
-    # libc has no frame pointers: the stack goes from the futex call in libc
-    # straight to contend() (take_lock's frame pointer leads there).
-    through = [s for s in samples if "contend" in functions(sym, s)]
-    delay = sum(s.values[1] for s in through if s.key.tag == "mutex")
-    assert {classify(s.key.tag, functions(sym, s)) for s in through} <= {"mutex", "kernel"}
-    assert sum(s.values[0] for s in through) > 0
+    truth = {"waited": int(words[1]), "idle": int(words[5])}
+    return [(s, functions(sym, s)) for s in samples], truth
+
+
+def test_lock_delay_of_four_threads_on_one_mutex(built: Callable[..., Path]) -> None:
+    named, truth = lock_profile(built("lockstorm"))
+    # Whole stacks through libc: contend() and take_lock() above
+    # pthread_mutex_lock/__lll_lock_wait in nearly all of the mutex delay.
+    mutex = [(s, n) for s, n in named if s.key.tag == "mutex"]
+    delay = sum(s.values[1] for s, _ in mutex)
+    through = [
+        (s, n)
+        for s, n in mutex
+        if above(n, "take_lock", MUTEX_WAITS) and above(n, "contend", {"take_lock"})
+    ]
+    in_contend = sum(s.values[1] for s, _ in through)
+    assert in_contend >= 0.9 * delay, [(n, s.values) for s, n in mutex]
+    assert {classify(s.key.tag, n) for s, n in through} == {"mutex"}
+    assert all("start_thread" in n for _, n in through)  # on to the thread entry
     # The program's figure also holds the time from futex return to its
     # clock read and lost races that end in another wait, so it is the larger.
-    assert 0.85 * waited <= delay <= 1.02 * waited, (delay, waited)
+    waited = truth["waited"]
+    assert 0.85 * waited <= in_contend <= 1.02 * waited, (in_contend, waited)
+
+
+def test_condition_waits_are_told_by_pthread_cond_wait_in_the_stack(
+    built: Callable[..., Path],
+) -> None:
+    """idle_wait() sleeps on a condition variable for the whole run: the
+    futex operation (FUTEX_WAIT_BITSET) cannot tell that from an rwlock or
+    pthread_join; pthread_cond_wait in the walked stack does, and keeps it
+    out of the contention profile."""
+    named, truth = lock_profile(built("lockstorm"))
+    waits = [(s, n) for s, n in named if s.key.tag == "wait" and "idle_wait" in n]
+    assert waits, [n for _, n in named]
+    for s, n in waits:
+        assert above(n, "idle_wait", {"pthread_cond_wait"}), n
+        assert classify(s.key.tag, n) == "condvar" and not is_contention("condvar")
+    waited = sum(s.values[1] for s, _ in waits)
+    assert 0.9 * truth["idle"] <= waited <= 1.02 * truth["idle"], (waited, truth)
+    # pthread_join waits the same way, and is not claimed as contention
+    joins = [n for s, n in named if s.key.tag == "wait" and "idle_wait" not in n]
+    assert all(not is_contention(classify("wait", n)) for n in joins)
+
+
+def test_lock_stacks_with_frame_pointers_only_lose_the_callers(
+    built: Callable[..., Path],
+) -> None:
+    """The control: --unwind fp on the same program (no frame pointers)
+    stops in libc, so contend() is above the mutex wait in little of it."""
+    named, _ = lock_profile(built("lockstorm"), unwind="fp")
+    mutex = [(s, n) for s, n in named if s.key.tag == "mutex"]
+    delay = sum(s.values[1] for s, _ in mutex)
+    in_contend = sum(s.values[1] for s, n in mutex if above(n, "contend", MUTEX_WAITS))
+    assert delay > 0 and in_contend < 0.5 * delay
 
 
 def test_allocations_split_three_to_one_and_the_hoard_stays_live(
-    built: Callable[[str], Path],
+    built: Callable[..., Path],
 ) -> None:
     units, block, rate = 16384, 4096, 64 * 1024
     run = Run([str(built("allocsplit")), str(units), str(block)])
@@ -236,6 +317,45 @@ def test_allocations_split_three_to_one_and_the_hoard_stays_live(
     assert by("hoard", live, 3) >= 0.95 * inuse  # churn's blocks were all freed
     assert abs(inuse - hoard_true) < 4 * sd_hoard
     assert after_exit == []  # the exit dropped the live entries
+    # built without frame pointers: each call site is followed by its callers
+    assert whole_share(sym, allocs) >= 0.9 and whole_share(sym, live, 3) >= 0.9
+
+
+def whole_share(sym: Symbolizer, samples: list[RawSample], index: int = 1) -> float:
+    """The share of a value whose stack is a call site of malloc in
+    allocsplit with its callers above it: churn/hoard, run, main."""
+    total = sum(s.values[index] for s in samples)
+    whole = sum(
+        s.values[index]
+        for s in samples
+        if (n := functions(sym, s))[:1] in (["churn"], ["hoard"]) and n[1:3] == ["run", "main"]
+    )
+    return whole / total if total else 0.0
+
+
+def allocations(
+    exe: Path, unwind: str, inuse: bool
+) -> tuple[list[RawSample], Symbolizer, list[str]]:
+    """allocsplit's sampled allocations, and what it printed when done."""
+    units, block, rate = 8192, 4096, 64 * 1024
+    run = Run([str(exe), str(units), str(block)])
+    options = SourceOptions(filter_pids=True, alloc_rate=rate, alloc_inuse=inuse, unwind=unwind)
+    source = AllocSource(options)
+    sym = Symbolizer()
+    try:
+        source.add_targets([run.proc.pid])
+        source.start()
+        assert source.unwinding is (unwind == "dwarf")
+        sym.observe(run.proc.pid)
+        run.send()
+        done = run.line(source, []).split()
+        allocs = source.drain()
+        if not inuse:
+            assert source.live_heap() == []
+    finally:
+        source.close()
+        run.close()
+    return allocs, sym, done
 
 
 def test_alloc_needs_an_allocator_to_probe(tmp_path: Path) -> None:
@@ -256,24 +376,17 @@ def test_alloc_needs_an_allocator_to_probe(tmp_path: Path) -> None:
         proc.wait()
 
 
-def test_allocation_only_mode_attributes_from_the_entry(built: Callable[[str], Path]) -> None:
-    """--no-inuse sends samples from the entry probe; the caller's frame is
+@pytest.mark.parametrize("unwind", ["dwarf", "fp"])
+def test_allocation_only_mode_attributes_from_the_entry(
+    built: Callable[..., Path], unwind: str
+) -> None:
+    """--no-inuse sends samples from the entry probe. The walker finds the
+    allocator's caller from CFI (the allocator's own frame is left out, as
+    in a return probe's stack); with frame pointers the caller's frame is
     recovered from the return address on top of the stack."""
+    exe = built("allocsplit", NO_FP if unwind == "dwarf" else FP)
+    allocs, sym, done = allocations(exe, unwind, inuse=False)
     units, block, rate = 8192, 4096, 64 * 1024
-    run = Run([str(built("allocsplit")), str(units), str(block)])
-    source = AllocSource(SourceOptions(filter_pids=True, alloc_rate=rate, alloc_inuse=False))
-    sym = Symbolizer()
-    try:
-        source.add_targets([run.proc.pid])
-        source.start()
-        sym.observe(run.proc.pid)
-        run.send()
-        done = run.line(source, []).split()
-        allocs = source.drain()
-        assert source.live_heap() == []
-    finally:
-        source.close()
-        run.close()
     leaves = {}
     for s in allocs:
         leaf = functions(sym, s)[:1]
@@ -282,9 +395,20 @@ def test_allocation_only_mode_attributes_from_the_entry(built: Callable[[str], P
     sd = expected_error([(block, 3 * units)], rate)
     assert abs(leaves.get("churn", 0) - int(done[1])) < 4 * sd, leaves
     assert abs(leaves.get("hoard", 0) - int(done[2])) < 4 * expected_error([(block, units)], rate)
+    if unwind == "dwarf":
+        assert whole_share(sym, allocs) >= 0.9
 
 
-def test_all_processes_probes_the_system_libc(built: Callable[[str], Path]) -> None:
+def test_allocation_stacks_with_frame_pointers_only_lose_the_callers(
+    built: Callable[..., Path],
+) -> None:
+    """The control: --unwind fp on the program built without frame pointers
+    still names the call site (the return address), but not its callers."""
+    allocs, sym, _ = allocations(built("allocsplit"), "fp", inuse=True)
+    assert allocs and whole_share(sym, allocs) < 0.5
+
+
+def test_all_processes_probes_the_system_libc(built: Callable[..., Path]) -> None:
     run = Run([str(built("allocsplit")), "4096", "4096"])
     source = AllocSource(SourceOptions(all_processes=True, alloc_rate=64 * 1024))
     try:

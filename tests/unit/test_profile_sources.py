@@ -73,6 +73,17 @@ def test_probe_goes_to_the_first_emulated_instruction_that_is_safe(
         ("mutex", [], "mutex"),
         ("kernel", ["pthread_cond_wait"], "kernel"),
         ("", [], "wait"),
+        # names as the symbolizer gives them for Debian's libc, whole stacks
+        (
+            "wait",
+            ["__futex_abstimed_wait_common", "pthread_cond_wait@@GLIBC_2.3.2", "idle_wait"],
+            "condvar",
+        ),
+        (
+            "mutex",
+            ["__GI___lll_lock_wait", "__pthread_mutex_cond_lock", "pthread_cond_wait@@GLIBC_2.3.2"],
+            "mutex",  # woken, then waiting to take the mutex back
+        ),
     ],
 )
 def test_lock_kinds_come_from_the_stack_where_it_is_explicit(
