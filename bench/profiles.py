@@ -10,11 +10,18 @@ memleak-bpfcc for allocations, a plain futex tracer for locks.
            --no-inuse, memleak-bpfcc; goal: bpfprof's slowdown at most a
            tenth of memleak's
   lock     ns per lock/unlock, 1 thread (never contended) and 2 threads
-           (contended): alone, bpfprof lock, futex tracer; goals: nothing
-           added uncontended, at most 1 us per contended wait
+           (contended): alone, bpfprof lock (user stacks walked with CFI,
+           and with --unwind fp), futex tracer; goals: nothing added
+           uncontended, at most 1 us per contended wait
   offcpu   ns per hand-over of a token between two threads pinned to one
-           CPU (one context switch each): alone, bpfprof offcpu; goal: at
-           most 1 us per switch
+           CPU (one context switch each): alone, bpfprof offcpu (CFI walk,
+           and --unwind fp); goal: at most 1 us per switch
+
+Beside the workload's own time, the BPF run time of bpfprof's programs per
+operation is read from the kernel's statistics (BPF_ENABLE_STATS): the
+programs' own cost, without the noise of a shared host's scheduling (it
+includes their runs for other processes' events, which return at the pid
+filter).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench import bpfstats, procfs
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -71,7 +80,13 @@ def build(workdir: Path) -> Path:
     return exe
 
 
-def run_once(argv: list[str], tool: Tool | None, workdir: Path) -> float:
+@dataclass(frozen=True)
+class Result:
+    ns_per_op: float  # the workload's own figure
+    bpf_ns_per_op: float | None  # the tool's BPF run time per op (bpfprof only)
+
+
+def run_once(argv: list[str], tool: Tool | None, workdir: Path) -> Result:
     """ns per op of one run, with `tool` attached to the workload first."""
     prog = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert prog.stdin is not None and prog.stdout is not None
@@ -93,10 +108,13 @@ def run_once(argv: list[str], tool: Tool | None, workdir: Path) -> float:
             else:
                 raise RuntimeError(f"{tool.name} exited before attaching")
             settle(attached.pid)
+        before = bpf_run_time(tool, attached)
         prog.stdin.write("go\n")
         prog.stdin.flush()
         result = prog.stdout.readline().split()
-        return float(result[1])
+        after = bpf_run_time(tool, attached)
+        bpf = (after - before) / int(result[3]) if before is not None and after else None
+        return Result(float(result[1]), bpf)
     finally:
         prog.wait()
         if attached is not None:
@@ -105,6 +123,13 @@ def run_once(argv: list[str], tool: Tool | None, workdir: Path) -> float:
                 attached.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 attached.kill()
+
+
+def bpf_run_time(tool: Tool | None, process: subprocess.Popen[str] | None) -> int | None:
+    """Total BPF run time (ns) of the programs a bpfprof process holds."""
+    if tool is None or process is None or not tool.name.startswith("bpfprof"):
+        return None
+    return procfs.snapshot(process.pid).total_run_time_ns()
 
 
 def perf_events(pid: int) -> int:
@@ -134,7 +159,21 @@ def settle(pid: int, quiet: float = 1.0, timeout: float = 60.0) -> None:
 
 
 def best(argv: list[str], tool: Tool | None, workdir: Path, repeat: int) -> float:
-    return min(run_once(argv, tool, workdir) for _ in range(repeat))
+    """The best of `repeat` runs (noise only adds time); the BPF time per
+    op of the runs is kept in BPF_NS, by tool name, its best too."""
+    runs = [run_once(argv, tool, workdir) for _ in range(repeat)]
+    bpf = [r.bpf_ns_per_op for r in runs if r.bpf_ns_per_op is not None]
+    if tool is not None and bpf:
+        BPF_NS[tool.name] = min(bpf)
+    return min(r.ns_per_op for r in runs)
+
+
+BPF_NS: dict[str, float] = {}
+
+
+def bpf_note(tool: Tool) -> str:
+    ns = BPF_NS.pop(tool.name, None)
+    return f" (BPF {ns / 1000:.2f} us per op)" if ns is not None else ""
 
 
 def bench_malloc(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
@@ -173,11 +212,11 @@ def bench_lock(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
     argv = ["taskset", "-c", cpu, str(exe), "pingpong", str(n // 10)]
     alone = best(argv, None, workdir, repeat)
     rows.append(f"| futex wait + wake (hand-over), alone | {alone:.0f} ns | |")
-    for tool in (bpfprof("lock"), FUTEX):
+    for tool in (bpfprof("lock"), bpfprof("lock", "--unwind", "fp"), FUTEX):
         t = best(argv, tool, workdir, repeat)
         rows.append(
             f"| futex wait + wake (hand-over), {tool.name} | {t:.0f} ns | "
-            f"{(t - alone) / 1000:+.2f} us per wait |"
+            f"{(t - alone) / 1000:+.2f} us per wait{bpf_note(tool)} |"
         )
     return rows
 
@@ -186,11 +225,14 @@ def bench_offcpu(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
     cpu = str((os.cpu_count() or 1) - 1)
     argv = ["taskset", "-c", cpu, str(exe), "pingpong", str(n)]
     alone = best(argv, None, workdir, repeat)
-    t = best(argv, bpfprof("offcpu"), workdir, repeat)
-    return [
-        f"| context switch (hand-over on one CPU), alone | {alone:.0f} ns | |",
-        f"| context switch, bpfprof offcpu | {t:.0f} ns | {(t - alone) / 1000:.2f} us added |",
-    ]
+    rows = [f"| context switch (hand-over on one CPU), alone | {alone:.0f} ns | |"]
+    for tool in (bpfprof("offcpu"), bpfprof("offcpu", "--unwind", "fp")):
+        t = best(argv, tool, workdir, repeat)
+        rows.append(
+            f"| context switch, {tool.name} | {t:.0f} ns | "
+            f"{(t - alone) / 1000:.2f} us added{bpf_note(tool)} |"
+        )
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -198,6 +240,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=["malloc", "lock", "offcpu"])
     args, _ = parser.parse_known_args(argv)
+    try:
+        stats_fd: int | None = bpfstats.enable_run_time_stats()
+    except bpfstats.StatsUnavailable as e:
+        print(f"no BPF run-time statistics: {e}", file=sys.stderr)
+        stats_fd = None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         exe = build(workdir)
@@ -208,6 +255,8 @@ def main(argv: list[str]) -> int:
             rows += bench_lock(exe, workdir, args.repeat, 2_000_000)
         if args.only in (None, "offcpu"):
             rows += bench_offcpu(exe, workdir, args.repeat, 200_000)
+    if stats_fd is not None:
+        os.close(stats_fd)
     print("\n".join(rows))
     return 0
 
