@@ -80,7 +80,7 @@ static __always_inline void add_one(u64 *v, int inserted)
 
 /* The two halves of the double buffer. Map methods cannot be used in a
  * macro or through a pointer under BCC, so each half is spelled out. */
-static __always_inline void sample_into_0(void *ctx, struct sample_key *key, void *ustack)
+static __always_inline int sample_into_0(void *ctx, struct sample_key *key, void *ustack)
 {
     u64 one = 1;
 #ifdef UNWIND_DWARF
@@ -95,9 +95,10 @@ static __always_inline void sample_into_0(void *ctx, struct sample_key *key, voi
     if (!v && !inserted)
         v = counts0.lookup(key);
     add_one(v, inserted);
+    return inserted;
 }
 
-static __always_inline void sample_into_1(void *ctx, struct sample_key *key, void *ustack)
+static __always_inline int sample_into_1(void *ctx, struct sample_key *key, void *ustack)
 {
     u64 one = 1;
 #ifdef UNWIND_DWARF
@@ -111,6 +112,7 @@ static __always_inline void sample_into_1(void *ctx, struct sample_key *key, voi
     if (!v && !inserted)
         v = counts1.lookup(key);
     add_one(v, inserted);
+    return inserted;
 }
 
 int on_cpu_sample(void *ctx)
@@ -135,16 +137,18 @@ int on_cpu_sample(void *ctx)
     if (unwind_maps_stale(pid, ustack))
         send_event(pid, EVENT_MAPS_CHANGED);
 #endif
-    int zero = 0;
+    int zero = 0, inserted;
     u32 *w = window.lookup(&zero);
     if (w && (*w & 1))
-        sample_into_1(ctx, &key, ustack);
+        inserted = sample_into_1(ctx, &key, ustack);
     else
-        sample_into_0(ctx, &key, ustack);
+        inserted = sample_into_0(ctx, &key, ustack);
     stack_error(key.user_stack_id, CTR_USER_COLLISION);
     stack_error(key.kernel_stack_id, CTR_KERNEL_COLLISION);
     bump(CTR_SAMPLES);
-    if (pid != 0)
+    /* A process's first sample always makes a new key (each window starts
+     * empty), so only then is the `seen` lookup needed: most samples skip it. */
+    if (inserted && pid != 0)
         notify_new(pid);
     return 0;
 }

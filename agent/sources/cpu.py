@@ -91,7 +91,9 @@ class CpuSource:
 
     def start(self) -> None:
         self._bpf = self._compile()
-        self._walker.start(self._targets)
+        # A held command is still a fork of bpfprof: its tables would be
+        # bpfprof's own. Its real image is loaded on its first sample.
+        self._walker.start([] if self._options.follow_forks else self._targets)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
         bcc = bcc_loader.import_bcc()
