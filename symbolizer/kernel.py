@@ -36,16 +36,18 @@ class KernelSymbol:
 
 
 class KernelSymbols:
-    """Kernel text symbols as parallel sorted arrays with a bisect lookup."""
+    """Kernel text symbols: sorted start addresses with a bisect lookup.
+
+    Each address keeps only the offset of its line in the kallsyms text; the
+    name is parsed from the text when looked up. The text itself (a few MiB
+    of ASCII) is the only large object: a string per symbol would cost tens
+    of MiB, and a profiler's RSS is judged by its peak."""
 
     def __init__(
-        self, rows: Iterable[tuple[int, str, str]], text_start: int = 0, text_end: int = 0
+        self, rows: Iterable[tuple[int, str, str]] = (), text_start: int = 0, text_end: int = 0
     ) -> None:
         """`rows` are (start, name, module), one per address."""
-        ordered = sorted(rows)
-        self._starts = array("Q", (r[0] for r in ordered))
-        self._names = [r[1] for r in ordered]
-        self._modules = [r[2] for r in ordered]
+        self._index("".join(_line(*row) for row in sorted(rows)))
         self.text_start = text_start
         self.text_end = text_end
 
@@ -53,40 +55,44 @@ class KernelSymbols:
     def from_text(cls, text: str) -> KernelSymbols:
         """Parse kallsyms text. All-zero addresses (kptr_restrict hides them
         from unprivileged readers) give an empty table rather than one that
-        names every address after the same symbol.
+        names every address after the same symbol."""
+        table = cls.__new__(cls)
+        markers = table._index(text)
+        table.text_start = next((markers[m] for m in _TEXT_MARKERS if m in markers), 0)
+        table.text_end = markers.get("_etext", 0)
+        return table
 
-        Built column by column from a streaming match, never as one tuple per
-        line: a tuple per line of 120k lines costs tens of MiB at the peak,
-        which is what a profiler's RSS is judged by."""
-        starts, names, modules, kinds = array("Q"), [], [], []
+    def _index(self, text: str) -> dict[str, int]:
+        """Index the text symbols of `text`; returns the range markers."""
+        starts, offsets = array("Q"), array("Q")
         markers: dict[str, int] = {}
-        module_names: dict[str, str] = {}  # one string object per module name
         for m in _TEXT_LINE.finditer(text):
-            addr = int(m.group(1), 16)
-            name = m.group(3)
+            addr, name = int(m.group(1), 16), m.group(3)
             if name in _MARKERS:
                 markers[name] = min(markers.get(name, addr), addr)
             if addr == 0 or name in _END_MARKERS:
                 continue
             starts.append(addr)
-            names.append(name)
-            module = m.group(4) or ""
-            modules.append(module_names.setdefault(module, module))
-            kinds.append(m.group(2))
-        order = sorted(range(len(starts)), key=starts.__getitem__)
-        table = cls((), markers.get("_text", markers.get("_stext", 0)), markers.get("_etext", 0))
-        last = 0  # index of the row that holds the latest address
-        for i in order:
-            addr = starts[i]
-            if table._starts and table._starts[-1] == addr:  # an alias: rank only these
-                if _rank(kinds[i], names[i]) > _rank(kinds[last], names[last]):
-                    table._names[-1], table._modules[-1], last = names[i], modules[i], i
+            offsets.append(m.start())
+        self._text = text
+        self._starts, self._offsets = array("Q"), array("Q")
+        for i in sorted(range(len(starts)), key=starts.__getitem__):
+            if self._starts and self._starts[-1] == starts[i]:  # an alias: rank only these
+                if _rank(*self._kind_name(offsets[i])) > _rank(*self._kind_name(self._offsets[-1])):
+                    self._offsets[-1] = offsets[i]
                 continue
-            table._starts.append(addr)
-            table._names.append(names[i])
-            table._modules.append(modules[i])
-            last = i
-        return table
+            self._starts.append(starts[i])
+            self._offsets.append(offsets[i])
+        return markers
+
+    def _match(self, offset: int) -> re.Match[str]:
+        m = _TEXT_LINE.match(self._text, offset)
+        assert m is not None  # offsets come from matches of the same text
+        return m
+
+    def _kind_name(self, offset: int) -> tuple[str, str]:
+        m = self._match(offset)
+        return m.group(2), m.group(3)
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -96,10 +102,16 @@ class KernelSymbols:
         i = bisect_right(self._starts, address) - 1
         if i < 0:
             return None
-        start, module = self._starts[i], self._modules[i]
+        m = self._match(self._offsets[i])
+        start, name, module = self._starts[i], m.group(3), m.group(4) or ""
         if not module and start < self.text_end <= address:
             return None  # past the end of core text, in a gap before modules
-        return KernelSymbol(self._names[i], start, module)
+        return KernelSymbol(name, start, module)
+
+
+def _line(start: int, name: str, module: str) -> str:
+    """One kallsyms line, for tables built from rows."""
+    return f"{start:x} T {name}" + (f"\t[{module}]" if module else "") + "\n"
 
 
 def _rank(kind: str, name: str) -> tuple[int, int]:
