@@ -252,7 +252,9 @@ def test_kernel_stacks_are_unchanged_and_dd_is_walked(unwind: str, tmp_path: Pat
     samples are in the kernel, whose stacks come from bpf_get_stackid in both
     modes and reach the syscall entry; only the CFI walk gets through dd's
     own frames to libc's __libc_start_call_main."""
-    dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=4k", "count=2000000"]
+    # long enough (several s) that the first samples, taken before the
+    # tables of a just-exec'd command are loaded, stay a few per cent
+    dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=4k", "count=6000000"]
     stacks = record_command(dd, unwind, tmp_path)
     in_kernel = [(s, n) for s, n in stacks if any(f.startswith("entry_SYSCALL_64") for f in s)]
     total = sum(n for _, n in stacks)
