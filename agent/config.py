@@ -5,6 +5,7 @@ The CLI only builds these; every stage reads them and nothing else.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class SourceOptions:
     alloc_rate: int = DEFAULT_ALLOC_RATE  # alloc: mean bytes between samples
     all_processes: bool = False  # alloc: probe the system's libc for every process
     alloc_inuse: bool = True  # alloc: also probe free, for inuse_*
+    prewarm: tuple[str, ...] = ()  # executables whose unwind tables are built before start
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,12 @@ class RecordConfig:
             alloc_rate=self.alloc_rate,
             all_processes=self.all_processes,
             alloc_inuse=self.alloc_inuse,
+            prewarm=self._command_executable(),
         )
+
+    def _command_executable(self) -> tuple[str, ...]:
+        path = shutil.which(self.command[0]) if self.command else None
+        return (path,) if path else ()
 
 
 def format_from_suffix(path: Path) -> str:

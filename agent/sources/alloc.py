@@ -217,11 +217,8 @@ class AllocSource:
             self._announce(pid, changed=True)
 
     def _announce(self, pid: int, changed: bool = False) -> None:
-        """Tell the runner (the symbolizer's snapshot first), then load the
-        process's unwind tables."""
-        if self._on_new is not None:
-            self._on_new(pid)
-        self._walker.load(pid, changed=changed)
+        """Tell the runner and load the process's unwind tables."""
+        self._walker.announce(pid, self._on_new, changed=changed)
 
     def _on_alloc(self, ev: AllocEvent, kind: int) -> None:
         pid = int(ev.pid)

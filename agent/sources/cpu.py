@@ -119,9 +119,7 @@ class CpuSource:
         pid = int(event.pid)
         # A changed process (dlopen) is also observed again: the symbolizer
         # needs the new mapping as much as the unwinder does.
-        if self._on_new is not None:
-            self._on_new(pid)  # first: the symbolizer's snapshot must not wait
-        self._walker.load(pid, changed=event.kind == EVENT_MAPS_CHANGED)
+        self._walker.announce(pid, self._on_new, changed=event.kind == EVENT_MAPS_CHANGED)
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process

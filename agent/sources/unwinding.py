@@ -27,7 +27,9 @@ from agent.sources import bcc_loader
 from agent.sources.unwind_maps import BccUnwindMaps
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 from agent.unwind.loader import UnwindLoader, default_cache_dir
-from agent.unwind.table import TableCache
+from agent.unwind.needed import needed_libraries
+from agent.unwind.table import TableCache, TableError, load_unwind_info
+from symbolizer.elf import ElfError, read_build_id
 
 log = logging.getLogger("bpfprof.unwind")
 
@@ -88,8 +90,40 @@ class Walker:
             max_maps=limits.unwind_mappings,
             cache=TableCache(self._cache_dir or default_cache_dir()),
         )
+        self.prewarm(self._options.prewarm)
         for pid in targets:
             self.loader.load(pid)
+
+    def announce(
+        self, pid: int, observe: Callable[[int], None] | None, *, changed: bool = False
+    ) -> None:
+        """A process was seen (again): snapshot it for the symbolizer and load
+        its tables. Processes the user named (--pid, a command) get their
+        tables first, so their next samples are walked whole; in whole-system
+        mode the symbolizer's snapshot goes first, since a short-lived
+        process may be gone by the time a cold table is built."""
+        if self._options.filter_pids:
+            self.load(pid, changed=changed)
+        if observe is not None:
+            observe(pid)
+        if not self._options.filter_pids:
+            self.load(pid, changed=changed)
+
+    def prewarm(self, executables: Iterable[str]) -> None:
+        """Build (into the disk cache) the tables of executables and the
+        libraries they need, before they run: a held command then finds
+        every table ready when it execs."""
+        if self.loader is None:
+            return
+        cache = self.loader.cache
+        for path in [p for exe in executables for p in (exe, *needed_libraries(exe))]:
+            try:
+                with open(path, "rb") as f:
+                    build_id = read_build_id(f)
+                    if build_id and cache.get(build_id) is None:
+                        load_unwind_info(f, build_id, cache)
+            except (OSError, ElfError, TableError) as exc:
+                log.debug("no unwind table for %s before start: %s", path, exc)
 
     def load(self, pid: int, *, changed: bool = False) -> None:
         """(Re)load one process's tables; `changed`: the walker asked for it."""

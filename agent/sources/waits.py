@@ -181,9 +181,7 @@ class WaitSource:
     def _on_event(self, _cpu: int, data: int, _size: int) -> None:
         event = ctypes.cast(data, ctypes.POINTER(ProcessEvent)).contents
         pid = int(event.pid)
-        if self._on_new is not None:
-            self._on_new(pid)  # first: the symbolizer's snapshot must not wait
-        self._walker.load(pid, changed=event.kind == EVENT_MAPS_CHANGED)
+        self._walker.announce(pid, self._on_new, changed=event.kind == EVENT_MAPS_CHANGED)
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process

@@ -112,6 +112,10 @@ class UnwindLoader:
         self._warned: set[str] = set()
         self.stats = LoaderStats()
 
+    @property
+    def cache(self) -> TableCache:
+        return self._cache
+
     def load(self, pid: int) -> bool:
         """(Re)load a process's mappings; False if it is gone or has no room."""
         try:

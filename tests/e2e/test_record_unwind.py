@@ -4,6 +4,7 @@ symbolization, folded output), and frame pointers alone must not."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,25 @@ def test_frame_pointers_only_lose_the_callers(
     args = ("--unwind", "fp", "--", str(unwind_prog), "chain", "3", "0.3")
     share, total = share_with(record_folded(bpfprof_cmd, tmp_path, *args), "hot", "main")
     assert total >= MIN_SAMPLES and share < 0.5, (share, total)
+
+
+def test_a_command_is_walked_whole_from_its_first_sample(
+    bpfprof_cmd: list[str], unwind_prog: Path, tmp_path: Path
+) -> None:
+    """No warm-up and a cold table cache: the command's executable and
+    libraries get their tables before it is released, so even its first
+    samples are walked whole."""
+    out = tmp_path / "cold.folded"
+    env = {**os.environ, "BPFPROF_CACHE_DIR": str(tmp_path / "cache")}
+    subprocess.run(
+        [*bpfprof_cmd, "record", "-F", "199", "-o", str(out), "--", str(unwind_prog),
+         "chain", "1", "0"],
+        capture_output=True, text=True, check=True, timeout=300, env=env,
+    )  # fmt: skip
+    stacks = [
+        (frames.split(";"), int(count))
+        for frames, _, count in (ln.rpartition(" ") for ln in out.read_text().splitlines())
+    ]
+    share, total = share_with(stacks, "hot", "_start", "main", "run", "work")
+    assert total >= 0.5 * MIN_SAMPLES and share >= 0.9, (share, total)
+    assert any((tmp_path / "cache" / "unwind").iterdir())  # the tables were built here

@@ -171,3 +171,29 @@ def test_a_truncated_walk_is_marked_in_the_allocation_stack() -> None:
     feed(source, alloc(3, STACK_TRUNCATED))
     (key,) = source._allocs
     assert key.stack.user == (0x401000,) and key.stack.user_error == -E2BIG
+
+
+class OrderLoader:
+    """Records the order of table loads and symbolizer snapshots."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def load(self, pid: int) -> bool:
+        self.log.append(f"tables {pid}")
+        return True
+
+
+@pytest.mark.parametrize(
+    ("filter_pids", "expected"),
+    [
+        (True, ["tables 7", "snapshot 7"]),  # a named target: whole stacks first
+        (False, ["snapshot 7", "tables 7"]),  # whole system: catch short-lived ones
+    ],
+)
+def test_announce_order(filter_pids: bool, expected: list[str]) -> None:
+    log: list[str] = []
+    walker = Walker(SourceOptions(filter_pids=filter_pids))
+    walker.loader = OrderLoader(log)  # type: ignore[assignment]
+    walker.announce(7, lambda pid: log.append(f"snapshot {pid}"), changed=True)
+    assert log == expected and walker.maps_reloaded == 1
