@@ -182,18 +182,19 @@ def test_record_alloc_of_a_command(bpfprof_cmd: list[str], tmp_path: Path) -> No
     _, last = record_command(bpfprof_cmd, out, *args)
     assert last.startswith("done")
     by_leaf: dict[str, int] = {}
-    whole = 0
+    whole = total = 0
     for line in out.read_text().splitlines():  # folded: the first sample type
         stack, count = line.rsplit(" ", 1)
         frames = stack.split(";")
         by_leaf[frames[-1]] = by_leaf.get(frames[-1], 0) + int(count)
+        total += int(count)
         whole += int(count) if frames[-3:][::-1] in SITES else 0
     # alloc_objects: churn allocates 3 blocks for each of hoard's
     assert 2.4 < by_leaf["churn"] / by_leaf["hoard"] < 3.75, by_leaf
-    # The tables of the command's own image are loaded after its exec, when
-    # its first sample announces it: from then on stacks are whole (before,
-    # frame pointers only; this program has none). That takes as long as the
-    # first symbolization of the process (a fraction of a second), a share
-    # of this short run that depends on the host, so only its effect is
-    # checked here; tests/bpf checks the share with tables loaded.
-    assert whole > 0, by_leaf
+    # The command's tables are built before it is released, but they are
+    # loaded for its pid when its first sampled allocation announces it;
+    # this program allocates at full speed from its first instruction, so
+    # the allocations sampled before that (10-20% of this short run here)
+    # have frame-pointer stacks. Only the effect is checked here;
+    # tests/bpf checks the share with the tables loaded.
+    assert 0 < whole <= total, (whole, total, by_leaf)
