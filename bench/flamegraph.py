@@ -155,11 +155,11 @@ def in_browser(page: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stacks", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     data = encode(synthetic_profile(args.stacks))
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +175,8 @@ def main() -> None:
     result["console_errors"] = sorted({e for run in runs for e in run["console_errors"]})
     json.dump(result, sys.stdout, indent=2)
     print()
+    return 1 if result["console_errors"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

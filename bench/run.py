@@ -15,6 +15,8 @@ SUITES = {  # name -> module with main(argv) -> int
     "unwind": "bench.unwind",
     "profiles": "bench.profiles",
     "agent": "bench.agent",
+    "symbolizer": "bench.symbolizer",
+    "flamegraph": "bench.flamegraph",
 }
 
 
