@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass, replace
 from typing import IO
 
@@ -33,6 +34,9 @@ from symbolizer.process import (
 )
 from symbolizer.procmaps import MapEntry, parse_maps, read_maps
 from symbolizer.stats import SymbolizerStats
+
+MAX_ELF_ANSWERS = 1 << 16  # bounds resolve_elf's memo
+RECHECK_FILE_S = 1.0  # how long a stat'ed file is trusted unchanged
 
 
 def _start(entry: MapEntry) -> int:
@@ -91,6 +95,11 @@ class Symbolizer:
         self._procs: dict[int, ProcessInfo] = {}
         self._tables: LruCache[ElfSymbols] = LruCache(cache_size)
         self._bad_files: LruCache[str] = LruCache(cache_size)
+        # resolve_elf's answers and recently stat'ed files: a tool that asks
+        # for thousands of addresses of one file pays the stat and the frame
+        # building once per address and once per second, not per call
+        self._elf_answers: dict[tuple[int, int], ResolvedFrame] = {}
+        self._recent_files: dict[str, tuple[ElfSymbols, float]] = {}
         self._kernel: KernelSymbols | None = None
         self._kernel_build_id: str | None = None
 
@@ -149,10 +158,29 @@ class Symbolizer:
         same tables, debug files and caches as process addresses.
         Raises OSError if the file cannot be opened, ElfError if not ELF."""
         table = self.load_file(path)
-        return self._resolve_in(table, vaddr, ResolvedFrame(vaddr, None, table.build_id))
+        key = (id(table), vaddr)
+        answer = self._elf_answers.get(key)
+        if answer is None:
+            if len(self._elf_answers) >= MAX_ELF_ANSWERS:
+                self._elf_answers.clear()
+            answer = self._resolve_in(table, vaddr, ResolvedFrame(vaddr, None, table.build_id))
+            self._elf_answers[key] = answer
+        return answer
 
     def load_file(self, path: str) -> ElfSymbols:
-        """The (cached) table of a file on this host's file system."""
+        """The (cached) table of a file on this host's file system; a file
+        looked at less than a second ago is not stat'ed again."""
+        now = time.monotonic()
+        recent = self._recent_files.get(path)
+        if recent is not None and now - recent[1] < RECHECK_FILE_S:
+            return recent[0]
+        table = self._load_file(path)
+        if len(self._recent_files) >= MAX_ELF_ANSWERS:
+            self._recent_files.clear()
+        self._recent_files[path] = (table, now)
+        return table
+
+    def _load_file(self, path: str) -> ElfSymbols:
         st = os.stat(path)
         known = self._tables.get(file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         if known is not None:

@@ -315,3 +315,22 @@ def test_fuzzed_binaries_finish_quickly_and_never_raise(tmp_path: Path) -> None:
         for a in probes:
             sym.resolve_elf(str(path), a)
         assert time.process_time() - began < 10, f"variant {i} took too long"
+
+
+def test_resolve_elf_memoises_and_rechecks_a_file_after_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import symbolizer.resolver as resolver
+
+    clock = [100.0]
+    monkeypatch.setattr(resolver.time, "monotonic", lambda: clock[0])
+    target = tmp_path / "prog"
+    shutil.copy("/bin/true", target)
+    sym = resolver.Symbolizer(proc_root=str(tmp_path / "proc"))
+    first = sym.resolve_elf(str(target), 0x1000)
+    assert sym.resolve_elf(str(target), 0x1000) is first  # memoised
+    shutil.copy("/bin/ls", tmp_path / "new")
+    (tmp_path / "new").replace(target)  # a new file at the same path
+    assert sym.resolve_elf(str(target), 0x1000).build_id == first.build_id  # within 1 s
+    clock[0] += 1.5
+    assert sym.resolve_elf(str(target), 0x1000).build_id != first.build_id
