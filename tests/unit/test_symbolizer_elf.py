@@ -282,3 +282,28 @@ def _starts_by_name(functions: list[tuple[int, int, str]]) -> dict[str, set[int]
     for start, _, name in functions:
         starts[name].add(start)
     return starts
+
+
+@pytest.mark.parametrize(
+    "path", ["/bin/ls", "/usr/bin/python3", "/lib/x86_64-linux-gnu/libc.so.6", "/bin/true"]
+)
+def test_fast_build_id_agrees_with_the_general_path(path: str) -> None:
+    from symbolizer.elf import _build_id, _fast_build_id, open_elf
+
+    with open(path, "rb") as f:
+        fast = _fast_build_id(f)
+        assert fast is not None and len(fast) == 40
+        assert fast == _build_id(open_elf(f))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x7fELF", b"\x7fELF\x01\x01" + b"\0" * 60, b"\x7fELF\x02\x01" + b"\xff" * 58],
+    ids=["empty", "short", "elf32", "garbage-header"],
+)
+def test_fast_build_id_declines_what_it_does_not_handle(data: bytes) -> None:
+    import io
+
+    from symbolizer.elf import _fast_build_id
+
+    assert _fast_build_id(io.BytesIO(data)) is None
