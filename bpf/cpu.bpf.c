@@ -153,21 +153,7 @@ int on_cpu_sample(void *ctx)
     return 0;
 }
 
-/* Follow the children of targeted processes, so `record -- COMMAND` covers
- * everything the command starts. Runs in the parent's context. */
-#ifdef FOLLOW_FORKS
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    u32 parent = bpf_get_current_pid_tgid() >> 32;
-    if (targets.lookup(&parent)) {
-        u32 child = args->child_pid;
-        u8 one = 1;
-        if (targets.update(&child, &one) != 0)
-            bump(CTR_TARGETS_FULL);
-    }
-    return 0;
-}
-#endif
+#include "follow.h"
 
 /* A process that execs gets new mappings: forget it so its next sample makes
  * user space read /proc/PID/maps again. */

@@ -83,19 +83,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
     return 0;
 }
 
-#ifdef FOLLOW_FORKS
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    u32 parent = bpf_get_current_pid_tgid() >> 32;
-    if (targets.lookup(&parent)) {
-        u32 child = args->child_pid;
-        u8 one = 1;
-        if (targets.update(&child, &one) != 0)
-            bump(CTR_TARGETS_FULL);
-    }
-    return 0;
-}
-#endif
+#include "follow.h"
 
 /* A thread that exits never comes back: free its slot. */
 TRACEPOINT_PROBE(sched, sched_process_exit)

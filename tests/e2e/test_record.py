@@ -228,3 +228,23 @@ def test_without_root_is_one_line(bpfprof_cmd: list[str], tmp_path: Path) -> Non
     )
     assert proc.returncode == 77
     assert ONE_LINE.match(proc.stderr) and "needs root" in proc.stderr
+
+
+def test_children_of_the_command_are_followed(
+    bpfprof_cmd: list[str], hotsplit: Path, tmp_path: Path
+) -> None:
+    """The shell forks the program (the `; true` keeps it from exec'ing it
+    in place): the child is in the profile only if forks are followed."""
+    out = tmp_path / "child.pb.gz"
+    proc = record(bpfprof_cmd, "-o", str(out), "--", "sh", "-c", f"{hotsplit} 300; true")
+    child = int(re.search(r"ready (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    profile = decode(out.read_bytes())
+    pids = {s.num_labels["pid"] for s in profile.samples}
+    assert child in pids
+    leaves = Counter(
+        s.locations[0].display_name()
+        for s in profile.samples
+        if s.num_labels["pid"] == child
+        for _ in range(s.values[0])
+    )
+    assert leaves["hot_a"] > leaves["hot_b"] > 0

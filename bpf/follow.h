@@ -1,0 +1,23 @@
+/* Follow the children of targeted processes, so `record -- COMMAND` covers
+ * everything the command starts: each fork by a process in `targets` adds
+ * the child. Runs in the parent's context, so the helper gives the parent.
+ *
+ * Included by each program after its `targets` map and bump(); pasted into
+ * the program text by bpf.expanded(), since BCC rewrites map calls only in
+ * the main file. */
+#ifndef BPFPROF_FOLLOW_H
+#define BPFPROF_FOLLOW_H
+#ifdef FOLLOW_FORKS
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (targets.lookup(&parent)) {
+        u32 child = args->child_pid;
+        u8 one = 1;
+        if (targets.update(&child, &one) != 0)
+            bump(CTR_TARGETS_FULL);
+    }
+    return 0;
+}
+#endif
+#endif
