@@ -7,15 +7,19 @@ attaches the labels every sample carries: pid, tid, comm, process.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.config import SourceOptions
+from agent.errors import InvalidProfile
 from agent.model import Location, Profile, RawKey, RawSample, Sample, ValueType
 from agent.resolve import StackResolver
 
 # Extra labels for a sample from its key and resolved stack; None drops it.
 Labeler = Callable[[RawKey, tuple[Location, ...]], dict[str, str] | None]
+
+log = logging.getLogger("bpfprof.builder")
 
 
 @dataclass(frozen=True)
@@ -140,5 +144,25 @@ def build_profile(
         default_sample_type=spec.default_sample_type,
         comments=comments,
     )
-    profile.validate()
+    try:
+        profile.validate()
+    except InvalidProfile as e:
+        # One bad sample must not cost the whole profile (the continuous
+        # agent would lose an interval): keep the samples that are valid.
+        profile.samples = [s for s in out if _valid(s, profile)]
+        log.warning(
+            "dropped %d samples that broke the profile model: %s",
+            len(out) - len(profile.samples),
+            e,
+        )
+        profile.validate()
     return profile
+
+
+def _valid(sample: Sample, profile: Profile) -> bool:
+    alone = Profile(sample_types=profile.sample_types, samples=[sample])
+    try:
+        alone.validate()
+    except InvalidProfile:
+        return False
+    return True

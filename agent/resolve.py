@@ -105,9 +105,15 @@ class StackResolver:
         ck = (pid, address, is_return)
         loc = self._user.get(ck)
         if loc is None:
-            r = self._sym.resolve_user(pid, address - 1 if is_return else address)
+            lookup = address - 1 if is_return else address
+            r = self._sym.resolve_user(pid, lookup)
             m = r.mapping
             mapping = Mapping(m.start, m.end, m.offset, m.path, r.build_id) if m else None
+            if mapping is not None and address >= mapping.limit:
+                # a return address just past the end of its mapping (the
+                # call was the mapping's last instruction, or a garbage
+                # frame): keep the address that lies in the mapping
+                address = lookup
             loc = self._location(address, mapping, r, "native")
             self._user[ck] = loc
         return loc

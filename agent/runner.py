@@ -172,7 +172,10 @@ class Session:
             if isinstance(source, SnapshotSource):
                 raw += source.live_heap()  # inuse_*: what is still allocated now
             drained += sum(s.values[0] for s in raw if s.values)
-            profiles[name] = self.build(self.wanted(raw), spec, resolver, start, now - start)
+            try:
+                profiles[name] = self.build(self.wanted(raw), spec, resolver, start, now - start)
+            except Exception:  # a bug must cost one profile, not the agent
+                log.exception("could not build the %s profile of this interval", name)
         self.submit(profiles, now)
         self.forget_gone(profiles)
         self.account(drained, resolver.misses)

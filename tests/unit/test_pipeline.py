@@ -8,7 +8,6 @@ import pytest
 
 from agent.aggregate import Aggregator
 from agent.builder import build_profile, cpu_spec
-from agent.errors import InvalidProfile
 from agent.layout import EEXIST, EFAULT
 from agent.model import KERNEL_MAPPING_NAME, RawKey, RawSample, RawStack, ValueType
 from agent.resolve import KERNEL_START, StackResolver
@@ -168,17 +167,29 @@ def test_process_label_falls_back_to_comm() -> None:
     assert profile.samples[0].labels["process"] == "worker"
 
 
-def test_builder_rejects_an_address_outside_its_mapping() -> None:
-    sym = FakeSymbolizer({}, {})
-    with pytest.raises(InvalidProfile, match="outside its mapping"):
-        build_profile(
-            [RawSample(key((0xFFFF,)), (1,))],
-            cpu_spec(99),
-            StackResolver(sym),
-            lambda k: "",
-            time_nanos=0,
-            duration_nanos=0,
-        )
+def test_builder_drops_a_sample_that_breaks_the_model_and_keeps_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sym = FakeSymbolizer({0x1100: "f"}, {})  # its mapping is [0x1000, 0x9000)
+    profile = build_profile(
+        [RawSample(key((0xFFFF,)), (1,)), RawSample(key((0x1100,)), (2,))],
+        cpu_spec(99),
+        StackResolver(sym),
+        lambda k: "",
+        time_nanos=0,
+        duration_nanos=0,
+    )
+    assert [s.values[0] for s in profile.samples] == [2]
+    assert "dropped 1 samples" in caplog.text and "outside its mapping" in caplog.text
+
+
+def test_a_return_address_at_the_end_of_its_mapping_stays_inside_it() -> None:
+    """The call was the mapping's last instruction: address - 1 is in it,
+    the return address itself is the mapping's limit."""
+    sym = FakeSymbolizer({0x8FFF: "caller"}, {})
+    _leaf, caller = StackResolver(sym).locations(key((0x1100, 0x9000)))
+    assert caller.mapping is not None and caller.address == 0x8FFF < caller.mapping.limit
+    assert caller.display_name() == "caller"
 
 
 def test_container_id_label_only_where_there_is_one() -> None:

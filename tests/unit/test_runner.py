@@ -148,3 +148,29 @@ def test_reload_keeps_the_session_on_a_bad_config(tmp_path: Path, source: FakeSo
     )
     assert runner.reload_session(lambda: tls, session, SelfUsage()) is None
     session.delivery.close(1)
+
+
+def test_a_profile_that_cannot_be_built_costs_that_profile_not_the_agent(
+    tmp_path: Path,
+    source: FakeSource,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    session = runner.Session(config(tmp_path), SelfUsage())
+    real_build = session.build
+    calls = []
+
+    def build_once_broken(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one interval")
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session, "build", build_once_broken)
+    session.start()
+    session.report()  # the broken interval: logged, skipped
+    session.report()
+    session.finish()
+    assert "could not build the cpu profile" in caplog.text
+    files = sorted((tmp_path / "out").glob("*-cpu.pb.gz"))
+    assert [s.values[0] for s in decode(files[0].read_bytes()).samples] == [3]
