@@ -37,17 +37,13 @@ def create_source(
 def render_program(profile_type: str, options: SourceOptions) -> str:
     """The exact BPF program a profile type would compile with these
     options, its flags shown as #defines (`bpfprof check --print-bpf`)."""
-    if profile_type == "cpu":
-        from agent.sources.cpu import render_program as render_cpu
-
-        return render_cpu(options)
     if profile_type == "alloc":
         from agent.sources import bcc_loader
         from agent.sources.alloc import PROGRAM, alloc_cflags
 
         return bcc_loader.render(PROGRAM, alloc_cflags(options))
-    from agent.sources.waits import WaitSource
+    from agent.sources.program import ProgramSource
 
     source = create_source(profile_type, options)
-    assert isinstance(source, WaitSource)
+    assert isinstance(source, ProgramSource)
     return source.render()

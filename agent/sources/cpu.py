@@ -15,18 +15,12 @@ process's tables are loaded when its first sample announces it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
-from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
-from agent.model import RawKey, RawSample, RawStack
+from agent.model import RawSample
 from agent.sources import bcc_loader
-from agent.sources.unwinding import Walker, read_unwound, unwind_cflags
+from agent.sources.program import ProgramSource, StackCache, base_cflags, to_raw_key
 from agent.unwind.loader import UnwindLoader
 
 PROGRAM = "cpu.bpf.c"
@@ -41,21 +35,9 @@ def bpf_cflags(
     unwind: bool = False,
 ) -> list[str]:
     """The -D flags that configure the program: a pure function of the options."""
-    flags = [
-        f"-DMAX_ENTRIES={limits.max_entries}",
-        f"-DSTACK_ENTRIES={limits.stack_entries}",
-        f"-DTARGET_ENTRIES={limits.target_entries}",
-        f"-DSEEN_ENTRIES={limits.seen_entries}",
-        f"-DEVENT_PAGES={limits.event_pages}",
-    ]
-    if filter_pids:
-        flags.append("-DFILTER_PIDS=1")
-    if follow_forks:
-        flags.append("-DFOLLOW_FORKS=1")
+    flags = base_cflags(limits, filter_pids=filter_pids, follow_forks=follow_forks, unwind=unwind)
     if include_idle:
         flags.append("-DINCLUDE_IDLE=1")
-    if unwind:
-        flags += unwind_cflags(limits)
     return flags
 
 
@@ -68,34 +50,15 @@ def cflags_for(options: SourceOptions, unwind: bool | None = None) -> list[str]:
     )
 
 
-def render_program(options: SourceOptions) -> str:
-    """The exact program text that would be compiled, with its flags shown."""
-    return bcc_loader.render(PROGRAM, cflags_for(options))
-
-
-class CpuSource:
+class CpuSource(ProgramSource):
     """The CPU SampleSource. Construct, add_targets, start, then poll/drain."""
 
-    def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
-        self._options = options
-        self._targets: list[int] = []
-        self._bpf: Any = None
-        self._window = 0
-        self._on_new: Callable[[int], None] | None = None
-        self._walker = Walker(options, cache_dir)
+    PROGRAM = PROGRAM
 
-    def add_targets(self, pids: Iterable[int]) -> None:
-        self._targets.extend(pids)
-        if self._bpf is not None:
-            self._write_targets(self._targets)
+    def cflags(self, unwind: bool | None = None) -> list[str]:
+        return cflags_for(self._options, unwind)
 
-    def start(self) -> None:
-        self._bpf = self._compile()
-        # A held command is still a fork of bpfprof: its tables would be
-        # bpfprof's own. Its real image is loaded on its first sample.
-        self._walker.start([] if self._options.follow_forks else self._targets)
-        self._write_targets(self._targets)
-        self._bpf["events"].open_ring_buffer(self._on_event)
+    def attach(self) -> None:
         bcc = bcc_loader.import_bcc()
         self._bpf.attach_perf_event(
             ev_type=bcc.PerfType.SOFTWARE,
@@ -105,35 +68,9 @@ class CpuSource:
             cpu=-1,
         )
 
-    def _compile(self) -> Any:
-        """The walker's program if wanted and accepted, else the frame-pointer one."""
-        return self._walker.compile(PROGRAM, lambda unwind: cflags_for(self._options, unwind))
-
-    def _write_targets(self, pids: Iterable[int]) -> None:
-        table = self._bpf["targets"]
-        for pid in pids:
-            table[table.Key(pid)] = table.Leaf(1)
-
-    def _on_event(self, _cpu: int, data: int, _size: int) -> None:
-        event = ctypes.cast(data, ctypes.POINTER(ProcessEvent)).contents
-        pid = int(event.pid)
-        # A changed process (dlopen) is also observed again: the symbolizer
-        # needs the new mapping as much as the unwinder does.
-        self._walker.announce(pid, self._on_new, changed=event.kind == EVENT_MAPS_CHANGED)
-
-    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
-        self._on_new = on_new_process
-        self._bpf.ring_buffer_poll(timeout_ms)
-
     def drain(self) -> list[RawSample]:
         """Flip the double buffer and read out the half just retired."""
-        old = self._window & 1
-        self._window += 1
-        window = self._bpf["window"]
-        window[window.Key(0)] = window.Leaf(self._window)
-        # A program that read the old window index a moment ago may still be
-        # writing; programs run for microseconds, so a short pause suffices.
-        time.sleep(0.002)
+        old = self.retire_window()
         counts = self._bpf[f"counts{old}"]
         stacks = self._bpf[f"stacks{old}"]
         user = self._bpf["ustacks"] if self._walker.active else None
@@ -141,24 +78,8 @@ class CpuSource:
         return read_samples(drained, stacks, user)
 
     @property
-    def unwinding(self) -> bool:
-        """Whether user stacks are walked with CFI (False: frame pointers only)."""
-        return self._walker.active
-
-    @property
     def unwinder(self) -> UnwindLoader | None:
         return self._walker.loader
-
-    def counters(self) -> dict[str, int]:
-        table = self._bpf["counters"]
-        out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
-        out.update(self._walker.counters())
-        return out
-
-    def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
 
 
 def read_samples(
@@ -171,57 +92,10 @@ def read_samples(
     With the CFI walker, user stack ids index `user_stacks` (`ustacks`) and
     a stack cut at the frame limit gets user_error -E2BIG.
     """
-    cache: dict[int, tuple[int, ...]] = {}
-    user_cache: dict[int, tuple[tuple[int, ...], int]] = {}
-
-    def stack(stack_id: int) -> tuple[int, ...]:
-        if stack_id < 0:
-            return ()
-        if stack_id not in cache:
-            cache[stack_id] = read_stack(stacks, stack_id)
-        return cache[stack_id]
-
-    def user(stack_id: int) -> tuple[tuple[int, ...], int]:
-        if user_stacks is None:
-            return stack(stack_id), min(stack_id, 0)
-        if stack_id < 0:
-            return (), stack_id
-        if stack_id not in user_cache:
-            user_cache[stack_id] = read_unwound(user_stacks, stack_id)
-        return user_cache[stack_id]
-
-    samples = []
-    for key, count in drained:
-        user_ips, user_error = user(key.user_stack_id)
-        raw = RawStack(
-            user=user_ips,
-            kernel=stack(key.kernel_stack_id),
-            user_error=user_error,
-            kernel_error=min(key.kernel_stack_id, 0),
-        )
-        comm = bytes(key.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
-        samples.append(RawSample(RawKey(key.pid, key.tid, comm, raw), (count,)))
-    for stack_id in cache:
-        with contextlib.suppress(KeyError):  # already gone: nothing to free
-            del stacks[stacks.Key(stack_id)]
-    for stack_id in user_cache:
-        with contextlib.suppress(KeyError):
-            del user_stacks[user_stacks.Key(stack_id)]
+    cache = StackCache(0, stacks, user_stacks)
+    samples = [RawSample(to_raw_key(key, cache), (count,)) for key, count in drained]
+    cache.free()
     return samples
-
-
-def read_stack(stacks: Any, stack_id: int) -> tuple[int, ...]:
-    """The instruction pointers of one stack, leaf first (zero-terminated)."""
-    try:
-        ips = stacks[stacks.Key(stack_id)].ip
-    except KeyError:
-        return ()
-    out = []
-    for ip in ips:
-        if ip == 0:
-            break
-        out.append(int(ip))
-    return tuple(out)
 
 
 def _as_int(value: Any) -> int:

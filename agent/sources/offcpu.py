@@ -15,7 +15,8 @@ from typing import Any
 
 from agent.config import SourceOptions
 from agent.model import RawSample
-from agent.sources.waits import WaitSource, to_raw_key
+from agent.sources.program import to_raw_key
+from agent.sources.waits import WaitSource
 
 PROGRAM = "offcpu.bpf.c"
 

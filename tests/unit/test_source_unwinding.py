@@ -23,8 +23,8 @@ from agent.layout import (
 )
 from agent.sources import bcc_loader, create_source, render_program
 from agent.sources.alloc import AllocSource, alloc_cflags
+from agent.sources.program import StackCache, to_raw_key
 from agent.sources.unwinding import Walker
-from agent.sources.waits import StackCache, to_raw_key
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 
 
