@@ -37,22 +37,24 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 def has_bpf_privileges(status_text: str, euid: int) -> bool:
-    """Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN (older kernels)."""
-    if euid == 0:
-        return True
+    """CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN (older kernels), in the
+    effective set. Root normally has them all, but not in a container or
+    under a service that dropped them, and then the kernel refuses BPF just
+    the same: so the capabilities decide; euid only when they are unknown."""
     for line in status_text.splitlines():
         if line.startswith("CapEff:"):
             caps = int(line.split()[1], 16)
             have = {bit for bit in (CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF) if caps >> bit & 1}
             return CAP_SYS_ADMIN in have or {CAP_BPF, CAP_PERFMON} <= have
-    return False
+    return euid == 0
 
 
 def require_privileges() -> None:
     status = Path("/proc/self/status").read_text()
     if not has_bpf_privileges(status, os.geteuid()):
         raise PrivilegeError(
-            "bpfprof record needs root (or CAP_BPF and CAP_PERFMON): run it with sudo"
+            "bpfprof record needs root (or CAP_BPF and CAP_PERFMON), and this process "
+            "has neither: run it with sudo"
         )
 
 
