@@ -1,7 +1,8 @@
 """Sample sources, one per profile type; `create_source` picks one.
 
-Sources are the only code that imports `bcc` (lazily, at start()), so
-creating one is cheap and needs no privileges.
+Creating a source is cheap and needs no privileges: its program is
+compiled at start(), by BCC in a short-lived loader child (bcc_loader.py);
+no module of the agent process imports `bcc`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What every sample source offers the runner.
 
-A source is the only code that imports `bcc`. It compiles and attaches its
+A source compiles (in a loader child, see bcc_loader.py) and attaches its
 BPF program in `start()`, tells the runner about processes it sees for the
 first time (so their maps are captured while they live), and hands over what
 the kernel counted in `drain()`.

@@ -5,6 +5,12 @@ tracefs to attach tracepoints. Each missing piece is diagnosed before the
 compiler runs, so the user sees one line with the fix instead of clang's
 output. The compiler's own messages are captured and shown only on failure
 (or with -vv), because the fallback headers make it warn on every run.
+
+BCC runs in a short-lived child process (agent/sources/loader_child.py):
+importing it maps libbcc.so with LLVM and clang, and each compile leaves
+tens of MiB on the heap, none of which a long-running agent should keep.
+The child sends the loaded maps, programs and attachments back as file
+descriptors; this process uses them through agent/sources/loaded.py.
 """
 
 from __future__ import annotations
@@ -12,13 +18,19 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import agent
 import bpf
 from agent.errors import SetupError
+from agent.sources import handoff
+from agent.sources.loaded import LoadedProgram
 
 log = logging.getLogger("bpfprof.bcc")
 
@@ -74,31 +86,65 @@ def render(name: str, cflags: list[str]) -> str:
     return "\n".join([f"/* {name} as bpfprof compiles it */", *defines, "", text])
 
 
-def compile_program(name: str, cflags: list[str]) -> Any:
-    """A loaded BCC `BPF` object for one of the shipped programs."""
-    bcc = import_bcc()
+def compile_program(
+    name: str, cflags: list[str], functions: Mapping[str, str] | None = None
+) -> LoadedProgram:
+    """One of the shipped programs, compiled and loaded by a loader child.
+
+    `functions` names the program type ("perf_event", "kprobe", ...) of
+    functions BCC does not attach on load; any other is loaded as "kprobe",
+    the type uprobes take. Errors are the one-line SetupErrors the child
+    reports (no BCC, compile error, the kernel refusing the program).
+    """
     check_prerequisites()
-    text = bpf.expanded(name)
-    flags = [f"-I{bpf.include_dir()}", *cflags]
-    with tempfile.TemporaryFile() as err:
-        saved = os.dup(2)
-        os.dup2(err.fileno(), 2)
-        try:
-            program = bcc.BPF(text=text, cflags=flags)
-            failure: Exception | None = None
-        except Exception as e:  # BCC raises bare Exception on compile/load errors
-            program, failure = None, e
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        err.seek(0)
-        output = err.read().decode("utf-8", "replace")
+    request = {
+        "name": name,
+        "text": bpf.expanded(name),
+        "cflags": [f"-I{bpf.include_dir()}", *cflags],
+        "functions": dict(functions or {}),
+    }
+    reply, fds = run_loader(request)
+    output = str(reply.get("output", ""))
     if output.strip():
         log.debug("compiler output for %s:\n%s", name, output)
-    if failure is not None:
-        if "Permission denied" in str(failure) or "Operation not permitted" in output:
-            raise SetupError(f"the kernel refused to load {name}: run as root") from None
-        # the first diagnostic names the cause; later ones often follow from it
-        first = next((ln for ln in output.splitlines() if "error:" in ln), str(failure))
-        raise SetupError(f"cannot compile {name}: {first.strip()} (run with -vv for details)")
-    return program
+    if "error" in reply:
+        handoff.close_all(fds)
+        raise SetupError(str(reply["error"]))
+    try:
+        return LoadedProgram(name, reply, fds)
+    except (ValueError, KeyError, OSError) as e:
+        raise SetupError(f"cannot use what the loader made of {name}: {e}") from None
+
+
+def loader_command(fd: int) -> list[str]:
+    return [sys.executable, "-m", "agent.sources.loader_child", str(fd)]
+
+
+def run_loader(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Start the loader child, send it the request, take its reply and fds."""
+    ours, theirs = handoff.socket_pair()
+    env = dict(os.environ)
+    root = str(Path(agent.__file__).resolve().parent.parent)  # agent importable as here
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    with ours, tempfile.TemporaryFile() as errors:
+        with theirs:
+            child = subprocess.Popen(
+                loader_command(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env=env,
+            )
+        try:
+            handoff.send_json(ours, request)
+            return handoff.recv_reply(ours)
+        except (OSError, ValueError, handoff.HandoffError) as e:
+            child.kill()
+            status = child.wait()
+            errors.seek(0)
+            lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+            why = lines[-1] if lines else f"{e} (exit status {status})"
+            raise SetupError(f"the BPF loader failed for {request['name']}: {why}") from None
+        finally:
+            child.wait()

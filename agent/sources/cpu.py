@@ -15,11 +15,11 @@ process's tables are loaded when its first sample announces it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from agent import bpfsys
 from agent.config import BpfLimits, SourceOptions
 from agent.model import RawSample
-from agent.sources import bcc_loader
 from agent.sources.program import ProgramSource, StackCache, base_cflags, to_raw_key
 from agent.unwind.loader import UnwindLoader
 
@@ -54,15 +54,15 @@ class CpuSource(ProgramSource):
     """The CPU SampleSource. Construct, add_targets, start, then poll/drain."""
 
     PROGRAM = PROGRAM
+    FUNCTIONS: ClassVar[dict[str, str]] = {"on_cpu_sample": "perf_event"}
 
     def cflags(self, unwind: bool | None = None) -> list[str]:
         return cflags_for(self._options, unwind)
 
     def attach(self) -> None:
-        bcc = bcc_loader.import_bcc()
         self._bpf.attach_perf_event(
-            ev_type=bcc.PerfType.SOFTWARE,
-            ev_config=bcc.PerfSWConfig.CPU_CLOCK,
+            ev_type=bpfsys.PERF_TYPE_SOFTWARE,
+            ev_config=bpfsys.PERF_COUNT_SW_CPU_CLOCK,
             fn_name="on_cpu_sample",
             sample_freq=self._options.frequency,
             cpu=-1,

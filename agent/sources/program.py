@@ -12,7 +12,7 @@ import ctypes
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.config import BpfLimits, SourceOptions
 from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
@@ -120,6 +120,8 @@ class ProgramSource:
     PROGRAM, cflags(unwind), attach(), and drain() (using retire_window())."""
 
     PROGRAM = ""
+    # the program type of each function BCC does not attach on load
+    FUNCTIONS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
         self._options = options
@@ -165,7 +167,7 @@ class ProgramSource:
 
     def _compile(self) -> Any:
         """The walker's build if wanted and accepted, else the frame-pointer one."""
-        return self._walker.compile(self.PROGRAM, self.cflags)
+        return self._walker.compile(self.PROGRAM, self.cflags, self.FUNCTIONS)
 
     def _write_targets(self, pids: Iterable[int]) -> None:
         table = self._bpf["targets"]

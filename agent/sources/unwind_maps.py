@@ -1,4 +1,4 @@
-"""The walker's maps in a loaded BCC program (see bpf/unwind.h).
+"""The walker's maps in a loaded program (see bpf/unwind.h).
 
 Rows go in with BPF_MAP_UPDATE_BATCH: one system call per binary instead
 of one per row (python3.11 has about 65,000). A kernel without batch
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 from typing import Any
 
+from agent import bpfsys
 from agent.unwind.layout import MAPPING, UnwindStat
 from agent.unwind.rows import ROW
 
@@ -48,19 +48,14 @@ class BccUnwindMaps:
 
 
 def _write_array(table: Any, first: int, data: bytes, size: int) -> None:
-    from bcc.libbcc import lib  # the distro's python3-bpfcc
-
     count = len(data) // size
     for start in range(0, count, BATCH):
         n = min(BATCH, count - start)
         keys = (ctypes.c_uint32 * n)(*range(first + start, first + start + n))
         chunk = data[start * size : (start + n) * size]
         values = ctypes.create_string_buffer(chunk, len(chunk))
-        done = ctypes.c_uint32(n)
-        if lib.bpf_update_batch(table.map_fd, keys, values, ctypes.byref(done)) == 0:
+        if bpfsys.update_batch(table.map_fd, keys, values, n):
             continue
-        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 0):
-            raise OSError(ctypes.get_errno(), "BPF_MAP_UPDATE_BATCH failed")
         for i in range(n):  # no batch support: one element at a time
             leaf = table.Leaf.from_buffer_copy(chunk, i * size)
             table[table.Key(first + start + i)] = leaf

@@ -9,7 +9,7 @@ program's unwind maps are kept in step with the processes it sees by an
 again when the walker meets a mapping it was not told of (dlopen), and
 after an exec.
 
-Each BCC program has its own copy of the maps: the rows of libc go into
+Each loaded program has its own copy of the maps: the rows of libc go into
 every program that walks it, from the same on-disk cache.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +64,18 @@ class Walker:
         """Whether user stacks are walked with CFI (False: frame pointers only)."""
         return self._maps is not None
 
-    def compile(self, program: str, flags: Callable[[bool], list[str]]) -> Any:
+    def compile(
+        self,
+        program: str,
+        flags: Callable[[bool], list[str]],
+        functions: Mapping[str, str] | None = None,
+    ) -> Any:
         """The walker's build of `program` if wanted and accepted, else the
-        frame-pointer one. `flags(unwind)` gives the -D flags of each."""
+        frame-pointer one. `flags(unwind)` gives the -D flags of each;
+        `functions` the program types (see bcc_loader.compile_program)."""
         if self.wanted:
             try:
-                loaded = bcc_loader.compile_program(program, flags(True))
+                loaded = bcc_loader.compile_program(program, flags(True), functions)
             except SetupError as exc:
                 if "run as root" in str(exc) and os.geteuid() != 0:
                     raise
@@ -77,7 +83,7 @@ class Walker:
             else:
                 self._maps = BccUnwindMaps(loaded)
                 return loaded
-        return bcc_loader.compile_program(program, flags(False))
+        return bcc_loader.compile_program(program, flags(False), functions)
 
     def start(self, targets: Iterable[int]) -> None:
         """Make the loader, and load the processes already known."""

@@ -60,7 +60,8 @@ def test_unwound_user_stacks_and_truncation() -> None:
 def test_refused_walker_falls_back_to_frame_pointers(monkeypatch: pytest.MonkeyPatch) -> None:
     tried: list[list[str]] = []
 
-    def compile_program(name: str, flags: list[str]) -> object:
+    def compile_program(name: str, flags: list[str], functions: object = None) -> object:
+        assert functions == {"on_cpu_sample": "perf_event"}  # a perf-event program
         tried.append(flags)
         if "-DUNWIND_DWARF=1" in flags:
             raise SetupError("cannot compile cpu.bpf.c: program too large")

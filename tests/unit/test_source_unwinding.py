@@ -59,7 +59,7 @@ class FakeProgram:
 
 
 def compiler(refuse_walker: bool, tried: list[list[str]]) -> Any:
-    def compile_program(name: str, flags: list[str]) -> FakeProgram:
+    def compile_program(name: str, flags: list[str], functions: Any = None) -> FakeProgram:
         tried.append(flags)
         if refuse_walker and "-DUNWIND_DWARF=1" in flags:
             raise SetupError(f"cannot compile {name}: program too large")

@@ -1,0 +1,84 @@
+"""Where a uprobe on a symbol goes: the symbol's offset in its file.
+
+A uprobe is placed at a file offset. BCC finds it with its own ELF reader
+inside libbcc.so (which links LLVM); the agent reads the symbol tables with
+pyelftools instead and converts the symbol's virtual address to a file
+offset through the PT_LOAD segment that holds it, as BCC does.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+
+class SymbolError(LookupError):
+    """The file lacks the symbol, or is not an ELF file we can read."""
+
+
+def probe_path(path: str, pid: int) -> str:
+    """The path to open for a process's file: through its root (a container's
+    files are seen there), unless the probe is for every process."""
+    if pid > 0:
+        rooted = f"/proc/{pid}/root{path}"
+        if os.path.exists(rooted):
+            return rooted
+    return path
+
+
+def symbol_offset(path: str, symbol: str) -> int:
+    """The file offset of a defined function `symbol` in the ELF file `path`."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SymbolError(f"cannot read {path}: {e.strerror}") from None
+    functions, segments = _read(path, st.st_ino, st.st_mtime_ns, st.st_size)
+    try:
+        address = functions[symbol]
+    except KeyError:
+        raise SymbolError(f"no function {symbol} in {path}") from None
+    return file_offset(address, segments, path)
+
+
+def file_offset(address: int, segments: tuple[tuple[int, int, int], ...], path: str = "") -> int:
+    """A virtual address's offset in the file, from (vaddr, memsz, offset)
+    of each PT_LOAD segment."""
+    for vaddr, memsz, offset in segments:
+        if vaddr <= address < vaddr + memsz:
+            return address - vaddr + offset
+    raise SymbolError(f"address {address:#x} is in no loadable segment of {path}")
+
+
+@lru_cache(maxsize=32)
+def _read(
+    path: str, _ino: int, _mtime: int, _size: int
+) -> tuple[dict[str, int], tuple[tuple[int, int, int], ...]]:
+    """Defined functions by name (first one wins: .dynsym, then .symtab) and
+    the PT_LOAD segments, of one version of a file."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            segments = tuple(
+                (int(s["p_vaddr"]), int(s["p_memsz"]), int(s["p_offset"]))
+                for s in elf.iter_segments()
+                if s["p_type"] == "PT_LOAD"
+            )
+            functions: dict[str, int] = {}
+            for name in (".dynsym", ".symtab"):
+                section = elf.get_section_by_name(name)
+                if not isinstance(section, SymbolTableSection):
+                    continue
+                for sym in section.iter_symbols():
+                    if (
+                        sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC")
+                        and sym["st_shndx"] != "SHN_UNDEF"
+                        and sym["st_value"]
+                    ):
+                        functions.setdefault(sym.name.split("@", 1)[0], int(sym["st_value"]))
+    except (OSError, ELFError) as e:
+        raise SymbolError(f"cannot read symbols of {path}: {e}") from None
+    return functions, segments
