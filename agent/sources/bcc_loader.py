@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,14 @@ from agent.sources.loaded import LoadedProgram
 log = logging.getLogger("bpfprof.bcc")
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+# Loader children by pid: None while running, else when they exited
+# (time.monotonic). Programs already attached see a later program's loader
+# (whole-system mode): it is bpfprof's own work, and announcing it would make
+# the agent read LLVM's symbols and unwind tables. Its pid is ignored until
+# LOADER_MEMORY seconds after its exit, by when its samples are drained.
+_loaders: dict[int, float | None] = {}
+LOADER_MEMORY = 60.0
 
 
 def import_bcc() -> ModuleType:
@@ -116,6 +125,17 @@ def compile_program(
         raise SetupError(f"cannot use what the loader made of {name}: {e}") from None
 
 
+def is_loader(pid: int, now: float | None = None) -> bool:
+    """Whether a pid is (or was a moment ago) one of our loader children."""
+    if pid not in _loaders:
+        return False
+    exited = _loaders[pid]
+    if exited is None or (now if now is not None else time.monotonic()) - exited < LOADER_MEMORY:
+        return True
+    del _loaders[pid]  # long gone: the pid may be someone else's now
+    return False
+
+
 def loader_command(fd: int) -> list[str]:
     return [sys.executable, "-m", "agent.sources.loader_child", str(fd)]
 
@@ -136,6 +156,7 @@ def run_loader(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
                 stderr=errors,
                 env=env,
             )
+        _loaders[child.pid] = None
         try:
             handoff.send_json(ours, request)
             return handoff.recv_reply(ours)
@@ -148,3 +169,4 @@ def run_loader(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
             raise SetupError(f"the BPF loader failed for {request['name']}: {why}") from None
         finally:
             child.wait()
+            _loaders[child.pid] = time.monotonic()

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from agent import bpfsys
 from agent.config import BpfLimits, SourceOptions
 from agent.model import RawSample
+from agent.sources import bcc_loader
 from agent.sources.program import ProgramSource, StackCache, base_cflags, to_raw_key
 from agent.unwind.loader import UnwindLoader
 
@@ -89,13 +90,14 @@ def read_samples(
 
     Each stack id is read once however many keys share it; ids are deleted
     from the stack maps afterwards so the next use of this half starts empty.
+    Samples of bpfprof's own loader children are left out (see bcc_loader).
     With the CFI walker, user stack ids index `user_stacks` (`ustacks`) and
     a stack cut at the frame limit gets user_error -E2BIG.
     """
     cache = StackCache(0, stacks, user_stacks)
     samples = [RawSample(to_raw_key(key, cache), (count,)) for key, count in drained]
-    cache.free()
-    return samples
+    cache.free()  # every id, even those of the samples dropped below
+    return [s for s in samples if not bcc_loader.is_loader(s.key.pid)]
 
 
 def _as_int(value: Any) -> int:

@@ -108,6 +108,8 @@ class Walker:
         tables first, so their next samples are walked whole; in whole-system
         mode the symbolizer's snapshot goes first, since a short-lived
         process may be gone by the time a cold table is built."""
+        if bcc_loader.is_loader(pid):
+            return  # bpfprof's own compiler at work (see bcc_loader)
         if self._options.filter_pids:
             self.load(pid, changed=changed)
         if observe is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
 from agent.model import RawSample
+from agent.sources import bcc_loader
 from agent.sources.program import ProgramSource, StackCache, base_cflags
 
 
@@ -67,9 +68,15 @@ class WaitSource(ProgramSource):
     def drain(self) -> list[RawSample]:
         """Flip the counts' double buffer and read the retired half."""
         counts = self._bpf[f"counts{self.retire_window()}"]
-        return [self.sample(k, v) for k, v in counts.items_lookup_and_delete_batch()]
+        drained = counts.items_lookup_and_delete_batch()
+        return [self.sample(k, v) for k, v in drained if not bcc_loader.is_loader(_pid(k))]
 
     def counters(self) -> dict[str, int]:
         out = super().counters()
         out["stack_ids"] = len(self._cache)
         return out
+
+
+def _pid(key: Any) -> int:
+    """The pid of an off-CPU key, or of a lock key's `base`."""
+    return int(key.base.pid if hasattr(key, "base") else key.pid)

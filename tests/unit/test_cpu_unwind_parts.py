@@ -81,3 +81,14 @@ def test_unwind_flags() -> None:
     assert not any(
         "UNWIND" in f for f in bpf_cflags(BpfLimits(), filter_pids=False, follow_forks=False)
     )
+
+
+def test_a_loader_childs_samples_are_dropped_but_their_stacks_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bcc_loader, "_loaders", {8: None})
+    kernel = FakeTable({3: SimpleNamespace(ip=[0xFFFF0001, 0]), 4: SimpleNamespace(ip=[1, 0])})
+    loader = SampleKey(pid=8, tid=8, user_stack_id=-14, kernel_stack_id=4, comm=b"python3")
+    samples = read_samples([(key(-14, 3), 2), (loader, 9)], kernel)
+    assert [s.key.pid for s in samples] == [7]
+    assert kernel.items == {}  # the next use of this half starts empty

@@ -394,3 +394,37 @@ def test_symbol_offsets_agree_with_readelf(tmp_path: Path) -> None:
 def test_a_process_file_is_opened_through_its_root() -> None:
     assert uprobes.probe_path("/bin/sh", os.getpid()) == f"/proc/{os.getpid()}/root/bin/sh"
     assert uprobes.probe_path("/bin/sh", -1) == "/bin/sh"
+
+
+# -- the loader children are not profiled -----------------------------------------
+
+
+def test_a_loader_pid_is_ignored_until_a_while_after_it_exits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bcc_loader, "_loaders", {5: None, 6: 100.0})
+    assert bcc_loader.is_loader(5) and not bcc_loader.is_loader(7)
+    assert bcc_loader.is_loader(6, now=100.0 + bcc_loader.LOADER_MEMORY - 1)
+    assert not bcc_loader.is_loader(6, now=100.0 + bcc_loader.LOADER_MEMORY)
+    assert 6 not in bcc_loader._loaders  # forgotten: the pid may be reused
+
+
+def test_each_loader_child_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bcc_loader, "_loaders", {})
+    fake_loader(monkeypatch, "import sys; sys.exit(1)")
+    with pytest.raises(SetupError):
+        bcc_loader.compile_program("cpu.bpf.c", [])
+    ((pid, exited),) = bcc_loader._loaders.items()
+    assert exited is not None and bcc_loader.is_loader(pid)
+
+
+def test_the_walker_announces_no_loader_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import SourceOptions
+    from agent.sources.unwinding import Walker
+
+    monkeypatch.setattr(bcc_loader, "_loaders", {5: None})
+    seen: list[int] = []
+    walker = Walker(SourceOptions())
+    walker.announce(5, seen.append)
+    walker.announce(6, seen.append)
+    assert seen == [6]
