@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 import click
 
-from agent.config import DEFAULT_ALLOC_RATE, BpfLimits, RecordConfig, format_from_suffix
+from agent.config import (
+    DEFAULT_ALLOC_RATE,
+    BpfLimits,
+    RecordConfig,
+    SourceOptions,
+    format_from_suffix,
+)
 from agent.errors import BpfprofError, InputError
 from agent.model import Profile
 
@@ -127,6 +133,14 @@ def cli(verbose: int) -> None:
     help="lock: ignore waits shorter than this many microseconds.",
 )
 @click.option(
+    "--wait-sampling",
+    type=click.IntRange(1, 1 << 20),
+    default=SourceOptions.wait_sampling,
+    show_default=True,
+    help="offcpu, lock: blocks and waits of 1 ms or more always take stacks; shorter "
+    "ones about 1 in N, each counted N times (unbiased). 1: every one.",
+)
+@click.option(
     "--alloc-rate",
     type=click.IntRange(1, 1 << 40),
     default=DEFAULT_ALLOC_RATE,
@@ -158,6 +172,7 @@ def record(
     unwind_mappings: int,
     min_block_us: int,
     min_wait_us: int,
+    wait_sampling: int,
     alloc_rate: int,
     all_processes: bool,
     no_inuse: bool,
@@ -188,6 +203,7 @@ def record(
         unwind=unwind,
         min_block_us=min_block_us,
         min_wait_us=min_wait_us,
+        wait_sampling=wait_sampling,
         alloc_rate=alloc_rate,
         all_processes=all_processes,
         alloc_inuse=not no_inuse,

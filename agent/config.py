@@ -41,6 +41,7 @@ class SourceOptions:
     unwind: str = "dwarf"  # user stacks: "dwarf" (CFI, frame pointers as fallback) or "fp"
     min_block_us: int = 0  # offcpu: ignore shorter blocks
     min_wait_us: int = 0  # lock: ignore shorter waits
+    wait_sampling: int = 16  # offcpu, lock: at most 1 in N short waits takes stacks
     alloc_rate: int = DEFAULT_ALLOC_RATE  # alloc: mean bytes between samples
     all_processes: bool = False  # alloc: probe the system's libc for every process
     alloc_inuse: bool = True  # alloc: also probe free, for inuse_*
@@ -63,6 +64,7 @@ class RecordConfig:
     unwind: str = "dwarf"
     min_block_us: int = 0
     min_wait_us: int = 0
+    wait_sampling: int = 16
     alloc_rate: int = DEFAULT_ALLOC_RATE
     all_processes: bool = False
     alloc_inuse: bool = True
@@ -94,6 +96,8 @@ class RecordConfig:
     def _check_profile_options(self) -> None:
         if self.min_block_us < 0 or self.min_wait_us < 0:
             raise UsageError("--min-block-us and --min-wait-us must not be negative")
+        if not 1 <= self.wait_sampling <= 1 << 20:
+            raise UsageError(f"--wait-sampling must be 1 to 2^20, not {self.wait_sampling}")
         if not 1 <= self.alloc_rate <= 1 << 40:
             raise UsageError(f"--alloc-rate must be 1 to 2^40 bytes, not {self.alloc_rate}")
         targeted = bool(self.pids or self.command)
@@ -118,6 +122,7 @@ class RecordConfig:
             unwind=self.unwind,
             min_block_us=self.min_block_us,
             min_wait_us=self.min_wait_us,
+            wait_sampling=self.wait_sampling,
             alloc_rate=self.alloc_rate,
             all_processes=self.all_processes,
             alloc_inuse=self.alloc_inuse,

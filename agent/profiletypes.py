@@ -47,7 +47,7 @@ class ProfileType:
 def _options(**fixed: Any) -> Callable[[Mapping[str, Any], BpfLimits], SourceOptions]:
     """SourceOptions from a section: keys named like SourceOptions fields pass
     through; `rename` maps the config's friendlier names."""
-    rename = {"rate": "alloc_rate", "inuse": "alloc_inuse"}
+    rename = {"rate": "alloc_rate", "inuse": "alloc_inuse", "sampling": "wait_sampling"}
 
     def build(settings: Mapping[str, Any], limits: BpfLimits) -> SourceOptions:
         given = {rename.get(k, k): v for k, v in settings.items()}
@@ -55,6 +55,9 @@ def _options(**fixed: Any) -> Callable[[Mapping[str, Any], BpfLimits], SourceOpt
 
     return build
 
+
+# offcpu, lock: at most 1 in N short waits takes stacks (bpf/waits.h).
+SAMPLING = ("int", SourceOptions.wait_sampling, 1, 1 << 20)
 
 TYPES: dict[str, ProfileType] = {
     "cpu": ProfileType(
@@ -69,13 +72,13 @@ TYPES: dict[str, ProfileType] = {
         name="offcpu",
         # Host-wide, most blocks are short waits of idle daemons: 1 ms keeps
         # the ones a user asks about ("why is this request slow").
-        settings={"min_block_us": ("int", 1000, 0, 10**9)},
+        settings={"min_block_us": ("int", 1000, 0, 10**9), "sampling": SAMPLING},
         enabled_by_default=False,
         options=_options(),
     ),
     "lock": ProfileType(
         name="lock",
-        settings={"min_wait_us": ("int", 10, 0, 10**9)},
+        settings={"min_wait_us": ("int", 10, 0, 10**9), "sampling": SAMPLING},
         enabled_by_default=False,
         options=_options(),
     ),

@@ -17,6 +17,14 @@
 #define BPFPROF_EFAULT 14
 #define BPFPROF_EEXIST 17
 
+/* x86-64 struct pt_regs: the user registers saved at kernel entry. The
+ * layout is ABI (it mirrors ptrace's user_regs_struct), so it is spelled
+ * out here rather than taken from headers that may be another kernel's. */
+struct unwind_regs {
+    u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+    u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
 /* Indices of the self-metrics array (mirrored by agent.layout.Counter). */
 enum counter {
     CTR_SAMPLES = 0,         /* samples taken (after filtering) */

@@ -3,24 +3,33 @@
  * User space: a contended pthread mutex ends in a futex wait, an uncontended
  * one never enters the kernel. So the wait is measured from
  * syscalls:sys_enter_futex to sys_exit_futex (and the futex2 calls
- * futex_wait and futex_waitv), for the wait operations only, with the
- * thread's stacks taken at entry: locks that never wait cost nothing.
+ * futex_wait and futex_waitv), for the wait operations only: locks that
+ * never wait cost nothing.
  * The operation tells what kind of wait it is (LOCK_KIND_*); user space
  * refines it from the symbolized stack (docs/profiles.md).
  *
  * Kernel: lock:contention_begin/contention_end, keyed by (thread, lock) so a
  * nested contention (a spinlock inside a mutex's slow path) pairs correctly.
  *
- * Counts are double-buffered (cpu.bpf.c); the stack map is single, as in
- * offcpu.bpf.c, because a wait may span drains. The code both share is in
- * waits.h; a futex wait's kernel stack is always the syscall entry path, so
- * it is taken only for kernel locks (that halves a traced wait's cost).
+ * Stacks are taken when a wait ends, in the waiting thread's context: a
+ * thread in a syscall keeps the user registers it entered with, so the user
+ * stack is the one it waited in, and a kernel lock's end is reached from
+ * the same call chain as its begin. So the wait's length is known first:
+ * waits under MIN_WAIT_NS take no stacks, and short ones are sampled
+ * (waits.h, wait_weight; a sample counts 1/p waits of its length), which
+ * keeps the cost of a contended wait near the two tracepoints'. A futex
+ * wait's kernel stack is always the syscall path, so it is taken only for
+ * kernel locks.
+ *
+ * Counts are double-buffered (cpu.bpf.c), with one stack map as in
+ * offcpu.bpf.c. The code both share is in waits.h.
  *
  * Compile-time options (-D, see agent/sources/lock.py):
  *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES,
  *   PENDING_ENTRIES, SELF_PID, FILTER_PIDS, FOLLOW_FORKS, UNWIND_DWARF
  *                    as in offcpu.bpf.c
  *   MIN_WAIT_NS      ignore waits shorter than this
+ *   SAMPLE_NS, MAX_WEIGHT  sampling of short waits (waits.h)
  *   USER_LOCKS, KERNEL_LOCKS  which halves to trace
  *   FUTEX_WAITV, FUTEX2_WAIT  the kernel has these syscalls' tracepoints
  */
@@ -35,11 +44,12 @@
 #define FUTEX_CMD_MASK 0x7f /* drops FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME */
 
 struct lock_start {
-    struct lock_key key;
     u64 ts;
+    u32 kind;
+    u32 pad;
 };
 
-/* In-flight waits: user ones keyed by (tid, 0), kernel ones by (tid, lock). */
+/* In-flight kernel lock waits, keyed by (tid, lock). */
 struct wait_id {
     u64 lock;
     u32 tid;
@@ -54,6 +64,9 @@ BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
 BPF_HASH(start, struct wait_id, struct lock_start, PENDING_ENTRIES);
+/* A futex wait in flight, per thread (a thread is in one syscall at once):
+ * task storage, cheaper than a hash update and delete per wait. */
+BPF_TASK_STORAGE(ustart, struct lock_start);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 
 #define WAIT_KEY struct lock_key
@@ -72,37 +85,44 @@ static __always_inline u32 traced_pid(void)
     return pid;
 }
 
-static __always_inline void begin_wait(void *ctx, u64 lock, u32 kind)
+/* A kernel lock's contention begins. */
+static __always_inline void begin_kernel_wait(u64 lock)
 {
-    u32 pid = traced_pid();
-    if (!pid)
+    if (!traced_pid())
         return;
-    u32 tid = bpf_get_current_pid_tgid();
-    struct wait_id id = {.lock = lock, .tid = tid};
-    struct lock_start s = {};
-    s.key.base.pid = pid;
-    s.key.base.tid = tid;
-    s.key.kind = kind;
-    bpf_get_current_comm(&s.key.base.comm, sizeof(s.key.base.comm));
-    take_stacks(ctx, &s.key.base, kind == LOCK_KIND_KERNEL);
-    s.ts = bpf_ktime_get_ns();
+    struct wait_id id = {.lock = lock, .tid = (u32)bpf_get_current_pid_tgid()};
+    struct lock_start s = {.ts = bpf_ktime_get_ns(), .kind = LOCK_KIND_KERNEL};
     if (start.update(&id, &s) != 0)
         bump(CTR_PENDING_FULL);
 }
 
-static __always_inline void end_wait(u64 lock)
+/* A wait of `delta` ns ended: count it (sampled) with the current stacks. */
+static __always_inline void end_wait(void *ctx, u32 kind, u64 delta)
 {
-    u32 tid = bpf_get_current_pid_tgid();
-    struct wait_id id = {.lock = lock, .tid = tid};
+    if (delta < MIN_WAIT_NS)
+        return;
+    u64 weight = wait_weight(delta);
+    if (!weight)
+        return;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct lock_key key = {.kind = kind};
+    key.base.pid = pid_tgid >> 32;
+    key.base.tid = (u32)pid_tgid;
+    bpf_get_current_comm(&key.base.comm, sizeof(key.base.comm));
+    take_stacks(ctx, &key.base, kind == LOCK_KIND_KERNEL);
+    count_wait(&key, key.base.pid, weight, delta);
+}
+
+/* A kernel lock's contention ended. */
+static __always_inline void end_kernel_wait(void *ctx, u64 lock)
+{
+    struct wait_id id = {.lock = lock, .tid = (u32)bpf_get_current_pid_tgid()};
     struct lock_start *s = start.lookup(&id);
     if (!s)
         return;
     u64 delta = bpf_ktime_get_ns() - s->ts;
-    struct lock_key key = s->key;
     start.delete(&id);
-    if (delta < MIN_WAIT_NS)
-        return;
-    count_wait(&key, key.base.pid, delta);
+    end_wait(ctx, LOCK_KIND_KERNEL, delta);
 }
 
 /* The futex operations that wait, and what kind of wait each is (0: none). */
@@ -122,69 +142,72 @@ static __always_inline u32 futex_wait_kind(int op)
 }
 
 #ifdef USER_LOCKS
-TRACEPOINT_PROBE(syscalls, sys_enter_futex)
+/* x86-64 syscall numbers of the futex calls that wait. */
+#define NR_FUTEX 202
+#define NR_FUTEX_WAITV 449
+#define NR_FUTEX_WAIT 455
+
+/* The raw syscall tracepoints: (struct pt_regs *regs, long id) at entry,
+ * (regs, ret) at exit. They run for every syscall, and return at once for
+ * the others; the syscalls:sys_enter_futex kind builds a trace record for
+ * each call first, which made a traced futex call twice as costly. */
+RAW_TRACEPOINT_PROBE(sys_enter)
 {
-    u32 kind = futex_wait_kind(args->op);
-    if (kind)
-        begin_wait(args, 0, kind);
+    long nr = ctx->args[1];
+    u32 kind;
+    if (nr == NR_FUTEX) {
+        struct unwind_regs *regs = (struct unwind_regs *)ctx->args[0];
+        u64 op = 0;
+        bpf_probe_read_kernel(&op, sizeof(op), &regs->si);
+        kind = futex_wait_kind((int)op);
+    } else if (nr == NR_FUTEX_WAITV || nr == NR_FUTEX_WAIT) {
+        kind = LOCK_KIND_WAIT;
+    } else {
+        return 0;
+    }
+    if (!kind || !traced_pid())
+        return 0;
+    struct lock_start zero = {};
+    struct lock_start *s = ustart.task_storage_get(bpf_get_current_task_btf(), &zero,
+                                                   BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!s) {
+        bump(CTR_PENDING_FULL);
+        return 0;
+    }
+    s->kind = kind;
+    s->ts = bpf_ktime_get_ns();
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_futex)
+RAW_TRACEPOINT_PROBE(sys_exit)
 {
-    end_wait(0);
+    struct unwind_regs *regs = (struct unwind_regs *)ctx->args[0];
+    u64 nr = 0;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+    if (nr != NR_FUTEX && nr != NR_FUTEX_WAITV && nr != NR_FUTEX_WAIT)
+        return 0;
+    struct lock_start *s = ustart.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+    if (!s || s->ts == 0)
+        return 0;
+    u64 delta = bpf_ktime_get_ns() - s->ts;
+    s->ts = 0;
+    end_wait(ctx, s->kind, delta);
     return 0;
 }
-
-#ifdef FUTEX_WAITV
-TRACEPOINT_PROBE(syscalls, sys_enter_futex_waitv)
-{
-    begin_wait(args, 0, LOCK_KIND_WAIT);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_futex_waitv)
-{
-    end_wait(0);
-    return 0;
-}
-#endif
-
-#ifdef FUTEX2_WAIT
-TRACEPOINT_PROBE(syscalls, sys_enter_futex_wait)
-{
-    begin_wait(args, 0, LOCK_KIND_WAIT);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_futex_wait)
-{
-    end_wait(0);
-    return 0;
-}
-#endif
 #endif
 
 #ifdef KERNEL_LOCKS
 TRACEPOINT_PROBE(lock, contention_begin)
 {
-    begin_wait(args, (u64)args->lock_addr, LOCK_KIND_KERNEL);
+    begin_kernel_wait((u64)args->lock_addr);
     return 0;
 }
 
 TRACEPOINT_PROBE(lock, contention_end)
 {
-    end_wait((u64)args->lock_addr);
+    end_kernel_wait(args, (u64)args->lock_addr);
     return 0;
 }
 #endif
 
 #include "follow.h"
-
-/* A thread killed while it waits never exits the syscall: free its slot. */
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-    struct wait_id id = {.tid = (u32)bpf_get_current_pid_tgid()};
-    start.delete(&id);
-    return 0;
-}

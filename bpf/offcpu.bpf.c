@@ -1,7 +1,19 @@
-/* Off-CPU time: sched:sched_switch runs in the context of the task leaving
- * the CPU (`prev`), so the helpers describe it: its stacks and a timestamp
- * are stored by thread id. When that thread is switched in again (it is the
- * tracepoint's `next`), the time it was away is added to the stored key.
+/* Off-CPU time: the raw sched_switch tracepoint runs in the context of the
+ * task leaving the CPU (`prev`), so the helpers describe it; its arguments
+ * are (preempt, prev, next, prev_state). Each thread has one `start` entry,
+ * keyed by its task pointer (so `next` is found without reading a kernel
+ * struct), holding when it left, where it was, and how long its previous
+ * block lasted. When the thread is switched in again the time it was away
+ * is added to its stacks.
+ *
+ * Stacks cost about 3 us a switch here, more than a hand-over of the CPU,
+ * so not every block takes them (waits.h, wait_weight). Stacks must be
+ * taken when the thread leaves, before the block's length is known, so the
+ * probability is judged from the thread's previous block: a thread whose
+ * blocks last SAMPLE_NS or more takes them every time, one whose blocks are
+ * short about 1 in MAX_WEIGHT times, each sample weighted by 1/p, so totals
+ * stay unbiased. Blocks not sampled cost a lookup and a timestamp. A
+ * thread's first block is always sampled.
  *
  * Counts are double-buffered like cpu.bpf.c's; stacks are not. A thread may
  * block across any number of drains, so the stack ids taken when it left the
@@ -12,8 +24,9 @@
  *
  * Compile-time options (-D, see agent/sources/offcpu.py):
  *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES
- *   PENDING_ENTRIES  threads that can be off the CPU at once
+ *   PENDING_ENTRIES  threads the program can follow at once
  *   MIN_BLOCK_NS     ignore blocks shorter than this
+ *   SAMPLE_NS, MAX_WEIGHT  sampling of short blocks (waits.h)
  *   SELF_PID         the agent's own process: never profiled
  *   FILTER_PIDS, FOLLOW_FORKS, UNWIND_DWARF  as in cpu.bpf.c (user stacks
  *                    walked with CFI then live in `ustacks`, see waits.h)
@@ -21,8 +34,10 @@
 #include "common.h"
 
 struct offcpu_start {
-    struct sample_key key;
-    u64 ts;
+    struct sample_key key; /* stacks of the block in progress, if sampled */
+    u64 ts;                /* when the thread left the CPU; 0: it is on a CPU */
+    u64 last_ns;           /* how long its previous block lasted */
+    u64 weight;            /* 1/probability of this block's sample; 0: not sampled */
 };
 
 BPF_HASH(counts0, struct sample_key, struct wait_value, MAX_ENTRIES);
@@ -32,13 +47,13 @@ BPF_ARRAY(window, u32, 1);
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
-BPF_HASH(start, u32, struct offcpu_start, PENDING_ENTRIES);
+BPF_HASH(start, u64, struct offcpu_start, PENDING_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 
 #define WAIT_KEY struct sample_key
 #include "waits.h"
 
-/* prev leaves the CPU: remember when, and where it was. */
+/* prev leaves the CPU: remember when, and (if sampled) where it was. */
 static __always_inline void switch_out(void *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -50,36 +65,46 @@ static __always_inline void switch_out(void *ctx)
     if (!targets.lookup(&pid))
         return;
 #endif
-    struct offcpu_start s = {};
-    s.key.pid = pid;
-    s.key.tid = tid;
-    bpf_get_current_comm(&s.key.comm, sizeof(s.key.comm));
-    take_stacks(ctx, &s.key, 1);
-    s.ts = bpf_ktime_get_ns();
-    if (start.update(&tid, &s) != 0)
-        bump(CTR_PENDING_FULL);
+    u64 task = bpf_get_current_task();
+    struct offcpu_start *s = start.lookup(&task);
+    if (!s) {
+        struct offcpu_start fresh = {.last_ns = SAMPLE_NS}; /* first block: sampled */
+        start.insert(&task, &fresh);
+        s = start.lookup(&task);
+        if (!s) {
+            bump(CTR_PENDING_FULL);
+            return;
+        }
+    }
+    s->weight = wait_weight(s->last_ns);
+    if (s->weight) {
+        s->key.pid = pid;
+        s->key.tid = tid;
+        bpf_get_current_comm(&s->key.comm, sizeof(s->key.comm));
+        take_stacks(ctx, &s->key, 1);
+    }
+    s->ts = bpf_ktime_get_ns();
 }
 
-/* next comes back: add the time it was away to the key stored for it. */
-static __always_inline void switch_in(u32 tid)
+/* next comes back: add the time it was away, weighted, to its stacks. */
+static __always_inline void switch_in(u64 task)
 {
-    struct offcpu_start *s = start.lookup(&tid);
-    if (!s)
+    struct offcpu_start *s = start.lookup(&task);
+    if (!s || s->ts == 0)
         return;
     u64 delta = bpf_ktime_get_ns() - s->ts;
-    struct sample_key key = s->key;
-    start.delete(&tid);
-    if (delta < MIN_BLOCK_NS)
+    s->ts = 0;
+    s->last_ns = delta;
+    if (s->weight == 0 || delta < MIN_BLOCK_NS)
         return;
-    count_wait(&key, key.pid, delta);
+    struct sample_key key = s->key;
+    count_wait(&key, key.pid, s->weight, delta);
 }
 
-TRACEPOINT_PROBE(sched, sched_switch)
+RAW_TRACEPOINT_PROBE(sched_switch)
 {
-    switch_out(args);
-    u32 next = args->next_pid;
-    if (next != 0)
-        switch_in(next);
+    switch_out(ctx);
+    switch_in(ctx->args[2]);
     return 0;
 }
 
@@ -88,7 +113,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 /* A thread that exits never comes back: free its slot. */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
-    u32 tid = bpf_get_current_pid_tgid();
-    start.delete(&tid);
+    u64 task = bpf_get_current_task();
+    start.delete(&task);
     return 0;
 }

@@ -106,14 +106,6 @@ struct unwound_stack {
     u64 ips[UNWIND_MAX_FRAMES];
 };
 
-/* x86-64 struct pt_regs: the user registers saved at kernel entry. The
- * layout is ABI (it mirrors ptrace's user_regs_struct), so it is spelled
- * out here rather than taken from headers that may be another kernel's. */
-struct unwind_regs {
-    u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
-    u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
-};
-
 BPF_ARRAY(unwind_rows, struct unwind_row, UNWIND_ROWS);
 BPF_ARRAY(unwind_maps, struct unwind_mapping, UNWIND_MAPS);
 BPF_HASH(unwind_procs, u32, struct unwind_proc, UNWIND_PROCS);

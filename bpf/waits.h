@@ -57,6 +57,30 @@ static __always_inline void take_stacks(void *ctx, struct sample_key *key, int k
         bump(CTR_KERNEL_COLLISION);
 }
 
+/* Sampling of waits. Stacks cost more than a short wait's tracing, so a
+ * wait judged to last `ns` takes them with probability
+ * p = min(1, max(ns / SAMPLE_NS, 1 / MAX_WEIGHT)), decided when the wait is
+ * known (lock) or predicted from the thread's last one (off-CPU). The
+ * weight 1/p is returned for a sampled wait, 0 for one left out; counting
+ * a sampled wait `weight` times keeps totals unbiased (Horvitz-Thompson).
+ * Waits of SAMPLE_NS or more are always sampled; MAX_WEIGHT=1 samples all. */
+#ifndef SAMPLE_NS
+#define SAMPLE_NS 1000000ULL
+#endif
+#ifndef MAX_WEIGHT
+#define MAX_WEIGHT 16
+#endif
+
+static __always_inline u64 wait_weight(u64 ns)
+{
+    if (MAX_WEIGHT <= 1 || ns >= SAMPLE_NS)
+        return 1;
+    u64 weight = MAX_WEIGHT;
+    if (ns * MAX_WEIGHT > SAMPLE_NS)
+        weight = SAMPLE_NS / ns; /* 1 to MAX_WEIGHT */
+    return bpf_get_prandom_u32() % weight == 0 ? weight : 0;
+}
+
 static __always_inline void notify_new(u32 pid)
 {
     u8 one = 1;
@@ -66,15 +90,15 @@ static __always_inline void notify_new(u32 pid)
     send_event(pid, EVENT_NEW_PROCESS);
 }
 
-static __always_inline void add_wait(struct wait_value *v, u64 delta)
+static __always_inline void add_wait(struct wait_value *v, u64 count, u64 delta)
 {
-    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->count, count);
     __sync_fetch_and_add(&v->total_ns, delta);
 }
 
 /* The two halves of the double buffer, spelled out (BCC map methods cannot
  * be reached through a pointer). */
-static __always_inline void count_into_0(WAIT_KEY *key, u64 delta)
+static __always_inline void count_into_0(WAIT_KEY *key, u64 count, u64 delta)
 {
     struct wait_value zero = {};
     struct wait_value *v = counts0.lookup(key);
@@ -83,12 +107,12 @@ static __always_inline void count_into_0(WAIT_KEY *key, u64 delta)
         v = counts0.lookup(key);
     }
     if (v)
-        add_wait(v, delta);
+        add_wait(v, count, delta);
     else
         bump(CTR_MAP_FULL);
 }
 
-static __always_inline void count_into_1(WAIT_KEY *key, u64 delta)
+static __always_inline void count_into_1(WAIT_KEY *key, u64 count, u64 delta)
 {
     struct wait_value zero = {};
     struct wait_value *v = counts1.lookup(key);
@@ -97,20 +121,21 @@ static __always_inline void count_into_1(WAIT_KEY *key, u64 delta)
         v = counts1.lookup(key);
     }
     if (v)
-        add_wait(v, delta);
+        add_wait(v, count, delta);
     else
         bump(CTR_MAP_FULL);
 }
 
-/* One finished wait of `delta` ns, into the half user space is not reading. */
-static __always_inline void count_wait(WAIT_KEY *key, u32 pid, u64 delta)
+/* A sampled wait of `delta` ns that stands for `weight` waits like it (see
+ * wait_weight), into the half user space is not reading. */
+static __always_inline void count_wait(WAIT_KEY *key, u32 pid, u64 weight, u64 delta)
 {
     int zero = 0;
     u32 *w = window.lookup(&zero);
     if (w && (*w & 1))
-        count_into_1(key, delta);
+        count_into_1(key, weight, delta * weight);
     else
-        count_into_0(key, delta);
+        count_into_0(key, weight, delta * weight);
     bump(CTR_SAMPLES);
     notify_new(pid);
 }

@@ -3,7 +3,9 @@
 A contended pthread mutex ends in a futex wait; an uncontended one never
 enters the kernel, so tracing the futex syscalls costs nothing for locks
 that are never contended (unlike uprobes on pthread_mutex_lock, which trap
-on every call). Kernel locks come from lock:contention_begin/end.
+on every call). Kernel locks come from lock:contention_begin/end. Stacks are
+taken when a wait ends, for every wait of 1 ms or more and for about one
+short wait in `wait_sampling` (weighted, so counts and delays stay unbiased).
 
 Each sample is tagged with the kind of wait the kernel could tell from the
 futex operation ("mutex", "wait", "condvar", "kernel"); `classify` refines
@@ -113,15 +115,12 @@ def is_contention(kind: str) -> bool:
 
 
 def lock_cflags(
-    base: list[str], min_wait_us: int, *, user: bool, kernel: bool, waitv: bool, futex2: bool
+    base: list[str], min_wait_us: int, sampling: int = 1, *, user: bool, kernel: bool
 ) -> list[str]:
-    flags = [*base, f"-DMIN_WAIT_NS={min_wait_us * 1000}"]
-    for name, on in (
-        ("USER_LOCKS", user),
-        ("KERNEL_LOCKS", kernel),
-        ("FUTEX_WAITV", waitv),
-        ("FUTEX2_WAIT", futex2),
-    ):
+    """The program's flags: the minimum wait, the largest weight of a
+    sampled short wait (1: every wait takes stacks), which halves to trace."""
+    flags = [*base, f"-DMIN_WAIT_NS={min_wait_us * 1000}", f"-DMAX_WEIGHT={sampling}"]
+    for name, on in (("USER_LOCKS", user), ("KERNEL_LOCKS", kernel)):
         if on:
             flags.append(f"-D{name}=1")
     return flags
@@ -144,10 +143,9 @@ class LockSource(WaitSource):
         return lock_cflags(
             super().cflags(unwind),
             self._options.min_wait_us,
+            self._options.wait_sampling,
             user=True,
             kernel=has_tracepoint(tracefs, "lock", "contention_begin"),
-            waitv=has_tracepoint(tracefs, "syscalls", "sys_enter_futex_waitv"),
-            futex2=has_tracepoint(tracefs, "syscalls", "sys_enter_futex_wait"),
         )
 
     def sample(self, key: Any, value: Any) -> RawSample:

@@ -185,31 +185,61 @@ def test_offcpu_time_of_a_known_sleep(built: Callable[..., Path]) -> None:
     assert counters["unwind_stacks"] > 0 and counters["unwind_unsupported"] == 0
 
 
-def test_offcpu_threshold_drops_short_blocks(built: Callable[..., Path]) -> None:
-    """Naps of 60 ms pass a 50 ms threshold, the program's short blocks do
-    not. With the frame-pointer build of the program (--unwind fp)."""
-    run = Run([str(built("sleeper", FP)), "4", "60"])
-    source = OffCpuSource(SourceOptions(filter_pids=True, min_block_us=50_000, unwind="fp"))
+def sleeper_offcpu(
+    exe: Path, args: list[str], options: SourceOptions
+) -> tuple[list[RawSample], int, dict[str, int]]:
+    """The off-CPU samples of sleeper ARGS, the sleep it measured, counters."""
+    run = Run([str(exe), *args])
+    source = OffCpuSource(options)
     try:
         source.add_targets([run.proc.pid])
         source.start()
         run.send()
         slept = int(run.line(source, []).split()[1])
         samples = source.drain() + source.drain()
+        counters = source.counters()
+        assert source.unwinding == (options.unwind == "dwarf")
     finally:
         source.close()
         run.close()
-    assert not source.unwinding
+    return samples, slept, counters
+
+
+def test_sampled_short_blocks_are_unbiased(built: Callable[..., Path]) -> None:
+    """4,000 naps of 50 us (about 110 us off the CPU each): a thread whose
+    blocks are that short takes stacks for about 1 in 9 of them (the
+    probability is its last block over 1 ms), each counted 9 times. So far
+    fewer stacks than blocks, and a total within the sampling error of the
+    program's own: relative standard deviation sqrt(8/4000) = 4.5%, the
+    bound about 4 of those."""
+    options = SourceOptions(filter_pids=True, wait_sampling=16)
+    samples, slept, counters = sleeper_offcpu(built("sleeper"), ["4000", "0.05"], options)
+    total = sum(s.values[0] for s in samples)
+    assert 0.8 * slept <= total <= 1.2 * slept, (total, slept)
+    assert 0 < counters["samples"] <= 4000 // 3, counters
+
+
+def test_offcpu_threshold_drops_short_blocks(built: Callable[..., Path]) -> None:
+    """Naps of 60 ms pass a 50 ms threshold, the program's short blocks do
+    not. With the frame-pointer build of the program (--unwind fp)."""
+    options = SourceOptions(filter_pids=True, min_block_us=50_000, unwind="fp")
+    samples, slept, _ = sleeper_offcpu(built("sleeper", FP), ["4", "60"], options)
     assert not [s for s in samples if s.values[0] < 50_000_000]
     assert 0.97 * slept <= sum(s.values[0] for s in samples) <= 1.05 * slept
 
 
 def lock_profile(
-    exe: Path, unwind: str = "dwarf"
+    exe: Path,
+    unwind: str = "dwarf",
+    sampling: int = 1,
+    counters: dict[str, int] | None = None,
+    args: tuple[str, ...] = ("1500", "4", "20000"),
 ) -> tuple[list[tuple[RawSample, list[str]]], dict[str, int]]:
-    """lockstorm's waits with their function names, and what it measured."""
-    run = Run([str(exe), "1500", "4", "20000"])
-    source = LockSource(SourceOptions(filter_pids=True, unwind=unwind))
+    """lockstorm's waits with their function names, and what it measured.
+    Every wait takes stacks unless `sampling` says otherwise."""
+    run = Run([str(exe), *args])
+    options = SourceOptions(filter_pids=True, unwind=unwind, wait_sampling=sampling)
+    source = LockSource(options)
     sym = Symbolizer()
     try:
         source.add_targets([run.proc.pid])
@@ -218,6 +248,8 @@ def lock_profile(
         run.send()
         words = run.line(source, []).split()  # waited_ns N locks N idle_ns N
         samples = source.drain() + source.drain()
+        if counters is not None:
+            counters.update(source.counters())
     finally:
         source.close()
         run.close()
@@ -244,6 +276,24 @@ def test_lock_delay_of_four_threads_on_one_mutex(built: Callable[..., Path]) -> 
     # clock read and lost races that end in another wait, so it is the larger.
     waited = truth["waited"]
     assert 0.85 * waited <= in_contend <= 1.02 * waited, (in_contend, waited)
+
+
+def test_sampled_lock_waits_are_unbiased(built: Callable[..., Path]) -> None:
+    """Two threads trading a mutex held 3 us at a time: tens of thousands
+    of waits of a few microseconds, each taking stacks with probability
+    1/16 and counted 16 times. So far fewer stacks than waits, and a total
+    delay that still matches the program's: with n waits kept with p = 1/16
+    the estimate's relative standard deviation is about sqrt(15/n), under
+    3% for n >= 20,000; the bound is 4 of those beside the exact test's."""
+    counters: dict[str, int] = {}
+    args = ("100000", "2", "3000")
+    named, truth = lock_profile(built("lockstorm"), sampling=16, counters=counters, args=args)
+    mutex = [s for s, n in named if s.key.tag == "mutex" and "contend" in n]
+    estimated = sum(s.values[0] for s in mutex)  # weighted contentions
+    delay = sum(s.values[1] for s in mutex)
+    assert counters["samples"] * 8 <= estimated, (counters["samples"], estimated)
+    waited = truth["waited"]
+    assert 0.75 * waited <= delay <= 1.15 * waited, (delay, waited)
 
 
 def test_condition_waits_are_told_by_pthread_cond_wait_in_the_stack(

@@ -112,7 +112,9 @@ def test_record_offcpu(bpfprof_cmd: list[str], tmp_path: Path) -> None:
 def test_record_lock(bpfprof_cmd: list[str], tmp_path: Path) -> None:
     exe = build(tmp_path, "lockstorm")
     out = tmp_path / "lock.pb.gz"
-    last = record_running(bpfprof_cmd, [str(exe), "1000", "4", "20000"], out, "-t", "lock")
+    # every wait takes stacks (--wait-sampling 1): the totals are exact
+    args = ("-t", "lock", "--wait-sampling", "1")
+    last = record_running(bpfprof_cmd, [str(exe), "1000", "4", "20000"], out, *args)
     words = last.split()  # waited_ns N locks N idle_ns N
     waited, idle = int(words[1]), int(words[5])
     line = types_line(out)

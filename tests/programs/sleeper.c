@@ -1,7 +1,7 @@
 /* Ground truth for off-CPU profiles: main -> sleepy -> nap sleeps ROUNDS
  * times MS milliseconds, a known total, between short bursts of work.
  *
- * usage: sleeper ROUNDS MS
+ * usage: sleeper ROUNDS MS   (MS may be fractional: 0.05 is 50 us)
  * Prints "ready <pid>", then waits for a line (or EOF) on stdin to start;
  * prints "slept_ns <total>" at the end, the total measured by the program
  * around each nanosleep. Built with frame
@@ -18,15 +18,16 @@ static unsigned long long now_ns(void)
     return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
 }
 
-__attribute__((noinline)) unsigned long long nap(long ms)
+__attribute__((noinline)) unsigned long long nap(double ms)
 {
-    struct timespec req = {ms / 1000, (ms % 1000) * 1000000L};
+    long ns = (long)(ms * 1e6);
+    struct timespec req = {ns / 1000000000L, ns % 1000000000L};
     unsigned long long t0 = now_ns();
     nanosleep(&req, NULL);
     return now_ns() - t0;
 }
 
-__attribute__((noinline)) unsigned long long sleepy(long rounds, long ms)
+__attribute__((noinline)) unsigned long long sleepy(long rounds, double ms)
 {
     unsigned long long slept = 0;
     for (long r = 0; r < rounds; r++)
@@ -37,7 +38,7 @@ __attribute__((noinline)) unsigned long long sleepy(long rounds, long ms)
 int main(int argc, char **argv)
 {
     long rounds = argc > 1 ? atol(argv[1]) : 20;
-    long ms = argc > 2 ? atol(argv[2]) : 50;
+    double ms = argc > 2 ? atof(argv[2]) : 50;
     printf("ready %d\n", (int)getpid());
     fflush(stdout);
     char go[8];

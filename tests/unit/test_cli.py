@@ -37,8 +37,8 @@ def test_print_bpf_shows_the_program_without_loading_it(capsys: pytest.CaptureFi
 @pytest.mark.parametrize(
     ("profile_type", "marker"),
     [
-        ("offcpu", "TRACEPOINT_PROBE(sched, sched_switch)"),
-        ("lock", "TRACEPOINT_PROBE(syscalls, sys_enter_futex)"),
+        ("offcpu", "RAW_TRACEPOINT_PROBE(sched_switch)"),
+        ("lock", "RAW_TRACEPOINT_PROBE(sys_enter)"),
         ("alloc", "int on_malloc(struct pt_regs *ctx)"),
     ],
 )

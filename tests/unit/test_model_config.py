@@ -65,6 +65,7 @@ def test_display_name_of_unsymbolized_location_without_mapping() -> None:
         ({"profile_type": "alloc", "all_processes": True, "pids": (1,)}, "not both"),
         ({"profile_type": "lock", "min_wait_us": -1}, "must not be negative"),
         ({"alloc_rate": 0}, "--alloc-rate"),
+        ({"wait_sampling": 0}, "--wait-sampling"),
         ({"pids": (1,), "command": ("true",)}, "either --pid or a COMMAND"),
         ({"frequency": 0}, "between 1 and 10000"),
         ({"duration": -1.0}, "must be positive"),

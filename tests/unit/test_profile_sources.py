@@ -114,10 +114,11 @@ def test_flags_are_pure_functions_of_the_options() -> None:
     base = common_cflags(BpfLimits(), filter_pids=True, follow_forks=False, self_pid=42)
     assert "-DSELF_PID=42" in base and "-DFILTER_PIDS=1" in base
     assert "-DFOLLOW_FORKS=1" not in base
-    assert offcpu_cflags(base, 250)[-1] == "-DMIN_BLOCK_NS=250000"
-    flags = lock_cflags(base, 3, user=True, kernel=False, waitv=True, futex2=False)
+    assert offcpu_cflags(base, 250, 8)[-2:] == ["-DMIN_BLOCK_NS=250000", "-DMAX_WEIGHT=8"]
+    assert offcpu_cflags(base, 0)[-1] == "-DMAX_WEIGHT=1"  # unsampled unless asked
+    flags = lock_cflags(base, 3, 4, user=True, kernel=False)
     assert "-DMIN_WAIT_NS=3000" in flags and "-DUSER_LOCKS=1" in flags
-    assert "-DKERNEL_LOCKS=1" not in flags and "-DFUTEX2_WAIT=1" not in flags
+    assert "-DMAX_WEIGHT=4" in flags and "-DKERNEL_LOCKS=1" not in flags
     alloc = alloc_cflags(SourceOptions(alloc_rate=4096, alloc_inuse=False))
     assert "-DALLOC_RATE=4096" in alloc and "-DNO_INUSE=1" in alloc
     assert "-DFILTER_PIDS=1" in alloc

@@ -150,8 +150,10 @@ def test_other_types_are_opt_in_with_their_settings(tmp_path: Path) -> None:
     )
     c = load(write(tmp_path, text), env={})
     assert [name for name, _ in c.profiles] == ["offcpu", "lock", "alloc"]
-    assert c.type_settings("offcpu") == {"min_block_us": 5}
-    assert c.type_settings("lock") == {"min_wait_us": 10}
+    assert c.type_settings("offcpu") == {"min_block_us": 5, "sampling": 16}
+    assert c.type_settings("lock") == {"min_wait_us": 10, "sampling": 16}
+    lock = TYPES["lock"].options({"sampling": 1}, c.limits)
+    assert lock.wait_sampling == 1  # every wait takes stacks
     assert c.type_settings("alloc") == {"rate": 1 << 20, "inuse": False}
     alloc = TYPES["alloc"].options(c.type_settings("alloc"), c.limits)
     assert (alloc.alloc_rate, alloc.alloc_inuse, alloc.all_processes) == (1 << 20, False, True)
