@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -208,7 +208,10 @@ class UnwindLoader:
         self._writer.write_rows(first, info.table.data)
         self.stats.binaries += 1
         self.stats.rows += count
-        return LoadedBinary(first, count, info)
+        # The rows live in the map now: keep what placing mappings needs, not
+        # a second copy of them (MiBs per large binary, for as long as we run).
+        kept = replace(info, table=replace(info.table, data=b""))
+        return LoadedBinary(first, count, kept)
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

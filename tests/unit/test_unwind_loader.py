@@ -100,6 +100,20 @@ def test_binaries_are_loaded_once_and_processes_reloaded(tmp_path: Path, binary:
     assert 100 not in fake.procs and 101 in fake.procs
 
 
+def test_a_loaded_binary_keeps_no_copy_of_its_rows(tmp_path: Path, binary: Path) -> None:
+    """Rows go into the map once; a later process mapping the same file is
+    placed from what was kept, as a loader that never saw it would place it."""
+    fake_proc(tmp_path, 100, binary)
+    fake_proc(tmp_path, 101, binary, start=0x7F0000000000)
+    unwinder, fake = loader(tmp_path)
+    assert unwinder.load(100) and unwinder.load(101)
+    fresh, fresh_maps = loader(tmp_path)
+    assert fresh.load(101)
+    assert fake.mappings_of(101) == fresh_maps.mappings_of(101)
+    kept = [b for b in unwinder._binaries.values() if b is not None]
+    assert kept and all(b.info.table.data == b"" and b.row_count for b in kept)
+
+
 def test_full_maps_are_counted_and_gone_processes_swept(tmp_path: Path, binary: Path) -> None:
     fake_proc(tmp_path, 100, binary)
     fake_proc(tmp_path, 101, binary)
