@@ -49,6 +49,7 @@ class DeliveryStats:
 
 
 _STOP = ("", b"")
+IDLE_POLL_S = 0.2  # how often the worker looks at the spool while it holds requests
 
 
 class Delivery:
@@ -113,10 +114,18 @@ class Delivery:
 
     # -- the worker ------------------------------------------------------
 
+    def _wait(self) -> float | None:
+        """How long the worker may sleep for the next request: for ever while
+        there is nothing else to do (no spool, or an empty one), so an idle
+        agent's worker does not wake five times a second for nothing."""
+        if self._stopping.is_set() or (self._spool is not None and len(self._spool)):
+            return IDLE_POLL_S
+        return None
+
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=0.2)
+                item = self._queue.get(timeout=self._wait())
             except queue.Empty:
                 if self._stopping.is_set():
                     return

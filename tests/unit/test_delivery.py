@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.delivery import Delivery, Failure
+from agent.delivery import IDLE_POLL_S, Delivery, Failure
 from agent.rolling import RollingFiles, file_name
 from agent.runconfig import RetryPolicy
 from agent.spool import Spool
@@ -185,3 +185,45 @@ def test_rolling_files_unwritable_is_a_permanent_failure(tmp_path: Path) -> None
         assert not e.retryable and "cannot write" in str(e)
     else:
         raise AssertionError("expected a Failure")
+
+
+def test_idle_worker_sleeps_until_work_arrives(tmp_path: Path) -> None:
+    # GIVEN a worker with nothing queued and nothing spooled
+    c = Collector()
+    spool = Spool(tmp_path, 1 << 20)
+    for d in (Delivery(c.send, FAST, 4, None), Delivery(c.send, FAST, 4, spool)):
+        # THEN it waits for the next request with no timeout (no idle wake-ups)
+        assert d._wait() is None
+    # WHEN the spool holds a request, or the agent is stopping
+    spool.put(b"left over")
+    d = Delivery(c.send, FAST, 4, spool)
+    # THEN it wakes up now and then to drain or to notice
+    assert d._wait() == IDLE_POLL_S
+    plain = Delivery(c.send, FAST, 4, None)
+    plain._stopping.set()
+    assert plain._wait() == IDLE_POLL_S
+
+
+def test_blocked_worker_still_sends_and_stops(tmp_path: Path) -> None:
+    # GIVEN a started worker asleep with no timeout
+    c = Collector()
+    d = delivery(c, Spool(tmp_path, 1 << 20))
+    time.sleep(0.3)
+    # WHEN a request arrives, THEN it is sent at once
+    d.submit("", b"one")
+    assert until(lambda: c.accepted == [b"one"], timeout=2)
+    # AND close() wakes it and it exits
+    d.close(2)
+    assert not d._thread.is_alive()
+
+
+def test_spooled_leftovers_drain_without_new_requests(tmp_path: Path) -> None:
+    # GIVEN a spool left by a previous run and a healthy collector
+    spool = Spool(tmp_path, 1 << 20)
+    spool.put(b"old")
+    c = Collector()
+    # WHEN the worker starts and nothing new is submitted
+    d = delivery(c, spool)
+    # THEN the spool still drains
+    assert until(lambda: c.accepted == [b"old"] and len(spool) == 0)
+    d.close(1)
