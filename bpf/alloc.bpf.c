@@ -9,8 +9,17 @@
  * Only a sampled allocation takes a stack, in the return probe (where its
  * address is known): the record goes to user space through the ring buffer
  * with its stack, and its address into `live`, so the free probe can tell
- * in one lookup whether a freed block was sampled. Unsampled calls cost the
- * probes' traps, a countdown update and one hash lookup in the return probe.
+ * in one lookup whether a freed block was sampled.
+ *
+ * With UPROBE_SESSION (Linux 6.13+) each allocator has one session program
+ * (s_*) that runs at the entry and, only when the entry returns 0, at the
+ * return: an unsampled call takes one trap instead of two, which is most of
+ * what a probed malloc costs. The program tells its two runs apart by the
+ * stack pointer: at the entry it points at the return address, after the
+ * return 8 bytes higher; a sampled entry stores its call under (thread,
+ * sp), which the return finds under (thread, sp - 8). Without sessions, a
+ * uretprobe (on_return) runs after every call and finds it under
+ * (thread, 0).
  *
  * Compile-time options (-D, see agent/sources/alloc.py):
  *   ALLOC_RATE       mean bytes between samples
@@ -19,6 +28,7 @@
  *   FILTER_PIDS      report exits of `targets` only (probes are per process)
  *   NO_INUSE         allocations only: no return probes, no live table, free
  *                    not probed; samples are sent from the entry
+ *   UPROBE_SESSION   also build the s_* session programs (not with NO_INUSE)
  *   UNWIND_DWARF     walk user stacks with CFI (unwind.h, as cpu.bpf.c) instead
  *                    of frame pointers (bpf_get_stack)
  */
@@ -33,6 +43,14 @@ struct pending_alloc {
     u64 memptr; /* posix_memalign: where the address will be written */
 };
 
+/* A sampled call waiting for its return: the thread, and (sessions) the
+ * stack pointer at the entry, so nested calls pair up too. */
+struct pending_key {
+    u32 tid;
+    u32 pad;
+    u64 sp;
+};
+
 struct live_key {
     u32 pid;
     u32 pad;
@@ -40,7 +58,7 @@ struct live_key {
 };
 
 BPF_TABLE("lru_hash", u32, s64, countdown, COUNTDOWN_ENTRIES);
-BPF_HASH(pending, u32, struct pending_alloc, PENDING_ENTRIES);
+BPF_HASH(pending, struct pending_key, struct pending_alloc, PENDING_ENTRIES);
 BPF_HASH(live, struct live_key, u64, LIVE_ENTRIES);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
@@ -163,25 +181,31 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr
     return 0;
 }
 #else
+/* 1 if this call was sampled and its return is wanted. */
 static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr)
 {
     u32 tid = bpf_get_current_pid_tgid();
     if (size == 0 || !sampled(tid, size))
         return 0;
     struct pending_alloc p = {.size = size, .memptr = memptr};
-    if (pending.update(&tid, &p) != 0)
+    struct pending_key key = {.tid = tid};
+#ifdef UPROBE_SESSION
+    key.sp = PT_REGS_SP(ctx);
+#endif
+    if (pending.update(&key, &p) != 0) {
         bump(CTR_PENDING_FULL);
-    return 0;
+        return 0;
+    }
+    return 1;
 }
 #endif
 
-static __always_inline int alloc_return(struct pt_regs *ctx, int via_memptr)
+/* The return of a call stored under `key` (found: `p`). */
+static __always_inline int alloc_return(struct pt_regs *ctx, struct pending_key *key,
+                                        struct pending_alloc *p, int via_memptr)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = id;
-    struct pending_alloc *p = pending.lookup(&tid);
-    if (!p)
-        return 0;
     u64 size = p->size, addr = PT_REGS_RC(ctx);
     if (via_memptr) { /* posix_memalign returns 0 and writes the address */
         u64 out = 0;
@@ -189,7 +213,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx, int via_memptr)
             out = 0;
         addr = out;
     }
-    pending.delete(&tid);
+    pending.delete(key);
     if (addr == 0)
         return 0;
     struct alloc_event *ev = events.ringbuf_reserve(sizeof(struct alloc_event));
@@ -229,29 +253,84 @@ static __always_inline void freed(u64 addr)
         bump(CTR_SAMPLE_LOST);
 }
 
-int on_malloc(struct pt_regs *ctx) { return alloc_entry(ctx, PT_REGS_PARM1(ctx), 0); }
-int on_calloc(struct pt_regs *ctx) { return alloc_entry(ctx, PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0); }
-int on_memalign(struct pt_regs *ctx) { return alloc_entry(ctx, PT_REGS_PARM2(ctx), 0); }
+int on_malloc(struct pt_regs *ctx)
+{
+    alloc_entry(ctx, PT_REGS_PARM1(ctx), 0);
+    return 0;
+}
+
+int on_calloc(struct pt_regs *ctx)
+{
+    alloc_entry(ctx, PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0);
+    return 0;
+}
+
+int on_memalign(struct pt_regs *ctx)
+{
+    alloc_entry(ctx, PT_REGS_PARM2(ctx), 0);
+    return 0;
+}
+
 int on_posix_memalign(struct pt_regs *ctx)
 {
-    return alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx));
+    alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx));
+    return 0;
 }
 
 /* realloc(p, n) frees p (when it succeeds) and allocates n. */
 int on_realloc(struct pt_regs *ctx)
 {
     freed(PT_REGS_PARM1(ctx));
-    return alloc_entry(ctx, PT_REGS_PARM2(ctx), 0);
+    alloc_entry(ctx, PT_REGS_PARM2(ctx), 0);
+    return 0;
 }
 
-int on_return(struct pt_regs *ctx) { return alloc_return(ctx, 0); }
-int on_posix_memalign_return(struct pt_regs *ctx) { return alloc_return(ctx, 1); }
+static __always_inline int uretprobe_return(struct pt_regs *ctx, int via_memptr)
+{
+    struct pending_key key = {.tid = (u32)bpf_get_current_pid_tgid()};
+    struct pending_alloc *p = pending.lookup(&key);
+    return p ? alloc_return(ctx, &key, p, via_memptr) : 0;
+}
+
+int on_return(struct pt_regs *ctx) { return uretprobe_return(ctx, 0); }
+int on_posix_memalign_return(struct pt_regs *ctx) { return uretprobe_return(ctx, 1); }
 
 int on_free(struct pt_regs *ctx)
 {
     freed(PT_REGS_PARM1(ctx));
     return 0;
 }
+
+#if defined(UPROBE_SESSION) && !defined(NO_INUSE)
+/* The return run of a session whose sampled entry stored its call: that
+ * call's pending entry, or NULL at an entry. */
+static __always_inline struct pending_alloc *session_return(struct pt_regs *ctx,
+                                                            struct pending_key *key)
+{
+    key->tid = bpf_get_current_pid_tgid();
+    key->pad = 0;
+    key->sp = PT_REGS_SP(ctx) - 8;
+    return pending.lookup(key);
+}
+
+/* Each returns 0 at a sampled entry (run my return) and 1 at any other. */
+#define SESSION(name, via_memptr, entry)                       \
+    int name(struct pt_regs *ctx)                              \
+    {                                                          \
+        struct pending_key key;                                \
+        struct pending_alloc *p = session_return(ctx, &key);   \
+        if (p)                                                 \
+            return alloc_return(ctx, &key, p, via_memptr);     \
+        return !(entry);                                       \
+    }
+
+SESSION(s_malloc, 0, alloc_entry(ctx, PT_REGS_PARM1(ctx), 0))
+SESSION(s_calloc, 0, alloc_entry(ctx, PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0))
+SESSION(s_memalign, 0, alloc_entry(ctx, PT_REGS_PARM2(ctx), 0))
+SESSION(s_posix_memalign, 1, alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx)))
+/* realloc(p, n) frees p (when it succeeds) and allocates n. */
+SESSION(s_realloc, 0, (freed(PT_REGS_PARM1(ctx)), alloc_entry(ctx, PT_REGS_PARM2(ctx), 0)))
+#endif
 
 /* A process that exits frees everything: user space drops its entries. */
 TRACEPOINT_PROBE(sched, sched_process_exit)

@@ -45,6 +45,7 @@ from agent.layout import (
 )
 from agent.model import RawKey, RawSample, RawStack
 from agent.sampling import scaled
+from agent.sources import sessions
 from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
 from agent.sources.unwinding import Walker, unwind_cflags, unwound_ips
 
@@ -55,7 +56,25 @@ LIVE_ENTRIES = 1 << 18  # sampled blocks alive at once (a 512 KiB rate: 128 GiB 
 MIN_EVENT_PAGES = 2048  # 8 MiB of ring buffer: ~7000 samples between polls
 
 
-def alloc_cflags(options: SourceOptions, unwind: bool | None = None) -> list[str]:
+# The session program of each allocator role that has a return probe
+# (bpf/alloc.bpf.c, UPROBE_SESSION).
+SESSIONS = {
+    "malloc": "s_malloc",
+    "calloc": "s_calloc",
+    "realloc": "s_realloc",
+    "memalign": "s_memalign",
+    "posix_memalign": "s_posix_memalign",
+}
+
+
+def use_sessions(options: SourceOptions, kernel_has_them: bool) -> bool:
+    """Uprobe sessions replace the uretprobes, which only the live heap needs."""
+    return options.alloc_inuse and kernel_has_them
+
+
+def alloc_cflags(
+    options: SourceOptions, unwind: bool | None = None, sessions_on: bool = False
+) -> list[str]:
     """The program's -D flags: a pure function of the options (`unwind`
     None: the walker if the options ask for it)."""
     limits = options.limits
@@ -71,6 +90,8 @@ def alloc_cflags(options: SourceOptions, unwind: bool | None = None) -> list[str
         flags.append("-DFILTER_PIDS=1")
     if not options.alloc_inuse:
         flags.append("-DNO_INUSE=1")
+    if sessions_on:
+        flags.append("-DUPROBE_SESSION=1")
     if options.unwind == "dwarf" if unwind is None else unwind:
         flags += unwind_cflags(limits)
     return flags
@@ -142,6 +163,7 @@ class AllocSource:
         self._walker = Walker(options, cache_dir)
         self._command = command
         self._rate = options.alloc_rate
+        self.sessions = use_sessions(options, sessions.supported())
         self._targets: list[int] = []
         self._bpf: Any = None
         self._on_new: Callable[[int], None] | None = None
@@ -170,7 +192,12 @@ class AllocSource:
 
     def _compile(self) -> Any:
         """The walker's build if wanted and accepted, else the frame-pointer one."""
-        return self._walker.compile(PROGRAM, lambda unwind: alloc_cflags(self._options, unwind))
+        functions = dict.fromkeys(SESSIONS.values(), "uprobe_session") if self.sessions else None
+        return self._walker.compile(
+            PROGRAM,
+            lambda unwind: alloc_cflags(self._options, unwind, self.sessions),
+            functions,
+        )
 
     def _plan(self) -> list[tuple[int, EntryPoint]]:
         if self._options.all_processes:
@@ -191,6 +218,13 @@ class AllocSource:
         if point.role == "free" and not self._options.alloc_inuse:
             return
         sym = point.symbol.encode()
+        if ret and self.sessions:
+            # one program at the entry and, for sampled calls only, the return
+            self._bpf.attach_uprobe_session(
+                name=point.path.encode(), sym=sym, fn_name=SESSIONS[point.role], pid=pid
+            )
+            self.probes.append((pid, point))
+            return
         self._bpf.attach_uprobe(
             name=point.path.encode(), sym=sym, sym_off=point.probe_offset, fn_name=entry, pid=pid
         )

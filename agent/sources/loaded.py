@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from agent import bpfsys
-from agent.sources import typedesc, uprobes
+from agent.sources import sessions, typedesc, uprobes
 
 # enum bpf_map_type
 MAP_HASH = 1
@@ -266,6 +266,15 @@ class LoadedProgram:
         event = b"%s_%s_0x%x_%d" % (kind, _NOT_IN_NAMES.sub(b"_", raw), offset, pid)
         self._perf.append(bpfsys.attach_uprobe(prog, ret, event, raw, offset, pid))
         self._uprobe_events.append(event)
+
+    def attach_uprobe_session(
+        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1
+    ) -> None:
+        """A uprobe session at `sym`'s entry (agent/sources/sessions.py); the
+        function must have been loaded as "uprobe_session". Raises OSError."""
+        path = uprobes.probe_path(name.decode(), pid)
+        offset = uprobes.symbol_offset(path, sym.decode())
+        self._raw.append(sessions.link(self._function(fn_name), path.encode(), [offset], pid))
 
     def attach_tracepoint(self, tp: str | bytes, fn_name: str | bytes) -> None:
         """`tp` is "category:name"; the function must be a tracepoint program."""

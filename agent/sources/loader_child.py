@@ -29,7 +29,14 @@ from agent.errors import SetupError
 from agent.sources import handoff
 
 # BCC's BPF.<TYPE> program types, by the names requests use
-PROGRAM_TYPES = {"kprobe": 2, "tracepoint": 5, "perf_event": 7, "raw_tracepoint": 17}
+PROGRAM_TYPES = {
+    "kprobe": 2,
+    "tracepoint": 5,
+    "perf_event": 7,
+    "raw_tracepoint": 17,
+    "uprobe_session": 2,  # a kprobe program that expects a uprobe session link
+}
+ATTACH_TYPES = {"uprobe_session": 57}  # BPF_TRACE_UPROBE_SESSION (agent/sources/sessions.py)
 DEFAULT_TYPE = "kprobe"  # what uprobes load as
 
 
@@ -92,7 +99,7 @@ def _load_functions(bcc: Any, program: Any, types: dict[str, str]) -> None:
     for fn in _functions(lib, program.module):
         if fn not in program.funcs:
             kind = types.get(fn.decode(), DEFAULT_TYPE)
-            program.load_func(fn, PROGRAM_TYPES[kind])
+            program.load_func(fn, PROGRAM_TYPES[kind], attach_type=ATTACH_TYPES.get(kind, -1))
 
 
 def describe(bcc: Any, program: Any, output: str) -> tuple[dict[str, Any], list[int]]:
@@ -134,7 +141,7 @@ def describe(bcc: Any, program: Any, output: str) -> tuple[dict[str, Any], list[
         for target, fd in table.items():
             attachments.append({"kind": kind, "target": target.decode(), "fd": len(fds)})
             fds.append(int(fd))
-    others = [k for k in ("kprobe_fds", "uprobe_fds", "kfunc_entry_fds", "lsm_fds")]
+    others = ("kprobe_fds", "uprobe_fds", "kfunc_entry_fds", "kfunc_exit_fds", "lsm_fds")
     if any(getattr(program, k, None) for k in others):
         raise SetupError("the program attaches kprobes, uprobes, kfuncs or LSM hooks on load")
     reply = {"maps": maps, "functions": functions, "attachments": attachments, "output": output}
