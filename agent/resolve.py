@@ -19,6 +19,7 @@ from agent.unwind.layout import E2BIG
 # arm64, so one mapping covering it holds kernel text, modules and BPF code.
 KERNEL_START = 1 << 63
 KERNEL_LIMIT = 2**64 - 1
+MAX_CACHED = 1 << 15  # locations kept per kind (user, kernel) before starting over
 
 
 class MapEntryLike(Protocol):
@@ -80,14 +81,38 @@ def lost_stack(what: str, error: int) -> Location | None:
 
 
 class StackResolver:
-    """Resolves RawKeys to location tuples (leaf first), caching per address."""
+    """Resolves RawKeys to location tuples (leaf first), caching per address.
 
-    def __init__(self, symbolizer: FrameSymbolizer) -> None:
+    One resolver can live as long as the agent: a stack seen in every
+    interval is then symbolized once, not once per interval. It must be told
+    when a process's answers may have changed: `forget(pid)` when the pid is
+    observed again (exec, dlopen) or is gone. An address that could not be
+    symbolized is kept for the interval only (a JIT's perf map may name it
+    later); `misses` counts those met since `start_interval()`.
+    """
+
+    def __init__(self, symbolizer: FrameSymbolizer, max_cached: int = MAX_CACHED) -> None:
         self._sym = symbolizer
-        self._user: dict[tuple[int, int, bool], Location] = {}
+        self._max_cached = max_cached
+        self._user: dict[int, dict[tuple[int, bool], Location]] = {}
+        self._user_count = 0
         self._kernel: dict[tuple[int, bool], Location] = {}
         self._kernel_mapping = Mapping(KERNEL_START, KERNEL_LIMIT, 0, KERNEL_MAPPING_NAME)
-        self.misses = 0
+        # unsymbolized locations of this interval, by (pid or -1, address, is_return)
+        self._missed: dict[tuple[int, int, bool], Location] = {}
+
+    @property
+    def misses(self) -> int:
+        """Distinct addresses not symbolized since the interval started."""
+        return len(self._missed)
+
+    def start_interval(self) -> None:
+        """Ask again for what could not be symbolized (the rest stays cached)."""
+        self._missed.clear()
+
+    def forget(self, pid: int) -> None:
+        """Drop a process's cached locations: re-observed, or gone."""
+        self._user_count -= len(self._user.pop(pid, ()))
 
     def locations(self, key: RawKey) -> tuple[Location, ...]:
         stack = key.stack
@@ -95,15 +120,23 @@ class StackResolver:
         lost = lost_stack("kernel", stack.kernel_error)
         if lost:
             out.append(lost)
-        out.extend(self._user_location(key.pid, a, i > 0) for i, a in enumerate(stack.user))
+        if stack.user:
+            cache = self._user.get(key.pid)
+            if cache is None:
+                cache = self._user[key.pid] = {}
+            out.extend(
+                self._user_location(cache, key.pid, a, i > 0) for i, a in enumerate(stack.user)
+            )
         lost = lost_stack("user", stack.user_error)
         if lost:
             out.append(lost)
         return tuple(out)
 
-    def _user_location(self, pid: int, address: int, is_return: bool) -> Location:
-        ck = (pid, address, is_return)
-        loc = self._user.get(ck)
+    def _user_location(
+        self, cache: dict[tuple[int, bool], Location], pid: int, address: int, is_return: bool
+    ) -> Location:
+        ck = (address, is_return)
+        loc = cache.get(ck) or self._missed.get((pid, address, is_return))
         if loc is None:
             lookup = address - 1 if is_return else address
             r = self._sym.resolve_user(pid, lookup)
@@ -115,17 +148,31 @@ class StackResolver:
                 # frame): keep the address that lies in the mapping
                 address = lookup
             loc = self._location(address, mapping, r, "native")
-            self._user[ck] = loc
+            if not loc.frames:
+                self._missed[(pid, ck[0], is_return)] = loc
+                return loc
+            if self._user_count >= self._max_cached:
+                for held in self._user.values():  # a cheap bound; hot stacks come back
+                    held.clear()
+                self._user = {pid: cache}
+                self._user_count = 0
+            cache[ck] = loc
+            self._user_count += 1
         return loc
 
     def _kernel_location(self, address: int, is_return: bool) -> Location:
         ck = (address, is_return)
-        loc = self._kernel.get(ck)
+        loc = self._kernel.get(ck) or self._missed.get((-1, address, is_return))
         if loc is None:
             r = self._sym.resolve_kernel(address - 1 if is_return else address)
             mapping = self._kernel_mapping if address >= KERNEL_START else None
             loc = self._location(address, mapping, r, "kernel")
-            self._kernel[ck] = loc
+            if not loc.frames:
+                self._missed[(-1, address, is_return)] = loc
+            else:
+                if len(self._kernel) >= self._max_cached:
+                    self._kernel.clear()
+                self._kernel[ck] = loc
         return loc
 
     def _location(
@@ -133,7 +180,6 @@ class StackResolver:
     ) -> Location:
         """One Frame per inlined function, innermost first (pprof Lines)."""
         if r.function is None:
-            self.misses += 1
             return Location(address, mapping, (), kind)
         frames = tuple(
             Frame(ln.function, ln.file, ln.line, ln.start_line, ln.system_name) for ln in r.lines

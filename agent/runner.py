@@ -43,7 +43,7 @@ from agent.runconfig import RunConfig
 from agent.sources.base import SampleSource, SnapshotSource
 from agent.spool import Spool
 from agent.telemetry import SelfUsage, log_line, write_status
-from symbolizer import Symbolizer
+from symbolizer import Symbolizer, read_maps
 
 log = logging.getLogger("bpfprof.run")
 
@@ -113,6 +113,9 @@ class Session:
         self.usage = usage
         self.symbolizer = Symbolizer()
         self.processes = ProcessTable()
+        # one for the session: a stack seen every interval is symbolized once
+        self.resolver = StackResolver(self.symbolizer)
+        self.maps_seen: dict[int, tuple[int, int]] = {}  # pid -> its maps' (length, hash)
         self.filter = ProcessFilter(config.filter)
         self.sources: dict[str, tuple[SampleSource, ProfileSpec]] = {}
         self.delivery, self.transport, self.spool = make_delivery(config)
@@ -142,10 +145,26 @@ class Session:
         )
 
     def on_new_process(self, pid: int) -> None:
+        """A source saw `pid` for the first time (or after an exec or dlopen).
+
+        Every source announces every process it sees, so with several types
+        the same process comes several times: when its maps are what they
+        were at the last announcement, nothing about it changed (an exec or
+        a dlopen changes them), and its facts are not read again."""
+        try:
+            text = read_maps(pid, self.processes.proc_root)
+        except OSError:  # gone already: record what can still be read
+            text = None
+        digest = (len(text), hash(text)) if text is not None else None
+        if digest is not None and self.maps_seen.get(pid) == digest:
+            return
+        if digest is not None:
+            self.maps_seen[pid] = digest
         facts = self.processes.observe(pid)
+        self.resolver.forget(pid)  # exec or dlopen: its addresses may mean something else now
         self.filter.forget(pid)
         if self.filter.wants(facts):
-            self.symbolizer.observe(pid)
+            self.symbolizer.observe(pid, text)
 
     def poll(self) -> None:
         timeout = POLL_MS
@@ -162,7 +181,8 @@ class Session:
         """Close the interval: drain, build, encode, submit, account."""
         now = time.time_ns()
         start, self.window_start = self.window_start, now
-        resolver = StackResolver(self.symbolizer)  # per interval: its caches stay bounded
+        resolver = self.resolver
+        resolver.start_interval()
         profiles: dict[str, Profile] = {}
         drained = 0
         for name, (source, spec) in self.sources.items():
@@ -228,6 +248,8 @@ class Session:
         keep = {int(s.num_labels["pid"]) for p in profiles.values() for s in p.samples}
         for pid in self.processes.prune(keep):
             self.symbolizer.forget(pid)
+            self.resolver.forget(pid)
+            self.maps_seen.pop(pid, None)
             self.filter.forget(pid)
 
     def account(self, drained: int, misses: int) -> None:

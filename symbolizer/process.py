@@ -47,6 +47,8 @@ class ProcessInfo:
     exe: str = ""
     comm: str = ""
     snapshots: list[Snapshot] = field(default_factory=list)
+    # (length, hash) of the newest snapshot's maps text: "unchanged" without parsing
+    maps_digest: tuple[int, int] = (0, 0)
 
     def add(self, snapshot: Snapshot, keep: int) -> None:
         self.snapshots.insert(0, snapshot)

@@ -105,28 +105,38 @@ class Symbolizer:
 
     # -- processes -------------------------------------------------------
 
-    def observe(self, pid: int) -> None:
-        """Capture the maps of `pid` and load its executable mappings' tables.
+    def observe(self, pid: int, maps_text: str | None = None) -> bool:
+        """Capture the maps of `pid` and load its executable mappings' tables;
+        True if they differ from the last capture (a new snapshot).
 
         Call it when a pid is first seen and after it execs. A vanished or
         hidden pid is still recorded, so its addresses resolve to None
-        without touching /proc again.
+        without touching /proc again. `maps_text`: the maps the caller just
+        read, so they are not read twice; the same text as last time is not
+        parsed again.
         """
         info = self._procs.setdefault(pid, ProcessInfo(pid))
         try:
-            # sorted for bisect: the kernel sorts, a replayed or edited text may not
-            maps = tuple(sorted(parse_maps(read_maps(pid, self.proc_root)), key=_start))
+            text = read_maps(pid, self.proc_root) if maps_text is None else maps_text
         except OSError as exc:
             self.stats.vanished_pids += 1
             self.stats.warn_once(f"pid:{pid}", f"cannot read maps of pid {pid}: {exc}")
-            return
+            return False
         self.stats.observed += 1
         info.exe = read_exe(pid, self.proc_root) or info.exe
         info.comm = read_comm(pid, self.proc_root) or info.comm
+        digest = (len(text), hash(text))
+        if info.snapshots and info.maps_digest == digest:
+            self._observe_perf_map(pid, info.snapshots[0].maps)
+            return False
+        # sorted for bisect: the kernel sorts, a replayed or edited text may not
+        maps = tuple(sorted(parse_maps(text), key=_start))
+        info.maps_digest = digest
         self._observe_perf_map(pid, maps)
         if info.snapshots and info.snapshots[0].maps == maps:
-            return
+            return False
         info.add(Snapshot(maps, self._load_tables(pid, maps)), self.max_snapshots)
+        return True
 
     def forget(self, pid: int) -> None:
         """Drop what is kept for `pid` (its tables stay cached for others)."""

@@ -120,6 +120,50 @@ def test_resolver_caches_per_address() -> None:
     assert sym.asked == [("user", 0x1100)]
 
 
+def test_resolver_keeps_named_addresses_across_intervals_and_asks_again_for_misses() -> None:
+    # GIVEN a resolver that met a named user address, an unnamed one and an
+    # unnamed kernel address, twice in one interval
+    sym = FakeSymbolizer({0x1100: "f"}, {})
+    resolver = StackResolver(sym)
+    stack = key((0x1100, 0x1300), (K1,))
+    resolver.locations(stack)
+    resolver.locations(stack)
+    assert resolver.misses == 2  # distinct addresses, not occurrences
+    assert sym.asked == [("kernel", K1), ("user", 0x1100), ("user", 0x12FF)]
+    # WHEN the next interval starts and meets them again
+    resolver.start_interval()
+    assert resolver.misses == 0
+    resolver.locations(stack)
+    resolver.locations(stack)
+    # THEN the named one is not asked again; the misses are, once (a JIT's
+    # perf map may name them by now), and count for this interval
+    assert sym.asked[3:] == [("kernel", K1), ("user", 0x12FF)]
+    assert resolver.misses == 2
+
+
+def test_resolver_forgets_a_process_it_is_told_of() -> None:
+    sym = FakeSymbolizer({0x1100: "f"}, {K1: "k"})
+    resolver = StackResolver(sym)
+    resolver.locations(key((0x1100,), (K1,)))
+    resolver.forget(10)  # the pid exec'd or exited
+    resolver.forget(99)  # never seen: nothing to do
+    resolver.locations(key((0x1100,), (K1,)))
+    # the user address is asked again; the kernel's answers do not depend on the pid
+    assert sym.asked == [("kernel", K1), ("user", 0x1100), ("user", 0x1100)]
+
+
+def test_resolver_cache_is_bounded_and_answers_stay_right() -> None:
+    sym = FakeSymbolizer({a: f"f{a:x}" for a in (0x1100, 0x11FF, 0x1300)}, {})
+    resolver = StackResolver(sym, max_cached=2)
+    other = RawKey(20, 20, "other", RawStack((0x1300,), ()))
+    for _ in range(2):
+        for k in (key((0x1100, 0x1200)), other):
+            names = [loc.display_name() for loc in resolver.locations(k)]
+            assert names == [f"f{a - (i > 0):x}" for i, a in enumerate(k.stack.user)]
+    # every entry above the bound started the cache over: asked again
+    assert len(sym.asked) > 3
+
+
 @pytest.mark.parametrize(
     ("ue", "ke", "expected"),
     [

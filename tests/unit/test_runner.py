@@ -174,3 +174,95 @@ def test_a_profile_that_cannot_be_built_costs_that_profile_not_the_agent(
     assert "could not build the cpu profile" in caplog.text
     files = sorted((tmp_path / "out").glob("*-cpu.pb.gz"))
     assert [s.values[0] for s in decode(files[0].read_bytes()).samples] == [3]
+
+
+class CountingSymbolizer:
+    """Names every address "f"; records which (pid, address) it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int]] = []
+
+    def resolve_user(self, pid: int, address: int) -> object:
+        self.asked.append((pid, address))
+        return _Named("f")
+
+    def resolve_kernel(self, address: int) -> object:
+        self.asked.append((-1, address))
+        return _Named("k")
+
+
+@dataclass(frozen=True)
+class _Named:
+    function: str
+    mapping: None = None
+    build_id: str = ""
+    lines: tuple[()] = ()
+
+
+def test_a_stack_is_symbolized_once_across_intervals_until_its_process_is_seen_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the same user stack of one process in three intervals
+    stack = RawSample(RawKey(ME, ME, "fake", RawStack(user=(0x1234,))), (1,))
+    fake = FakeSource([[stack], [stack], [stack]])
+    monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
+    session = runner.Session(config(tmp_path), SelfUsage())
+    sym = CountingSymbolizer()
+    session.resolver = runner.StackResolver(sym)  # type: ignore[arg-type]
+    session.start()
+    # WHEN two intervals pass
+    session.report()
+    session.report()
+    # THEN it was symbolized once
+    assert sym.asked == [(ME, 0x1234)]
+    # WHEN the process is announced again with other maps (an exec, a dlopen)
+    monkeypatch.setattr(runner, "read_maps", lambda pid, root: "after an exec\n")
+    fake.seen = [ME]
+    session.poll()
+    session.report()
+    session.finish()
+    # THEN its addresses are symbolized afresh
+    assert sym.asked == [(ME, 0x1234), (ME, 0x1234)]
+    files = sorted((tmp_path / "out").glob("*-cpu.pb.gz"))  # (names are per millisecond)
+    assert files and all(decode(f.read_bytes()).samples[0].locations[0].frames for f in files)
+
+
+def test_a_process_announced_again_unchanged_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN several sources announcing the same process, whose maps change once
+    maps = iter(["text before\n", "text before\n", "text after exec\n"])
+    monkeypatch.setattr(runner, "read_maps", lambda pid, root: next(maps))
+    fake = FakeSource([], seen=[ME, ME, ME])
+    monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
+    session = runner.Session(config(tmp_path), SelfUsage())
+    observed: list[int] = []
+    real_observe = session.processes.observe
+    monkeypatch.setattr(
+        session.processes, "observe", lambda pid: observed.append(pid) or real_observe(pid)
+    )
+    forgotten: list[int] = []
+    monkeypatch.setattr(session.resolver, "forget", forgotten.append)
+    session.start()
+    # WHEN the announcements arrive
+    session.poll()
+    # THEN the process is read at first sight and after its maps changed only
+    assert observed == [ME, ME] and forgotten == [ME, ME]
+    session.finish()
+
+
+def test_a_process_gone_before_its_announcement_is_still_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gone(pid: int, root: str) -> str:
+        raise FileNotFoundError(pid)
+
+    monkeypatch.setattr(runner, "read_maps", gone)
+    fake = FakeSource([], seen=[ME, ME])
+    monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
+    session = runner.Session(config(tmp_path), SelfUsage())
+    session.start()
+    session.poll()
+    # its facts are read each time (nothing tells "unchanged"), and kept
+    assert session.processes.get(ME).pid == ME and ME not in session.maps_seen
+    session.finish()

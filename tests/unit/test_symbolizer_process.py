@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from symbolizer import Symbolizer, parse_maps, read_maps
+from symbolizer import resolver as resolver_module
 from tests.programs import symtest
 from tests.programs.symtest import Programs, Running
 
@@ -277,3 +278,26 @@ def test_maps_out_of_order_still_resolve(programs: Programs, tmp_path: Path) -> 
     FakeProcess(51, lib_text + nopie_text).write(proc, Path("/"))
     sym = Symbolizer(proc_root=str(proc))
     assert sym.resolve_user(51, _symbol_start(programs.nopie, "main")).function == "main"
+
+
+def test_observe_says_whether_the_maps_changed_and_takes_the_callers_text(
+    programs: Programs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a process observed once
+    proc = tmp_path / "proc"
+    text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie, 1)
+    FakeProcess(52, text).write(proc, Path("/"))
+    sym = Symbolizer(proc_root=str(proc))
+    assert sym.observe(52) is True
+    parsed: list[str] = []
+    real_parse = resolver_module.parse_maps
+    monkeypatch.setattr(resolver_module, "parse_maps", lambda t: parsed.append(t) or real_parse(t))
+    # WHEN it is observed again with the same maps THEN nothing is parsed or added
+    assert sym.observe(52) is False and parsed == []
+    # WHEN the caller hands over maps it read (an exec) THEN they are used, not /proc's
+    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib, 3)
+    assert sym.observe(52, lib_text) is True and parsed == [lib_text]
+    lib_mul = sym.resolve_user(52, LIB_BASE + _symbol_start(programs.lib, "lib_mul"))
+    assert lib_mul.function == "lib_mul"
+    # and the same text again changes nothing
+    assert sym.observe(52, lib_text) is False and parsed == [lib_text]
