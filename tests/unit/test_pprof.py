@@ -94,6 +94,21 @@ def test_location_without_mapping_has_mapping_id_zero() -> None:
     assert decode(encode(profile)) == profile
 
 
+def test_one_location_per_place_whether_objects_are_shared_or_equal() -> None:
+    # GIVEN samples holding one Location object, and an equal but distinct one
+    m = Mapping(0x1000, 0x2000, 0, "/bin/prog", "ab")
+    shared = Location(0x1100, m, (Frame("f"),))
+    twin = Location(0x1100, m, (Frame("f"),))
+    other = Location(0x1200, m, (Frame("g"),))
+    samples = [Sample((shared,), (1,)), Sample((shared, other), (2,)), Sample((twin,), (3,))]
+    profile = Profile(sample_types=(ValueType("samples", "count"),), samples=samples)
+    # WHEN it is encoded THEN each place is one pprof Location, in first-seen order
+    pb = message(encode(profile))
+    assert [(loc.id, loc.address) for loc in pb.location] == [(1, 0x1100), (2, 0x1200)]
+    assert [list(s.location_id) for s in pb.sample] == [[1], [1, 2], [1]]
+    assert decode(encode(profile)) == profile
+
+
 @pytest.mark.parametrize(
     "broken",
     [
