@@ -7,9 +7,9 @@ BCC compile the text, which also loads and attaches the functions BCC
 auto-attaches (TRACEPOINT_PROBE, RAW_TRACEPOINT_PROBE), loads the other
 functions, and sends back every map, program and attachment as a file
 descriptor with what the agent needs to use it (names, map types, sizes
-and BCC's JSON type descriptions). Then it exits at once with os._exit:
-BCC's atexit clean-up would disable the tracepoint perf events, which the
-agent now shares.
+and BCC's JSON type descriptions). Then it exits, without BCC's atexit
+clean-up, which would disable the tracepoint perf events the agent now
+shares.
 
 The agent (agent/sources/bcc_loader.py) thus never maps libbcc.so, LLVM and
 clang, which stay resident after a compile (about 60 MiB for the import and
@@ -18,6 +18,7 @@ clang, which stay resident after a compile (about 60 MiB for the import and
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import socket
@@ -76,7 +77,11 @@ def load(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         error = SetupError(describe_failure(name, failure, output))
         error.output = output  # type: ignore[attr-defined]
         raise error
-    return describe(bcc, program, output)
+    described = describe(bcc, program, output)
+    # The agent shares the tracepoint events from here on: BCC's exit handler
+    # would disable them as this process ends.
+    atexit.unregister(program.cleanup)
+    return described
 
 
 def describe_failure(name: str, failure: Exception, output: str) -> str:
@@ -149,6 +154,4 @@ def describe(bcc: Any, program: Any, output: str) -> tuple[dict[str, Any], list[
 
 
 if __name__ == "__main__":
-    code = main(sys.argv)
-    sys.stdout.flush()
-    os._exit(code)  # not sys.exit: BCC's atexit clean-up would detach what the agent now holds
+    sys.exit(main(sys.argv))
