@@ -428,3 +428,36 @@ def test_the_walker_announces_no_loader_child(monkeypatch: pytest.MonkeyPatch) -
     walker.announce(5, seen.append)
     walker.announce(6, seen.append)
     assert seen == [6]
+
+
+# -- libbcc_bpf's errors, on a closed fd (no privileges needed) ------------------------
+
+BAD_FD = 1 << 20  # above any fd this test process has open
+
+
+def test_map_calls_on_a_bad_fd_say_what_failed() -> None:
+    key, leaf = ctypes.c_uint32(0), ctypes.c_uint64(0)
+    assert not bpfsys.lookup(BAD_FD, key, leaf) and not bpfsys.delete(BAD_FD, key)
+    assert not bpfsys.next_key(BAD_FD, None, key) and not bpfsys.next_key(BAD_FD, key, key)
+    with pytest.raises(OSError, match="could not update the map"):
+        bpfsys.update(BAD_FD, key, leaf)
+    keys, values = (ctypes.c_uint32 * 4)(), (ctypes.c_uint64 * 4)()
+    with pytest.raises(OSError, match="LOOKUP_AND_DELETE_BATCH"):
+        bpfsys.lookup_and_delete_batch(BAD_FD, keys, values, 4, 8)
+    with pytest.raises(OSError, match="UPDATE_BATCH"):
+        bpfsys.update_batch(BAD_FD, keys, values, 4)
+
+
+def test_attachments_on_a_bad_program_fd_say_what_failed() -> None:
+    with pytest.raises(OSError, match="tracepoint sched:sched_switch"):
+        bpfsys.attach_tracepoint(BAD_FD, b"sched", b"sched_switch")
+    with pytest.raises(OSError, match="raw tracepoint sched_switch"):
+        bpfsys.attach_raw_tracepoint(BAD_FD, b"sched_switch")
+    with pytest.raises(OSError, match="uprobe to /bin/true"):
+        bpfsys.attach_uprobe(BAD_FD, False, b"p_test", b"/bin/true", 0, -1)
+    with pytest.raises(OSError, match="perf event 1:0 on CPU 0"):
+        bpfsys.attach_perf_event(
+            BAD_FD, bpfsys.PERF_TYPE_SOFTWARE, 0, sample_period=0, sample_freq=99, cpu=0
+        )
+    with pytest.raises(OSError, match="ring buffer"):
+        bpfsys.RingBuffers().add(BAD_FD, lambda *_: 0)
