@@ -29,6 +29,7 @@ from typing import Any
 
 import agent
 import bpf
+from agent import bpfsys
 from agent.errors import SetupError
 from agent.sources import handoff
 from agent.sources.loaded import LoadedProgram
@@ -106,6 +107,12 @@ def compile_program(
     reports (no BCC, compile error, the kernel refusing the program).
     """
     check_prerequisites()
+    try:
+        bpfsys.lib()  # what this process will drive the program with
+    except OSError as e:
+        raise SetupError(
+            f"cannot load {bpfsys.LIBRARY} ({e}): install python3-bpfcc, which brings it"
+        ) from None
     request = {
         "name": name,
         "text": bpf.expanded(name),

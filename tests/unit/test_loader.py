@@ -461,3 +461,17 @@ def test_attachments_on_a_bad_program_fd_say_what_failed() -> None:
         )
     with pytest.raises(OSError, match="ring buffer"):
         bpfsys.RingBuffers().add(BAD_FD, lambda *_: 0)
+
+
+def test_a_missing_libbcc_bpf_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bcc_loader, "check_prerequisites", lambda: None)
+    monkeypatch.setattr(bpfsys, "LIBRARY", "libbcc_bpf_nonesuch.so.0")
+    bpfsys.lib.cache_clear()
+    try:
+        with pytest.raises(
+            SetupError, match=r"^cannot load libbcc_bpf_nonesuch.so.0 .*python3-bpfcc"
+        ):
+            bcc_loader.compile_program("cpu.bpf.c", [])
+    finally:
+        monkeypatch.undo()
+        bpfsys.lib.cache_clear()
