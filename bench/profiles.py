@@ -6,16 +6,21 @@ its pid, and the best of a few runs is kept (the host is shared, so noise
 only ever adds time). Compared with the tools the issue names:
 memleak-bpfcc for allocations, a plain futex tracer for locks.
 
-  malloc   ns per malloc+free pair: alone, bpfprof alloc, bpfprof alloc
-           --no-inuse, memleak-bpfcc; goal: bpfprof's slowdown at most a
-           tenth of memleak's
+  malloc   ns per malloc+free pair: alone, bpfprof alloc (uprobe sessions
+           where the kernel has them), the same with uretprobes
+           (BPFPROF_UPROBE_SESSIONS=0), bpfprof alloc --no-inuse,
+           memleak-bpfcc; goal: bpfprof's slowdown at most a tenth of
+           memleak's
   lock     ns per lock/unlock, 1 thread (never contended) and 2 threads
            (contended): alone, bpfprof lock (user stacks walked with CFI,
-           and with --unwind fp), futex tracer; goals: nothing added
-           uncontended, at most 1 us per contended wait
+           with --unwind fp, and with every wait taking stacks), futex
+           tracer; and ns per getppid(), which the raw syscall tracepoints
+           see too; goals: nothing added uncontended, at most 1 us per
+           contended wait
   offcpu   ns per hand-over of a token between two threads pinned to one
            CPU (one context switch each): alone, bpfprof offcpu (CFI walk,
-           and --unwind fp); goal: at most 1 us per switch
+           --unwind fp, and every block taking stacks); goal: at most 1 us
+           per switch
 
 Beside the workload's own time, the BPF run time of bpfprof's programs per
 operation is read from the kernel's statistics (BPF_ENABLE_STATS): the
@@ -54,10 +59,15 @@ class Tool:
     stream: str = "stderr"
 
 
-def bpfprof(kind: str, *extra: str) -> Tool:
+def bpfprof(kind: str, *extra: str, env: str = "") -> Tool:
+    """`bpfprof record` of the workload; `env` (NAME=VALUE) set for it."""
+    prefix = ["env", env] if env else []
     return Tool(
-        f"bpfprof {kind}{' ' + ' '.join(extra) if extra else ''}",
-        lambda pid, out: [BPFPROF, "record", "-t", kind, "-p", str(pid), "-o", str(out), *extra],
+        f"bpfprof {kind}{' ' + ' '.join(extra) if extra else ''}{f' ({env})' if env else ''}",
+        lambda pid, out: [
+            *prefix,
+            *[BPFPROF, "record", "-t", kind, "-p", str(pid), "-o", str(out), *extra],
+        ],
         "recording",
     )
 
@@ -133,11 +143,12 @@ def bpf_run_time(tool: Tool | None, process: subprocess.Popen[str] | None) -> in
 
 
 def perf_events(pid: int) -> int:
-    """How many perf events (each attached probe is one) a process holds."""
+    """How many perf events and BPF links (each attached probe is one) a
+    process holds."""
     n = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            n += os.readlink(fd) == "anon_inode:[perf_event]"
+            n += os.readlink(fd) in ("anon_inode:[perf_event]", "anon_inode:bpf_link")
         except OSError:
             continue
     return n
@@ -181,7 +192,8 @@ def bench_malloc(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
     alone = best(argv, None, workdir, repeat)
     rows = [f"| malloc+free pair, alone | {alone:.0f} ns | 1.0x |"]
     slow: dict[str, float] = {}
-    tools = [bpfprof("alloc"), bpfprof("alloc", "--no-inuse")]
+    uretprobes = bpfprof("alloc", env="BPFPROF_UPROBE_SESSIONS=0")
+    tools = [bpfprof("alloc"), uretprobes, bpfprof("alloc", "--no-inuse")]
     if shutil.which("memleak-bpfcc"):
         tools.append(MEMLEAK)
     for tool in tools:
@@ -189,7 +201,7 @@ def bench_malloc(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
         slow[tool.name] = t / alone
         rows.append(f"| malloc+free pair, {tool.name} | {t:.0f} ns | {t / alone:.1f}x |")
     if "memleak-bpfcc" in slow:
-        for name in ("bpfprof alloc", "bpfprof alloc --no-inuse"):
+        for name in ("bpfprof alloc", uretprobes.name, "bpfprof alloc --no-inuse"):
             rows.append(
                 f"| slowdown of {name} / memleak's | | {slow[name] / slow['memleak-bpfcc']:.3f} |"
             )
@@ -212,12 +224,21 @@ def bench_lock(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
     argv = ["taskset", "-c", cpu, str(exe), "pingpong", str(n // 10)]
     alone = best(argv, None, workdir, repeat)
     rows.append(f"| futex wait + wake (hand-over), alone | {alone:.0f} ns | |")
-    for tool in (bpfprof("lock"), bpfprof("lock", "--unwind", "fp"), FUTEX):
+    tools = (bpfprof("lock"), bpfprof("lock", "--unwind", "fp"))
+    for tool in (*tools, bpfprof("lock", "--wait-sampling", "1"), FUTEX):
         t = best(argv, tool, workdir, repeat)
         rows.append(
             f"| futex wait + wake (hand-over), {tool.name} | {t:.0f} ns | "
             f"{(t - alone) / 1000:+.2f} us per wait{bpf_note(tool)} |"
         )
+    # the raw sys_enter/sys_exit programs run for every syscall of every
+    # process, and return at once for those that are not futex calls
+    argv = [str(exe), "syscall", str(n)]
+    alone = best(argv, None, workdir, repeat)
+    rows.append(f"| another syscall (getppid), alone | {alone:.1f} ns | |")
+    for tool in (bpfprof("lock"), FUTEX):
+        t = best(argv, tool, workdir, repeat)
+        rows.append(f"| another syscall, {tool.name} | {t:.1f} ns | {t - alone:+.1f} ns |")
     return rows
 
 
@@ -226,7 +247,8 @@ def bench_offcpu(exe: Path, workdir: Path, repeat: int, n: int) -> list[str]:
     argv = ["taskset", "-c", cpu, str(exe), "pingpong", str(n)]
     alone = best(argv, None, workdir, repeat)
     rows = [f"| context switch (hand-over on one CPU), alone | {alone:.0f} ns | |"]
-    for tool in (bpfprof("offcpu"), bpfprof("offcpu", "--unwind", "fp")):
+    every = bpfprof("offcpu", "--wait-sampling", "1")
+    for tool in (bpfprof("offcpu"), bpfprof("offcpu", "--unwind", "fp"), every):
         t = best(argv, tool, workdir, repeat)
         rows.append(
             f"| context switch, {tool.name} | {t:.0f} ns | "

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static long n_ops;
@@ -94,6 +95,9 @@ int main(int argc, char **argv)
         }
         pthread_join(t, NULL);
         ops = 2 * n_ops;
+    } else if (!strcmp(argv[1], "syscall")) {
+        for (long i = 0; i < n_ops; i++)
+            syscall(SYS_getppid);
     } else {
         return 2;
     }
