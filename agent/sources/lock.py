@@ -115,12 +115,25 @@ def is_contention(kind: str) -> bool:
 
 
 def lock_cflags(
-    base: list[str], min_wait_us: int, sampling: int = 1, *, user: bool, kernel: bool
+    base: list[str],
+    min_wait_us: int,
+    sampling: int = 1,
+    *,
+    user: bool,
+    kernel: bool,
+    waitv: bool = False,
+    futex2: bool = False,
 ) -> list[str]:
     """The program's flags: the minimum wait, the largest weight of a
-    sampled short wait (1: every wait takes stacks), which halves to trace."""
+    sampled short wait (1: every wait takes stacks), which halves to trace,
+    and which futex2 syscalls' tracepoints the kernel has."""
     flags = [*base, f"-DMIN_WAIT_NS={min_wait_us * 1000}", f"-DMAX_WEIGHT={sampling}"]
-    for name, on in (("USER_LOCKS", user), ("KERNEL_LOCKS", kernel)):
+    for name, on in (
+        ("USER_LOCKS", user),
+        ("KERNEL_LOCKS", kernel),
+        ("FUTEX_WAITV", waitv),
+        ("FUTEX2_WAIT", futex2),
+    ):
         if on:
             flags.append(f"-D{name}=1")
     return flags
@@ -146,6 +159,8 @@ class LockSource(WaitSource):
             self._options.wait_sampling,
             user=True,
             kernel=has_tracepoint(tracefs, "lock", "contention_begin"),
+            waitv=has_tracepoint(tracefs, "syscalls", "sys_enter_futex_waitv"),
+            futex2=has_tracepoint(tracefs, "syscalls", "sys_enter_futex_wait"),
         )
 
     def sample(self, key: Any, value: Any) -> RawSample:

@@ -38,7 +38,7 @@ def test_print_bpf_shows_the_program_without_loading_it(capsys: pytest.CaptureFi
     ("profile_type", "marker"),
     [
         ("offcpu", "RAW_TRACEPOINT_PROBE(sched_switch)"),
-        ("lock", "RAW_TRACEPOINT_PROBE(sys_enter)"),
+        ("lock", "TRACEPOINT_PROBE(syscalls, sys_enter_futex)"),
         ("alloc", "int on_malloc(struct pt_regs *ctx)"),
     ],
 )

@@ -119,6 +119,9 @@ def test_flags_are_pure_functions_of_the_options() -> None:
     flags = lock_cflags(base, 3, 4, user=True, kernel=False)
     assert "-DMIN_WAIT_NS=3000" in flags and "-DUSER_LOCKS=1" in flags
     assert "-DMAX_WEIGHT=4" in flags and "-DKERNEL_LOCKS=1" not in flags
+    assert "-DFUTEX_WAITV=1" not in flags and "-DFUTEX2_WAIT=1" not in flags
+    futex2 = lock_cflags(base, 0, user=True, kernel=True, waitv=True, futex2=True)
+    assert {"-DKERNEL_LOCKS=1", "-DFUTEX_WAITV=1", "-DFUTEX2_WAIT=1"} <= set(futex2)
     alloc = alloc_cflags(SourceOptions(alloc_rate=4096, alloc_inuse=False))
     assert "-DALLOC_RATE=4096" in alloc and "-DNO_INUSE=1" in alloc
     assert "-DFILTER_PIDS=1" in alloc
