@@ -3,13 +3,15 @@
 Order (later wins): built-in defaults, the TOML file (`--config`, else
 /etc/bpfprof/config.toml if it exists), the OpenTelemetry environment
 variables, then command-line flags. Every value is checked against
-agent/configschema.py, and an error names the key and where it came from.
+agent/configschema.py (and an endpoint's TLS files are loaded once), and an
+error names the key and where it came from.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tomllib
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -165,10 +167,14 @@ def load(
     """File, then environment, then flags: one RunConfig, or a ConfigError."""
     file_overrides, source = read_file(path)
     values = {k: spec.default for k, spec in SCHEMA.items()}
+    origins: dict[str, str] = {}  # key -> where its value came from, for the TLS file errors
     for o in [*file_overrides, *env_overrides(os.environ if env is None else env), *flags]:
         check_key(o)
         values[o.key] = coerce(o)
-    return build(values, source)
+        origins[o.key] = o.origin
+    config = build(values, source)
+    check_tls_files(config.export, origins)
+    return config
 
 
 def build(v: dict[str, Any], source: str) -> RunConfig:
@@ -235,6 +241,55 @@ def check_endpoint(export: ExportConfig) -> None:
         )
     if parts.scheme in ("http", "https") and not parts.hostname:
         raise ConfigError(f"export.endpoint: {export.endpoint!r} has no host")
+
+
+def check_tls_files(export: ExportConfig, origins: Mapping[str, str]) -> None:
+    """An endpoint's CA and client certificate files exist and hold PEM that
+    OpenSSL loads. Checked here because the transports find out late: gRPC
+    only at the first handshake (as a retryable UNAVAILABLE, for ever), and
+    Python's ssl names no file in its FileNotFoundError."""
+    if not export.endpoint:
+        return  # nothing will read them
+
+    def named(key: str) -> str:
+        return f"{origins.get(f'export.{key}', f'export.{key}')}: {getattr(export, key)}"
+
+    def encrypted() -> bytes:
+        """OpenSSL asks for a pass phrase only for an encrypted key; in an
+        agent no one is there to type it (and gRPC cannot take one)."""
+        raise ConfigError(
+            f"{named('client_key_file')}: the key is encrypted; give an unencrypted one"
+        )
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if export.ca_file:
+        _check_readable(export.ca_file, named("ca_file"))
+        try:
+            context.load_verify_locations(cafile=export.ca_file)
+        except ssl.SSLError as e:
+            raise ConfigError(
+                f"{named('ca_file')}: no PEM certificate in it ({e.reason})"
+            ) from None
+    if export.client_cert_file:  # check_endpoint made sure there is a key too
+        _check_readable(export.client_cert_file, named("client_cert_file"))
+        _check_readable(export.client_key_file, named("client_key_file"))
+        try:
+            context.load_cert_chain(
+                export.client_cert_file, export.client_key_file, password=encrypted
+            )
+        except ssl.SSLError as e:
+            raise ConfigError(
+                f"{named('client_cert_file')}: not a PEM certificate for the key "
+                f"{export.client_key_file} ({e.reason})"
+            ) from None
+
+
+def _check_readable(path: str, where: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
 
 
 # `bpfprof run` flags → config keys (the flag name is the error's origin).

@@ -22,9 +22,10 @@ STAMP_FILE="$VENV_DIR/.bpfprof-setup-stamp"
 BASE_PACKAGES=(python3-bpfcc python3-venv gcc make)
 # go tool pprof, eu-addr2line, addr2line/readelf, llvm-symbolizer, profile-bpfcc,
 # and headless chromium for the flame graph page's browser tests,
-# systemd-analyze to verify the agent's unit, and libc6-dbg (libc's DWARF)
-# for the symbolizer benchmark, which follows the method
-TEST_PACKAGES=(golang-go elfutils binutils llvm bpfcc-tools chromium systemd libc6-dbg)
+# systemd-analyze to verify the agent's unit, libc6-dbg (libc's DWARF)
+# for the symbolizer benchmark, which follows the method, and openssl
+# (priority optional) for the throwaway CA of the OTLP TLS tests
+TEST_PACKAGES=(golang-go elfutils binutils llvm bpfcc-tools chromium systemd libc6-dbg openssl)
 
 APT_UPDATED=0
 

@@ -3,13 +3,15 @@
 The gRPC one is built on the official opentelemetry-proto service stubs, the
 HTTP one on http.server; both keep every ExportProfilesServiceRequest they
 accept (decoded) and can be stopped and restarted on the same port, to play
-a collector that goes away and comes back.
+a collector that goes away and comes back. Given server credentials (gRPC)
+or an ssl.SSLContext (HTTP), they speak TLS and their endpoint is https://.
 """
 
 from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,19 +61,25 @@ class _Servicer(stubs.ProfilesServiceServicer):  # type: ignore[misc]
 
 
 class GrpcReceiver:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, credentials: grpc.ServerCredentials | None = None
+    ) -> None:
         self.port = port or free_port()
         self.received = Received()
+        self.credentials = credentials
         self._server: Any = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.credentials else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> GrpcReceiver:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         stubs.add_ProfilesServiceServicer_to_server(_Servicer(self.received), self._server)
-        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.credentials:
+            self._server.add_secure_port(f"127.0.0.1:{self.port}", self.credentials)
+        else:
+            self._server.add_insecure_port(f"127.0.0.1:{self.port}")
         self._server.start()
         return self
 
@@ -86,15 +94,16 @@ class HttpReceiver:
 
     path = "/v1development/profiles"
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, context: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
         self.received = Received()
         self.fail_with: list[tuple[int, dict[str, str]]] = []  # (status, headers) to answer next
+        self.context = context
         self._server: ThreadingHTTPServer | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> HttpReceiver:
         receiver = self
@@ -129,6 +138,10 @@ class HttpReceiver:
 
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.context:
+            # The handshake runs in accept(); one that fails is an OSError,
+            # which socketserver drops quietly, as a collector would.
+            self._server.socket = self.context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

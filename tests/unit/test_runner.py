@@ -140,13 +140,14 @@ def test_reload_keeps_the_session_on_a_bad_config(tmp_path: Path, source: FakeSo
     changed = config(tmp_path, Override("interval", 2.0, "--interval"))
     new = runner.reload_session(lambda: changed, session, SelfUsage())
     assert new is not None and new.config.interval == 2.0
-    tls = config(
-        tmp_path,
+    missing_ca = (
         Override("export.endpoint", "https://c:4318", "--endpoint"),
         Override("export.protocol", "http/protobuf", "--protocol"),
         Override("export.ca_file", str(tmp_path / "missing.pem"), "x"),
     )
-    assert runner.reload_session(lambda: tls, session, SelfUsage()) is None
+    assert (
+        runner.reload_session(lambda: config(tmp_path, *missing_ca), session, SelfUsage()) is None
+    )
     session.delivery.close(1)
 
 
