@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PROGRAMS, compile_c
 from tests.e2e.test_run import agent_log, start_agent, stop
 
 pytestmark = [pytest.mark.bpf, pytest.mark.e2e]
@@ -36,6 +37,14 @@ def test_the_agent_process_maps_no_compiler(bpfprof_cmd: list[str], tmp_path: Pa
     enabled = "".join(f"[profiles.{t}]\nenabled = true\n" for t in TYPES[1:])
     config.write_text(f'interval = 1\n[output]\ndir = "{out}"\n{enabled}')
     agent = start_agent(bpfprof_cmd, tmp_path, "-c", str(config))
+    # contention for the lock type to report, which an idle host may not have
+    # (4 threads on one mutex until killed; it starts at EOF on stdin)
+    lockstorm = compile_c(PROGRAMS / "lockstorm.c", tmp_path / "lockstorm", "-O2", "-pthread")
+    storm = subprocess.Popen(
+        [str(lockstorm), "1000000", "4", "20000"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not all(list(out.glob(f"*-{t}.pb.gz")) for t in TYPES):
@@ -50,6 +59,8 @@ def test_the_agent_process_maps_no_compiler(bpfprof_cmd: list[str], tmp_path: Pa
         ).stdout.split()
         stop(agent)
     finally:
+        storm.kill()
+        storm.wait()
         if agent.poll() is None:
             agent.send_signal(signal.SIGKILL)
             agent.wait()
