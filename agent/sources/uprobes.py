@@ -9,7 +9,7 @@ offset through the PT_LOAD segment that holds it, as BCC does.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from collections import OrderedDict
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -36,7 +36,7 @@ def symbol_offset(path: str, symbol: str) -> int:
         st = os.stat(path)
     except OSError as e:
         raise SymbolError(f"cannot read {path}: {e.strerror}") from None
-    functions, segments = _read(path, st.st_ino, st.st_mtime_ns, st.st_size)
+    functions, segments = _symbols(path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
     try:
         address = functions[symbol]
     except KeyError:
@@ -53,12 +53,28 @@ def file_offset(address: int, segments: tuple[tuple[int, int, int], ...], path: 
     raise SymbolError(f"address {address:#x} is in no loadable segment of {path}")
 
 
-@lru_cache(maxsize=32)
-def _read(
-    path: str, _ino: int, _mtime: int, _size: int
-) -> tuple[dict[str, int], tuple[tuple[int, int, int], ...]]:
+Symbols = tuple[dict[str, int], tuple[tuple[int, int, int], ...]]
+_CACHED = 32
+_cache: OrderedDict[tuple[int, int, int, int], Symbols] = OrderedDict()
+
+
+def _symbols(path: str, version: tuple[int, int, int, int]) -> Symbols:
+    """_read(path), once per version of a file (device, inode, mtime, size)
+    whatever path reaches it: each process's libc is opened through its own
+    /proc/PID/root, and reading libc's symbols takes ~100 ms."""
+    hit = _cache.get(version)
+    if hit is None:
+        hit = _cache[version] = _read(path)
+        if len(_cache) > _CACHED:
+            _cache.popitem(last=False)
+    else:
+        _cache.move_to_end(version)
+    return hit
+
+
+def _read(path: str) -> Symbols:
     """Defined functions by name (first one wins: .dynsym, then .symtab) and
-    the PT_LOAD segments, of one version of a file."""
+    the PT_LOAD segments of an ELF file."""
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)

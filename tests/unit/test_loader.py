@@ -391,6 +391,33 @@ def test_symbol_offsets_agree_with_readelf(tmp_path: Path) -> None:
         uprobes.symbol_offset(str(tmp_path / "gone"), "target")
 
 
+def test_symbols_are_read_once_per_file_whatever_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process's libc is opened through its own /proc/PID/root: one
+    read serves every path to the file, and a changed file is read again."""
+    reads: list[str] = []
+    real = uprobes._read
+
+    def counting(path: str) -> uprobes.Symbols:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(uprobes, "_read", counting)
+    monkeypatch.setattr(uprobes, "_cache", type(uprobes._cache)())
+    src = tmp_path / "p.c"
+    src.write_text("int target(int x) { return x + 1; }\nint main(void) { return target(1); }\n")
+    exe = tmp_path / "p"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    link = tmp_path / "link"
+    link.symlink_to(exe)
+    paths = (exe, link, Path(f"/proc/{os.getpid()}/root{exe}"))
+    offsets = {uprobes.symbol_offset(str(p), "target") for p in paths}
+    assert len(offsets) == 1 and len(reads) == 1
+    os.utime(exe, ns=(0, 0))  # another version of the file
+    assert uprobes.symbol_offset(str(exe), "target") in offsets and len(reads) == 2
+
+
 def test_a_process_file_is_opened_through_its_root() -> None:
     assert uprobes.probe_path("/bin/sh", os.getpid()) == f"/proc/{os.getpid()}/root/bin/sh"
     assert uprobes.probe_path("/bin/sh", -1) == "/bin/sh"
