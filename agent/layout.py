@@ -81,6 +81,7 @@ ALLOC_EVENT_EXIT = 3
 ALLOC_EVENT_UNTRACKED = 4
 ALLOC_EVENT_EXEC = 5  # a targeted process exec'd: reload its unwind tables
 ALLOC_EVENT_MAPS_CHANGED = 6  # the walker met a mapping it was not told of (dlopen)
+ALLOC_EVENT_FORK = 7  # a targeted process forked (FOLLOW_FORKS): probe the child
 ALLOC_MAX_FRAMES = 127
 
 

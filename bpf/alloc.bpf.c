@@ -26,6 +26,8 @@
  *   LIVE_ENTRIES     sampled blocks remembered until freed
  *   PENDING_ENTRIES, COUNTDOWN_ENTRIES, TARGET_ENTRIES, EVENT_PAGES  map sizes
  *   FILTER_PIDS      report exits of `targets` only (probes are per process)
+ *   FOLLOW_FORKS     add the targets' children to `targets` and tell user
+ *                    space, which attaches probes to each (follow.h)
  *   NO_INUSE         allocations only: no return probes, no live table, free
  *                    not probed; samples are sent from the entry
  *   UPROBE_SESSION   also build the s_* session programs (not with NO_INUSE)
@@ -347,9 +349,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     return 0;
 }
 
-#ifdef UNWIND_DWARF
+#if defined(UNWIND_DWARF) || defined(FOLLOW_FORKS)
 /* A targeted process that execs has new mappings: drop its tables at once
- * (they would misguide the walk) and have user space load the new ones. */
+ * (they would misguide the walk) and have user space load the new ones,
+ * and probe the new program's allocator if it is another. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
@@ -357,8 +360,13 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (!targets.lookup(&pid))
         return 0;
 #endif
+#ifdef UNWIND_DWARF
     unwind_procs.delete(&pid);
+#endif
     send_event(ALLOC_EVENT_EXEC, pid);
     return 0;
 }
 #endif
+
+#define FOLLOWED(child) send_event(ALLOC_EVENT_FORK, child)
+#include "follow.h"

@@ -83,6 +83,7 @@ struct lock_key {
 #define ALLOC_EVENT_UNTRACKED 4 /* a sampled allocation the live table had no room for */
 #define ALLOC_EVENT_EXEC 5  /* a targeted process exec'd: its unwind tables are gone */
 #define ALLOC_EVENT_MAPS_CHANGED 6 /* the walker met a mapping it was not told of (dlopen) */
+#define ALLOC_EVENT_FORK 7  /* a targeted process forked (FOLLOW_FORKS): probe the child */
 
 #define ALLOC_MAX_FRAMES 127 /* bpf_get_stack's limit (perf_event_max_stack) */
 

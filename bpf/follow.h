@@ -4,7 +4,9 @@
  *
  * Included by each program after its `targets` map and bump(); pasted into
  * the program text by bpf.expanded(), since BCC rewrites map calls only in
- * the main file. */
+ * the main file. A program that must act on a new child (the allocation
+ * profiler attaches probes to it) defines FOLLOWED(child) first; thread
+ * creation fires this tracepoint too, so the callee tells threads apart. */
 #ifndef BPFPROF_FOLLOW_H
 #define BPFPROF_FOLLOW_H
 #ifdef FOLLOW_FORKS
@@ -16,6 +18,9 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
         u8 one = 1;
         if (targets.update(&child, &one) != 0)
             bump(CTR_TARGETS_FULL);
+#ifdef FOLLOWED
+        FOLLOWED(child);
+#endif
     }
     return 0;
 }

@@ -8,8 +8,12 @@ for inuse_* until its free, or its process's exit, arrives.
 
 Probes go only where they are asked for: into the target processes (uprobes
 attached with their pid, so no other process takes a trap), or, with
-`all_processes`, into the system's libc for everyone. Libraries a target
-loads later with dlopen are not probed.
+`all_processes`, into the system's libc for everyone. A COMMAND's children
+are followed (`follow_forks`): each forked child gets probes on the files it
+maps, and a target that execs another program gets probes on that program's
+allocator too; a child's allocations before its probes are attached (a few
+milliseconds after the fork) are not seen. Libraries a target loads later
+with dlopen are not probed.
 
 User stacks are walked with CFI (agent/sources/unwinding.py, as for every
 source) unless the options ask for frame pointers: a process's tables are
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -36,6 +41,7 @@ from agent.layout import (
     ALLOC_EVENT_ALLOC,
     ALLOC_EVENT_EXEC,
     ALLOC_EVENT_EXIT,
+    ALLOC_EVENT_FORK,
     ALLOC_EVENT_FREE,
     ALLOC_EVENT_MAPS_CHANGED,
     ALLOC_EVENT_UNTRACKED,
@@ -88,6 +94,8 @@ def alloc_cflags(
     ]
     if not options.all_processes:
         flags.append("-DFILTER_PIDS=1")
+        if options.follow_forks:
+            flags.append("-DFOLLOW_FORKS=1")
     if not options.alloc_inuse:
         flags.append("-DNO_INUSE=1")
     if sessions_on:
@@ -122,25 +130,58 @@ def ldd_libraries(ldd_output: str) -> list[str]:
 
 def command_files(argv0: str) -> list[str]:
     """The executable a COMMAND will run and the libraries it will load: the
-    held child has not exec'd yet, so its own maps would show our image."""
+    held child has not exec'd yet, so its own maps would show our image. A
+    script runs its `#!` interpreter (through `env` too), as the kernel does."""
     exe = shutil.which(argv0)
     if exe is None:
         raise TargetError(f"command not found: {argv0}")
     exe = os.path.realpath(exe)
+    for _ in range(4):  # the kernel's limit on nested interpreters
+        interpreter = script_interpreter(exe)
+        if interpreter is None:
+            break
+        exe = interpreter
     done = subprocess.run(["ldd", exe], capture_output=True, text=True, check=False)
     return [exe, *ldd_libraries(done.stdout)]
 
 
+def script_interpreter(path: str) -> str | None:
+    """The real path of the interpreter a `#!` script names, or None when
+    `path` is not a script (or names none we can find)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].decode(errors="replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]  # env -S and the like
+        found = shutil.which(words[0]) if words else None
+    else:
+        found = words[0] if words else None
+    return os.path.realpath(found) if found and os.path.isfile(found) else None
+
+
 def entry_points(files: Iterable[str]) -> list[EntryPoint]:
     """Allocator entry points in these files; unreadable ones are skipped."""
-    out = []
+    out: list[EntryPoint] = []
     for path in files:
         try:
-            with open(path, "rb") as f:
-                out.extend(find_entry_points(path, f))
+            st = os.stat(path)
+            out.extend(_file_entry_points(path, st.st_dev, st.st_ino, st.st_mtime_ns))
         except Exception as e:  # not ELF, truncated, vanished: nothing to probe there
             log.debug("no allocator probes in %s: %s", path, e)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _file_entry_points(path: str, dev: int, ino: int, mtime_ns: int) -> tuple[EntryPoint, ...]:
+    """One file's entry points, read once per version of the file: a followed
+    command's children map the same libc (reading its symbols takes ~45 ms)."""
+    with open(path, "rb") as f:
+        return tuple(find_entry_points(path, f))
 
 
 @dataclass
@@ -171,6 +212,13 @@ class AllocSource:
         self._allocs: dict[RawKey, _Totals] = {}
         self._live: dict[tuple[int, int], tuple[RawKey, float, float]] = {}
         self.probes: list[tuple[int, EntryPoint]] = []
+        self._probed: set[tuple[int, str, str]] = set()  # _probe_id()s
+        self._followed = 0  # children and new programs given probes
+        self._follow_failed = 0  # gone (or refused) before their probes
+        # forks and execs to probe once the events at hand are handled (their
+        # samples announce processes whose maps must be read while they live)
+        self._to_follow: list[tuple[int, int]] = []
+        self._exec_planned: set[int] = set()  # held COMMANDs: probed before their exec
 
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
@@ -185,6 +233,8 @@ class AllocSource:
         for pid in self._targets:
             table[table.Key(pid)] = table.Leaf(1)
         self._bpf["events"].open_ring_buffer(self._on_event)
+        if self._command:
+            self._exec_planned.update(self._targets)
         for pid, point in self._plan():
             self._attach(pid, point)
         if not self.probes:
@@ -223,14 +273,63 @@ class AllocSource:
             self._bpf.attach_uprobe_session(
                 name=point.path.encode(), sym=sym, fn_name=SESSIONS[point.role], pid=pid
             )
-            self.probes.append((pid, point))
-            return
-        self._bpf.attach_uprobe(
-            name=point.path.encode(), sym=sym, sym_off=point.probe_offset, fn_name=entry, pid=pid
-        )
-        if ret and self._options.alloc_inuse:
-            self._bpf.attach_uretprobe(name=point.path.encode(), sym=sym, fn_name=ret, pid=pid)
+        else:
+            self._bpf.attach_uprobe(
+                name=point.path.encode(),
+                sym=sym,
+                sym_off=point.probe_offset,
+                fn_name=entry,
+                pid=pid,
+            )
+            if ret and self._options.alloc_inuse:
+                self._bpf.attach_uretprobe(name=point.path.encode(), sym=sym, fn_name=ret, pid=pid)
         self.probes.append((pid, point))
+        self._probed.add(_probe_id(pid, point))
+
+    def _follow(self, pid: int, files: Callable[[], list[str]]) -> None:
+        """Probe the allocator entry points of `files()` that `pid` lacks.
+        The process may be gone by now: that is counted, not raised."""
+        try:
+            new = [e for e in entry_points(files()) if _probe_id(pid, e) not in self._probed]
+            for point in new:
+                self._attach(pid, point)
+        except (OSError, LookupError, TargetError) as e:
+            self._follow_failed += 1
+            log.debug("cannot probe the allocator of process %d: %s", pid, e)
+            return
+        self._followed += bool(new)
+
+    def _planned(self, pid: int) -> bool:
+        """A held COMMAND's first exec runs what start() probed already."""
+        if pid in self._exec_planned:
+            self._exec_planned.discard(pid)
+            return True
+        return False
+
+    def _follow_pending(self) -> None:
+        pending, self._to_follow = self._to_follow, []
+        for kind, pid in pending:
+            if kind == ALLOC_EVENT_FORK:
+                self._on_fork(pid)
+            else:
+                self._on_exec(pid)
+
+    def _on_fork(self, pid: int) -> None:
+        """A target forked: the child runs its parent's image until it execs.
+        Creating a thread fires the same tracepoint; a thread shares its
+        process's probes."""
+        try:
+            if _tgid(pid) != pid:
+                return
+        except OSError:  # gone already
+            self._follow_failed += 1
+            return
+        self._follow(pid, lambda: executable_files(_read(f"/proc/{pid}/maps")))
+
+    def _on_exec(self, pid: int) -> None:
+        """A followed target exec'd: its new program may bring another
+        allocator (its libraries are not mapped yet, so ldd names them)."""
+        self._follow(pid, lambda: command_files(os.readlink(f"/proc/{pid}/exe")))
 
     # -- events ------------------------------------------------------------
 
@@ -247,6 +346,10 @@ class AllocSource:
             self._process_exited(pid)
         elif kind == ALLOC_EVENT_EXEC:
             self._seen.discard(pid)  # announced (and its tables loaded) again on its next sample
+            if self._options.follow_forks and not self._planned(pid):
+                self._to_follow.append((kind, pid))
+        elif kind == ALLOC_EVENT_FORK:
+            self._to_follow.append((kind, pid))
         elif kind == ALLOC_EVENT_MAPS_CHANGED:
             self._announce(pid, changed=True)
 
@@ -282,10 +385,12 @@ class AllocSource:
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
         self._bpf.ring_buffer_poll(timeout_ms)
+        self._follow_pending()
 
     def drain(self) -> list[RawSample]:
         """Allocations since the last drain (inuse is a snapshot: see live_heap)."""
         self._bpf.ring_buffer_consume()
+        self._follow_pending()
         out = [
             RawSample(k, (round(t.objects), round(t.space), 0, 0)) for k, t in self._allocs.items()
         ]
@@ -307,6 +412,8 @@ class AllocSource:
         out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
         out["live_blocks"] = len(self._live)
         out["probes"] = len(self.probes)
+        out["followed"] = self._followed
+        out["follow_failed"] = self._follow_failed
         out.update(self._walker.counters())
         return out
 
@@ -319,6 +426,21 @@ class AllocSource:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+
+def _probe_id(pid: int, point: EntryPoint) -> tuple[int, str, str]:
+    """Uprobes are on inodes: /lib/x/libc.so.6 (ldd) and /usr/lib/x/libc.so.6
+    (maps, merged /usr) are one file, which must not be probed twice."""
+    return pid, os.path.realpath(point.path), point.symbol
+
+
+def _tgid(pid: int) -> int:
+    """The process a task id belongs to (itself for a process)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/{pid}/status has no Tgid")
 
 
 def _read(path: str) -> str:

@@ -167,6 +167,28 @@ def test_record_alloc_of_a_running_process(bpfprof_cmd: list[str], tmp_path: Pat
 SITES = (["churn", "run", "main"], ["hoard", "run", "main"])
 
 
+def test_record_alloc_follows_the_commands_children(bpfprof_cmd: list[str], tmp_path: Path) -> None:
+    """A COMMAND's children get probes too: here a shell forks the program,
+    whose call sites then show their 3:1 split; without following, only the
+    shell's own few allocations would be seen."""
+    exe = build(tmp_path, "allocsplit")
+    out = tmp_path / "alloc.folded"
+    # `; true` keeps the shell from exec'ing the pipeline's last command in
+    # place; allocsplit starts when `sleep 1` closes its stdin, once the
+    # fork's probes are attached (allocations before that are not seen)
+    script = f"sleep 1 | {exe} 8192 4096; true"
+    args = ("-t", "alloc", "--alloc-rate", "65536", "--", "sh", "-c", script)
+    proc, last = record_command(bpfprof_cmd, out, *args)
+    assert last.startswith("done")
+    by_leaf: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        stack, count = line.rsplit(" ", 1)
+        leaf = stack.split(";")[-1]
+        by_leaf[leaf] = by_leaf.get(leaf, 0) + int(count)
+    assert "churn" in by_leaf and "hoard" in by_leaf, (by_leaf, proc.stderr)
+    assert 2.4 < by_leaf["churn"] / by_leaf["hoard"] < 3.75, by_leaf
+
+
 def test_alloc_without_a_target_asks_for_the_flag(bpfprof_cmd: list[str]) -> None:
     proc = subprocess.run(
         [*bpfprof_cmd, "record", "-t", "alloc", "-d", "1"], capture_output=True, text=True

@@ -1,0 +1,190 @@
+"""The allocation source follows a COMMAND's children: a fork gives the child
+probes on the files it maps, an exec probes the new program's allocator,
+threads and vanished processes are told apart. No BPF: a fake program
+records the attachments; the processes are real."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent.config import SourceOptions
+from agent.layout import ALLOC_EVENT_EXEC, ALLOC_EVENT_FORK, AllocFreeEvent
+from agent.sources.alloc import AllocSource, alloc_cflags, command_files, script_interpreter
+
+
+@dataclass
+class FakeBpf:
+    """The loaded program as the source attaches to it."""
+
+    attached: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, pid, symbol)
+    fail: bool = False
+
+    def _add(self, kind: str, pid: int, sym: bytes) -> None:
+        if self.fail:
+            raise OSError(3, "No such process")
+        self.attached.append((kind, pid, sym.decode()))
+
+    def attach_uprobe(
+        self, *, name: bytes, sym: bytes, sym_off: int, fn_name: str, pid: int
+    ) -> None:
+        self._add("uprobe", pid, sym)
+
+    def attach_uretprobe(self, *, name: bytes, sym: bytes, fn_name: str, pid: int) -> None:
+        self._add("uretprobe", pid, sym)
+
+    def attach_uprobe_session(self, *, name: bytes, sym: bytes, fn_name: str, pid: int) -> None:
+        self._add("session", pid, sym)
+
+    def ring_buffer_poll(self, timeout: int = -1) -> None:
+        pass
+
+    def ring_buffer_consume(self) -> None:
+        pass
+
+
+def following(sessions: bool = True, command: tuple[str, ...] = ()) -> tuple[AllocSource, FakeBpf]:
+    source = AllocSource(SourceOptions(filter_pids=True, follow_forks=True), command)
+    source.sessions = sessions
+    bpf = FakeBpf()
+    source._bpf = bpf
+    return source, bpf
+
+
+def event(source: AllocSource, kind: int, pid: int) -> None:
+    record = AllocFreeEvent(kind=kind, pid=pid)
+    source._on_event(0, ctypes.addressof(record), ctypes.sizeof(record))
+    source.poll(0, lambda _pid: None)  # follows are handled after the events at hand
+
+
+@pytest.fixture
+def child() -> Iterator[int]:
+    """A live process that maps libc, as a forked child of a target would."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = 200
+        while "libc.so" not in Path(f"/proc/{proc.pid}/maps").read_text() and deadline:
+            threading.Event().wait(0.01)  # until the loader has mapped libc
+            deadline -= 1
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def symbols(bpf: FakeBpf, pid: int) -> set[str]:
+    return {sym for _, p, sym in bpf.attached if p == pid}
+
+
+def test_a_forked_child_gets_probes_on_its_allocator_once(child: int) -> None:
+    source, bpf = following()
+    event(source, ALLOC_EVENT_FORK, child)
+    assert {"malloc", "free", "calloc", "realloc"} <= symbols(bpf, child)
+    # session programs where there is a return to see; free has an entry probe
+    assert ("session", child, "malloc") in bpf.attached
+    assert ("uprobe", child, "free") in bpf.attached
+    n = len(bpf.attached)
+    event(source, ALLOC_EVENT_FORK, child)  # told twice: nothing attached twice
+    event(source, ALLOC_EVENT_EXEC, child)  # same libc after the exec: nothing new
+    assert len(bpf.attached) == n
+    assert (source._followed, source._follow_failed) == (1, 0)
+
+
+def test_without_sessions_the_child_gets_entry_and_return_probes(child: int) -> None:
+    source, bpf = following(sessions=False)
+    event(source, ALLOC_EVENT_FORK, child)
+    assert ("uprobe", child, "malloc") in bpf.attached
+    assert ("uretprobe", child, "malloc") in bpf.attached
+
+
+def test_a_new_thread_is_not_a_new_process() -> None:
+    source, bpf = following()
+    started, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def run() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        done.wait(10)
+
+    t = threading.Thread(target=run)
+    t.start()
+    started.wait(10)
+    try:
+        event(source, ALLOC_EVENT_FORK, tid[0])
+    finally:
+        done.set()
+        t.join()
+    assert bpf.attached == [] and source._follow_failed == 0
+
+
+def test_a_child_gone_before_its_probes_is_counted() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    source, bpf = following()
+    event(source, ALLOC_EVENT_FORK, proc.pid)
+    event(source, ALLOC_EVENT_EXEC, proc.pid)
+    assert bpf.attached == [] and source._follow_failed == 2
+
+
+def test_an_attach_the_kernel_refuses_is_counted_not_raised(child: int) -> None:
+    source, bpf = following()
+    bpf.fail = True
+    event(source, ALLOC_EVENT_FORK, child)
+    assert (source._followed, source._follow_failed) == (0, 1)
+
+
+def test_an_exec_probes_the_new_programs_allocator(child: int) -> None:
+    source, bpf = following()
+    event(source, ALLOC_EVENT_EXEC, child)  # not seen forking: all of it is new
+    assert {"malloc", "free"} <= symbols(bpf, child)
+
+
+def test_a_held_commands_first_exec_runs_what_was_probed_before(child: int) -> None:
+    source, bpf = following(command=("sleep",))
+    source._exec_planned.add(child)  # as start() does for the held command
+    event(source, ALLOC_EVENT_EXEC, child)
+    assert bpf.attached == []
+    event(source, ALLOC_EVENT_EXEC, child)  # a later exec is another program
+    assert "malloc" in symbols(bpf, child)
+
+
+def test_exec_events_are_not_followed_without_a_command(child: int) -> None:
+    source = AllocSource(SourceOptions(filter_pids=True))
+    bpf = FakeBpf()
+    source._bpf = bpf
+    event(source, ALLOC_EVENT_EXEC, child)
+    assert bpf.attached == []
+
+
+def test_follow_forks_is_compiled_in_only_for_targets() -> None:
+    assert "-DFOLLOW_FORKS=1" in alloc_cflags(SourceOptions(follow_forks=True), False)
+    assert "-DFOLLOW_FORKS=1" not in alloc_cflags(SourceOptions(), False)
+    everyone = SourceOptions(follow_forks=True, all_processes=True)
+    assert "-DFOLLOW_FORKS=1" not in alloc_cflags(everyone, False)
+
+
+def test_a_script_runs_its_interpreter(tmp_path: Path) -> None:
+    sh = os.path.realpath("/bin/sh")
+    script = tmp_path / "run"
+    script.write_text("#!/bin/sh\ntrue\n")
+    script.chmod(0o755)
+    assert script_interpreter(str(script)) == sh
+    files = command_files(str(script))
+    assert files[0] == sh and any("libc.so" in f for f in files[1:])
+    via_env = tmp_path / "env-run"
+    via_env.write_text("#!/usr/bin/env -S sh -e\ntrue\n")
+    assert script_interpreter(str(via_env)) == os.path.realpath(str(shutil.which("sh")))
+    assert script_interpreter(sh) is None  # ELF, not a script
+    assert script_interpreter(str(tmp_path / "missing")) is None
+    nowhere = tmp_path / "nowhere"
+    nowhere.write_text("#!/no/such/interpreter\n")
+    assert script_interpreter(str(nowhere)) is None
