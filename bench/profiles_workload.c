@@ -8,6 +8,10 @@
  *   pingpong N      two threads hand a token back and forth N times through
  *                   futex-backed semaphores (one op = one hand-over: a
  *                   context switch when pinned to one CPU)
+ *   syscall N       N getppid() calls
+ *   fork N          forks a child that calls malloc(1 MiB)+free for N ms
+ *                   from its first instruction and prints "counts c0 c1
+ *                   ...": its calls in each millisecond (one op = one ms)
  */
 #include <pthread.h>
 #include <semaphore.h>
@@ -16,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static long n_ops;
@@ -29,6 +34,27 @@ static double now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+/* The child of `fork N`: how many allocations it made in each ms. */
+static void run_forked(void)
+{
+    long *counts = calloc(n_ops, sizeof(long));
+    double t0 = now_ns();
+    for (long ms = 0; ms < n_ops; ms++) {
+        do {
+            char *p = malloc(1 << 20);
+            p[0] = 1;
+            sink = p;
+            free(p);
+            counts[ms]++;
+        } while (now_ns() - t0 < (ms + 1) * 1e6);
+    }
+    printf("counts");
+    for (long ms = 0; ms < n_ops; ms++)
+        printf(" %ld", counts[ms]);
+    printf("\n");
+    fflush(stdout);
 }
 
 static void run_malloc(void)
@@ -95,6 +121,13 @@ int main(int argc, char **argv)
         }
         pthread_join(t, NULL);
         ops = 2 * n_ops;
+    } else if (!strcmp(argv[1], "fork")) {
+        pid_t child = fork();
+        if (child == 0) {
+            run_forked();
+            _exit(0);
+        }
+        waitpid(child, NULL, 0);
     } else if (!strcmp(argv[1], "syscall")) {
         for (long i = 0; i < n_ops; i++)
             syscall(SYS_getppid);

@@ -167,7 +167,10 @@ def script_interpreter(path: str) -> str | None:
 def entry_points(files: Iterable[str]) -> list[EntryPoint]:
     """Allocator entry points in these files; unreadable ones are skipped."""
     out: list[EntryPoint] = []
-    for path in files:
+    for name in files:
+        # one file (ldd's /lib/x/libc.so.6 is maps' /usr/lib/x/libc.so.6) is
+        # read once, and probed once
+        path = os.path.realpath(name)
         try:
             st = os.stat(path)
             out.extend(_file_entry_points(path, st.st_dev, st.st_ino, st.st_mtime_ns))
@@ -429,9 +432,9 @@ class AllocSource:
 
 
 def _probe_id(pid: int, point: EntryPoint) -> tuple[int, str, str]:
-    """Uprobes are on inodes: /lib/x/libc.so.6 (ldd) and /usr/lib/x/libc.so.6
-    (maps, merged /usr) are one file, which must not be probed twice."""
-    return pid, os.path.realpath(point.path), point.symbol
+    """Uprobes are on inodes: a file must not be probed twice for a process
+    (entry_points() gives real paths)."""
+    return pid, point.path, point.symbol
 
 
 def _tgid(pid: int) -> int:

@@ -18,7 +18,14 @@ import pytest
 
 from agent.config import SourceOptions
 from agent.layout import ALLOC_EVENT_EXEC, ALLOC_EVENT_FORK, AllocFreeEvent
-from agent.sources.alloc import AllocSource, alloc_cflags, command_files, script_interpreter
+from agent.sources.alloc import (
+    AllocSource,
+    _file_entry_points,
+    alloc_cflags,
+    command_files,
+    entry_points,
+    script_interpreter,
+)
 
 
 @dataclass
@@ -188,3 +195,15 @@ def test_a_script_runs_its_interpreter(tmp_path: Path) -> None:
     nowhere = tmp_path / "nowhere"
     nowhere.write_text("#!/no/such/interpreter\n")
     assert script_interpreter(str(nowhere)) is None
+
+
+def test_entry_points_name_real_paths_and_are_read_once_per_file() -> None:
+    files = command_files("sleep")  # ldd names /lib/...; maps name /usr/lib/...
+    points = entry_points(files)
+    assert points and all(p.path == os.path.realpath(p.path) for p in points)
+    libc = next(p.path for p in points if p.symbol == "malloc")
+    alias = next(f for f in files if os.path.realpath(f) == libc)
+    assert entry_points([alias]) == entry_points([libc])
+    _file_entry_points.cache_clear()
+    entry_points([alias, libc])
+    assert _file_entry_points.cache_info().misses == 1
