@@ -9,11 +9,12 @@ offset through the PT_LOAD segment that holds it, as BCC does.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+
+from symbolizer.cache import LruCache, file_key
 
 
 class SymbolError(LookupError):
@@ -36,7 +37,7 @@ def symbol_offset(path: str, symbol: str) -> int:
         st = os.stat(path)
     except OSError as e:
         raise SymbolError(f"cannot read {path}: {e.strerror}") from None
-    functions, segments = _symbols(path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+    functions, segments = _symbols(path, file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     try:
         address = functions[symbol]
     except KeyError:
@@ -54,21 +55,17 @@ def file_offset(address: int, segments: tuple[tuple[int, int, int], ...], path: 
 
 
 Symbols = tuple[dict[str, int], tuple[tuple[int, int, int], ...]]
-_CACHED = 32
-_cache: OrderedDict[tuple[int, int, int, int], Symbols] = OrderedDict()
+_cache: LruCache[Symbols] = LruCache(32)
 
 
-def _symbols(path: str, version: tuple[int, int, int, int]) -> Symbols:
-    """_read(path), once per version of a file (device, inode, mtime, size)
-    whatever path reaches it: each process's libc is opened through its own
-    /proc/PID/root, and reading libc's symbols takes ~100 ms."""
-    hit = _cache.get(version)
+def _symbols(path: str, key: str) -> Symbols:
+    """_read(path), once per version of a file (its file_key) whatever path
+    reaches it: each process's libc is opened through its own /proc/PID/root,
+    and reading libc's symbols takes ~100 ms."""
+    hit = _cache.get(key)
     if hit is None:
-        hit = _cache[version] = _read(path)
-        if len(_cache) > _CACHED:
-            _cache.popitem(last=False)
-    else:
-        _cache.move_to_end(version)
+        hit = _read(path)
+        _cache.put(key, hit)
     return hit
 
 

@@ -404,7 +404,7 @@ def test_symbols_are_read_once_per_file_whatever_the_path(
         return real(path)
 
     monkeypatch.setattr(uprobes, "_read", counting)
-    monkeypatch.setattr(uprobes, "_cache", type(uprobes._cache)())
+    monkeypatch.setattr(uprobes, "_cache", uprobes.LruCache(32))
     src = tmp_path / "p.c"
     src.write_text("int target(int x) { return x + 1; }\nint main(void) { return target(1); }\n")
     exe = tmp_path / "p"
