@@ -7,6 +7,7 @@ usage errors) become one line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,23 @@ from agent.model import Profile
 
 log = logging.getLogger("bpfprof")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FiniteFloat(click.types.FloatParamType):
+    """click.FLOAT without nan and inf: Python's float() takes both, and a
+    NaN interval or duration passes every comparison (the agent would
+    never report, a recording never end)."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        number = float(super().convert(value, param, ctx))
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
 
 
 def type_option(help_text: str) -> Callable[[F], F]:
@@ -58,7 +76,7 @@ def cli(verbose: int) -> None:
 @click.option(
     "-d",
     "--duration",
-    type=float,
+    type=FINITE,
     help="Seconds to record (default: until Ctrl-C or COMMAND exits).",
 )
 @click.option(
@@ -237,7 +255,7 @@ def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
     type=click.Path(path_type=Path),
     help="TOML config (default: /etc/bpfprof/config.toml if present).",
 )
-@click.option("-i", "--interval", type=float, help="Seconds per reported profile (default 10).")
+@click.option("-i", "--interval", type=FINITE, help="Seconds per reported profile (default 10).")
 @click.option("-F", "--frequency", type=int, help="CPU samples per second per CPU (default 19).")
 @click.option("--endpoint", help="OTLP collector (default: none, write local pprof files).")
 @click.option("--protocol", help="OTLP transport: grpc (default) or http/protobuf.")

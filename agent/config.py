@@ -5,6 +5,7 @@ The CLI only builds these; every stage reads them and nothing else.
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,8 @@ class RecordConfig:
             raise UsageError(f"--unwind must be one of {modes}, not {self.unwind!r}")
         if not 1 <= self.frequency <= 10000:
             raise UsageError(f"--frequency must be between 1 and 10000 Hz, not {self.frequency}")
-        if self.duration is not None and self.duration <= 0:
-            raise UsageError(f"--duration must be positive, not {self.duration}")
+        if self.duration is not None and not (0 < self.duration < math.inf):
+            raise UsageError(f"--duration must be positive and finite, not {self.duration}")
         if self.output_format not in OUTPUT_FORMATS:
             raise UsageError(
                 f"unknown output format {self.output_format!r} (known: {', '.join(OUTPUT_FORMATS)})"

@@ -10,6 +10,7 @@ merges them in order and builds the frozen RunConfig.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -145,9 +146,12 @@ def _float(v: Any, _s: Key) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise TypeError(f"expected a number, not {v!r}")
     try:
-        return float(v)
+        out = float(v)
     except ValueError:
         raise ValueError(f"expected a number, not {v!r}") from None
+    if not math.isfinite(out):  # TOML has nan and inf; NaN passes every range check
+        raise ValueError(f"expected a finite number, not {v!r}")
+    return out
 
 
 def _bool(v: Any, _s: Key) -> bool:

@@ -24,7 +24,7 @@ from agent.command import HeldCommand
 from agent.config import RecordConfig
 from agent.errors import PrivilegeError, TargetError
 from agent.model import Profile, RawKey
-from agent.output import write_profile
+from agent.output import check_destination, write_profile
 from agent.procfs import ContainerIds
 from agent.resolve import StackResolver
 from agent.sources import create_source
@@ -77,6 +77,7 @@ class Stop:
 def record(config: RecordConfig) -> int:
     require_privileges()
     require_pids(config.pids)
+    check_destination(config.output)  # not after minutes of recording
     started = time.time()
     child = HeldCommand(config.command) if config.command else None
     source = create_source(config.profile_type, config.source_options(), config.command)

@@ -2,7 +2,11 @@
 
 One gzipped pprof file per profile type per interval, named
 `<UTC time>-<type>.pb.gz` so names sort by time, written atomically (a
-reader never sees half a file). Retention keeps at most `max_files` files
+reader never sees half a file). The files name every process on the host
+and their stacks: the directory is the agent's own, 0700 (an older one is
+tightened; a symlink, another user's or a shared one like /tmp is refused
+at start), and each file is 0600, created under an O_EXCL|O_NOFOLLOW
+temporary name (agent/safewrite.py). Retention keeps at most `max_files` files
 and `max_bytes` bytes, removing the oldest first, so a host left alone for
 months does not fill its disk.
 """
@@ -10,11 +14,11 @@ months does not fill its disk.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 from agent.delivery import Failure
+from agent.safewrite import agent_dir, write_atomic
 
 log = logging.getLogger("bpfprof.files")
 
@@ -32,19 +36,14 @@ class RollingFiles:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.removed = 0
-        self.dir.mkdir(parents=True, exist_ok=True)
+        agent_dir(directory, "output.dir")
 
     def send(self, name: str, payload: bytes) -> str:
         """Write one file (the Delivery sink signature); then apply retention."""
         path = self.dir / name
-        tmp = self.dir / f".{name}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(payload)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            write_atomic(path, payload)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise Failure(f"cannot write {path}: {e.strerror}", retryable=False) from None
         self.prune()
         return ""

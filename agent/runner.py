@@ -42,7 +42,7 @@ from agent.rolling import RollingFiles, file_name
 from agent.runconfig import RunConfig
 from agent.sources.base import SampleSource, SnapshotSource
 from agent.spool import Spool
-from agent.telemetry import SelfUsage, log_line, write_status
+from agent.telemetry import SelfUsage, check_status_dir, log_line, write_status
 from symbolizer import Symbolizer, read_maps
 
 log = logging.getLogger("bpfprof.run")
@@ -111,6 +111,7 @@ class Session:
     def __init__(self, config: RunConfig, usage: SelfUsage) -> None:
         self.config = config
         self.usage = usage
+        check_status_dir(config.status_file)  # a ConfigError before anything starts
         self.symbolizer = Symbolizer()
         self.processes = ProcessTable()
         # one for the session: a stack seen every interval is symbolized once

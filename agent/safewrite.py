@@ -21,6 +21,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from agent.errors import ConfigError
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -29,13 +31,19 @@ _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 def private_dir(path: Path, mode: int = DIR_MODE) -> Path:
     """Create `path` (and parents) with `mode`; an existing directory of
     ours is tightened to `mode`. OSError if `path` is a symlink, not a
-    directory, or belongs to another user (it could be swapped under us)."""
+    directory, belongs to another user (it could be swapped under us), or
+    is writable by others (a shared directory such as /tmp is never ours)."""
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, "not a directory (a symlink is refused)", str(path))
     if st.st_uid != os.geteuid():
         raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by this agent", str(path))
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) & ~mode:
+        # a shared directory (/tmp, mode 1777): others may have planted names
+        # in it, and tightening it would break them
+        mode_text = f"{stat.S_IMODE(st.st_mode):o}"
+        raise OSError(errno.EPERM, f"writable by other users (mode {mode_text})", str(path))
     if stat.S_IMODE(st.st_mode) != mode:
         os.chmod(path, mode)
     return path
@@ -58,3 +66,16 @@ def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
             raise
     finally:
         os.close(dir_fd)
+
+
+def agent_dir(path: Path, what: str) -> Path:
+    """private_dir for a directory the configuration names (`what`, e.g.
+    "output.dir"): a refusal becomes a ConfigError, one line that names the
+    setting, so `bpfprof run` stops at start-up (or a reload keeps the old
+    config) instead of writing where others can reach."""
+    try:
+        return private_dir(path)
+    except OSError as e:
+        raise ConfigError(
+            f"{what} {path}: {e.strerror or e}: the agent needs a directory of its own"
+        ) from None

@@ -2,13 +2,14 @@
 
 `bpfprof status` reads the status file (JSON, replaced atomically every
 interval) rather than talking to the agent, so it works with no socket, no
-privileges beyond reading the file, and while the agent is busy.
+privileges beyond reading the file, and while the agent is busy. The file
+names the host's processes' counts and the exporting endpoint, so it is
+0600 in a 0700 directory of the agent's own: `bpfprof status` is for root.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import psutil
 
 from agent.errors import InputError
+from agent.safewrite import agent_dir, private_dir, write_atomic
 
 # The order of the per-interval log line and of `bpfprof status`.
 FIELDS = (
@@ -65,13 +67,21 @@ def log_line(counters: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={counters[k]}" for k in FIELDS if k in counters)
 
 
+def check_status_dir(path: Path) -> None:
+    """At start: the status file's directory is (made) the agent's own, or a
+    ConfigError. A shared one such as /tmp is refused, not just written
+    into safely: its other names are not ours to tighten or replace."""
+    agent_dir(path.parent, "status_file's directory")
+
+
 def write_status(path: Path, status: Mapping[str, Any]) -> None:
-    """Replace the status file atomically; a failure only costs the file."""
+    """Replace the status file atomically (a fresh O_EXCL|O_NOFOLLOW
+    temporary renamed over it, so a planted name is replaced, never written
+    through); a failure only costs the file. The directory is checked again
+    each time: /run may have been cleaned under a long-lived agent."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        private_dir(path.parent)
+        write_atomic(path, (json.dumps(status, indent=1, sort_keys=True) + "\n").encode())
     except OSError:
         pass
 
@@ -82,6 +92,10 @@ def read_status(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(
             f"{path}: no status file (is `bpfprof run` running? see systemctl status bpfprof)"
+        ) from None
+    except PermissionError:
+        raise InputError(
+            f"{path}: permission denied: the status is private to root (run: sudo bpfprof status)"
         ) from None
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read the status: {e}") from None

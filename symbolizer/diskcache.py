@@ -8,11 +8,14 @@ every unit decoded so far; new units are merged in at each save.
 The format is `marshal` of plain lists, tuples, dicts, ints and strings,
 with a format version: it loads in milliseconds and, unlike pickle,
 cannot run code. Even so, a file planted by another user could feed the
-agent wrong names, so the directory is created 0700 and a file is only
-read if it and its directory belong to us and are not writable by others.
+agent wrong names, so the directories are created 0700 (an existing one
+is tightened; a symlink, another user's or a shared one is refused) and a
+file is only read if it and its directory belong to us and are not
+writable by others.
 Any unreadable, foreign or stale entry is ignored (and replaced at the
-next save). Writes go to a temporary file renamed into place, so a
-crash never leaves half a file.
+next save). Writes go to an O_EXCL|O_NOFOLLOW temporary file (0600)
+renamed into place, so a crash never leaves half a file and a planted
+name is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import gc
 import marshal
 import os
 import stat
-import tempfile
+from pathlib import Path
 from typing import Any
+
+from agent.safewrite import private_dir, write_atomic
 
 FORMAT = 3
 MAX_ENTRY = 1 << 30
@@ -59,17 +64,10 @@ class SymbolCache:
         """Write atomically; raises OSError (or ValueError) on failure."""
         if not _valid(build_id):
             raise ValueError(f"not a build ID: {build_id!r}")
-        directory = os.path.dirname(self._path(build_id))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        data = marshal.dumps((FORMAT, build_id, state))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self._path(build_id))
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        path = Path(self._path(build_id))
+        private_dir(Path(self.directory))  # 0700 at each level, ours, not shared
+        private_dir(path.parent)
+        write_atomic(path, marshal.dumps((FORMAT, build_id, state)))  # 0600
 
 
 def _valid(build_id: str) -> bool:

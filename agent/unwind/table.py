@@ -16,7 +16,6 @@ import logging
 import os
 import stat
 import struct
-import tempfile
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO, Any
 
 from elftools.elf.elffile import ELFFile
 
+from agent.safewrite import private_dir, write_atomic
 from agent.unwind.ehframe import CfiError, Fde, parse_section
 from agent.unwind.rows import ROW, Row, merge_rows, pack, unpack
 
@@ -165,11 +165,8 @@ class TableCache:
         if path is None:
             return
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(encode_cached(table))
-            os.replace(tmp, path)
+            private_dir(path.parent)  # 0700, ours, not a symlink nor shared
+            write_atomic(path, encode_cached(table))  # 0600, O_EXCL|O_NOFOLLOW temporary
         except OSError as exc:
             log.debug("cannot cache the unwind table of %s: %s", table.build_id, exc)
 

@@ -80,6 +80,10 @@ def test_interrupt_is_one_line(
         (["top", "{dir}/missing.pb.gz"], 65, "missing.pb.gz: no such file"),
         (["record", "-t", "bogus"], 2, "Invalid value for '-t'"),
         (["nosuchcommand"], 2, "No such command 'nosuchcommand'"),
+        (["record", "-d", "nan"], 2, "'-d' / '--duration': 'nan' is not a finite number"),
+        (["record", "-d", "inf"], 2, "'-d' / '--duration': 'inf' is not a finite number"),
+        (["run", "--interval", "nan"], 2, "'--interval': 'nan' is not a finite number"),
+        (["run", "-i", "-inf"], 2, "'--interval': '-inf' is not a finite number"),
     ],
 )
 def test_bad_input(

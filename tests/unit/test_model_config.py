@@ -69,6 +69,8 @@ def test_display_name_of_unsymbolized_location_without_mapping() -> None:
         ({"pids": (1,), "command": ("true",)}, "either --pid or a COMMAND"),
         ({"frequency": 0}, "between 1 and 10000"),
         ({"duration": -1.0}, "must be positive"),
+        ({"duration": float("nan")}, "must be positive and finite, not nan"),
+        ({"duration": float("inf")}, "must be positive and finite, not inf"),
         ({"output_format": "svg"}, "unknown output format"),
         ({"pids": (0,)}, "positive process id"),
     ],

@@ -184,3 +184,27 @@ def test_sizes_accept_units(tmp_path: Path) -> None:
     for text, size in (("1024", 1024), ("'2KiB'", 2048), ("'3 MB'", 3 << 20), ("'1G'", 1 << 30)):
         c = load(write(tmp_path, f"[output]\nmax_bytes = {text}\n"), env={})
         assert c.output_max_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("toml", "origin"),
+    [
+        ("interval = nan", "interval"),
+        ("interval = inf", "interval"),
+        ("[export.retry]\nmax_elapsed = -nan", "export.retry.max_elapsed"),
+        ("[profiles.cpu]\nfrequency = nan", "profiles.cpu.frequency"),
+    ],
+)
+def test_non_finite_numbers_in_the_file_are_refused(tmp_path: Path, toml: str, origin: str) -> None:
+    # NaN passes every range check (nan < low is False): an agent that
+    # would never report, if it were let through
+    with pytest.raises(ConfigError, match=f"config.toml: {origin}: expected a"):
+        load(write(tmp_path, toml + "\n"), env={})
+
+
+def test_non_finite_numbers_from_env_and_flags_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_TIMEOUT: expected a finite number"):
+        load(path, env={"OTEL_EXPORTER_OTLP_TIMEOUT": "nan"})
+    with pytest.raises(ConfigError, match="--interval: expected a finite number"):
+        load(path, env={}, flags=flag_overrides({"interval": float("nan")}))
