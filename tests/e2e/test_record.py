@@ -195,6 +195,10 @@ ONE_LINE = re.compile(r"^bpfprof: error: [^\n]+\n$")
         (["-F", "0"], "between 1 and 10000"),
         (["-o", "x.json"], "cannot tell the output format"),
         (["--", "no-such-command-xyz"], "command not found"),
+        (["-d", "nan"], "'nan' is not a finite number"),
+        (["-d", "inf"], "'inf' is not a finite number"),
+        # checked before attaching: the one line is the error, no "recording" line
+        (["-d", "30", "-o", "/nonexistent/x.pb.gz"], "/nonexistent: no such directory"),
     ],
 )
 def test_bad_input_is_one_line(bpfprof_cmd: list[str], args: list[str], message: str) -> None:
@@ -202,6 +206,24 @@ def test_bad_input_is_one_line(bpfprof_cmd: list[str], args: list[str], message:
     assert proc.returncode != 0
     assert ONE_LINE.match(proc.stderr), proc.stderr
     assert message in proc.stderr
+
+
+def test_read_only_destination_fails_before_recording(
+    bpfprof_cmd: list[str], tmp_path: Path
+) -> None:
+    """A read-only mount is found by a probe file before anything is attached,
+    not after the 30 s the recording would take: stderr is the error alone,
+    with no "recording" progress line before it."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(ro)], check=True)
+    try:
+        proc = record(bpfprof_cmd, "-d", "30", "-o", str(ro / "x.pb.gz"), check=False)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert proc.returncode == 2
+    assert ONE_LINE.match(proc.stderr), proc.stderr
+    assert f"{ro}: Read-only file system" in proc.stderr
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root")
