@@ -17,20 +17,48 @@ them, tried in this order:
 
 `DebugSearch` holds the directories, so tests point it at a temporary
 tree instead of the real /usr/lib/debug.
+
+The agent runs as root and the names it tries come from files a local
+user controls (the binary, its directory, a chroot the user owns), so
+every candidate is opened through symbolizer/places.py, never by a plain
+path:
+
+- under the process's root a candidate is resolved inside that root:
+  symlinks are followed but cannot leave it (Debian's and Fedora's
+  .build-id links are relative symlinks inside the root and still work);
+  the host's own directories are searched the same way from "/";
+- a debuglink candidate in the binary's own directory (or its `.debug/`)
+  sits where the binary's owner may write: it must be reached through no
+  symlink at all, and be owned by root or by the binary's owner (so a
+  user's link to /etc/shadow, or a file another user dropped in a shared
+  directory, is never read; a hard link to a root-owned file is kept
+  out by the kernel's protected_hardlinks);
+- only regular files: opening never blocks (a FIFO is refused, not
+  waited on);
+- a candidate must start with the ELF magic and carry the expected build
+  ID (where the binary has one) before the whole file is read for the
+  CRC, and the CRC reads at most MAX_DEBUG_FILE bytes;
+- the file found is returned open: what was checked is what is read.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from symbolizer.elf import ElfError, read_build_id
+from symbolizer.places import IN_ROOT, NO_SYMLINKS, Place, open_place
 
 _CRC_CHUNK = 1 << 20
+MAX_DEBUG_FILE = 1 << 30  # bytes a debuglink CRC may read (libLLVM's debug file: ~0.5 GiB)
+_ELF_MAGIC = b"\x7fELF"
+log = logging.getLogger("bpfprof.symbolizer")
 
 
 def _default_debuginfod_caches() -> tuple[str, ...]:
@@ -77,81 +105,141 @@ def read_debuglink(elf: Any) -> DebugLink | None:
     return parse_debuglink(sec.data(), elf.little_endian)
 
 
-def file_crc32(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CRC_CHUNK):
-            crc = zlib.crc32(chunk, crc)
+@dataclass
+class DebugFile:
+    """A separate debug file, found and open: read it from `file` (its
+    checks were made on this very descriptor), reopen it by `place`."""
+
+    place: Place
+    file: BinaryIO
+
+    @property
+    def path(self) -> str:
+        return self.place.shown
+
+
+@dataclass(frozen=True)
+class Binary:
+    """What the search needs of the binary: the path its process sees, and
+    the fstat of the open binary (its owner, and its identity, so that a
+    debuglink naming the binary itself is skipped)."""
+
+    path: str
+    stat: os.stat_result | None = None
+
+    @property
+    def owners(self) -> tuple[int, ...]:
+        return (0,) if self.stat is None else (0, self.stat.st_uid)
+
+    def same(self, st: os.stat_result) -> bool:
+        return self.stat is not None and (st.st_dev, st.st_ino) == (
+            self.stat.st_dev,
+            self.stat.st_ino,
+        )
+
+
+def file_crc32(f: BinaryIO, limit: int = MAX_DEBUG_FILE) -> int:
+    """The CRC-32 of an open file from its start; OSError(EFBIG) past `limit`."""
+    crc, total = 0, 0
+    f.seek(0)
+    while chunk := f.read(_CRC_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        crc = zlib.crc32(chunk, crc)
     return crc
 
 
 def find_debug_file(
-    binary: str,
+    binary: Binary | str,
     build_id: str,
     link: DebugLink | None,
     search: DebugSearch,
     root: str = "",
-) -> str:
-    """The host path of the binary's separate debug file, "" if none is found.
+) -> DebugFile | None:
+    """The binary's separate debug file, open; None if none is found.
 
-    `binary` is the path the process sees, `root` the prefix that reaches
-    that view from here ("/proc/PID/root" for a process, "" for a path).
+    `binary` is the path the process sees (with the binary's fstat where
+    known), `root` the prefix that reaches that view from here
+    ("/proc/PID/root" for a process, "" for a path). The caller closes
+    the file.
     """
-    for path in _by_build_id(build_id, search, root):
-        if _build_id_of(path) == build_id:
-            return path
-    if link is not None:
-        own_id = build_id
-        for path in _by_debuglink(binary, link, search, root):
-            if _same_file(path, root + binary):
-                continue
-            if _crc_matches(path, link.crc) and (not own_id or _build_id_of(path) in ("", own_id)):
-                return path
-    return ""
+    found = Binary(binary) if isinstance(binary, str) else binary
+    crc = link.crc if link is not None else None
+    for place in _by_build_id(build_id, search, root):
+        debug = _open_checked(place, lambda f: _build_id_of(f) == build_id)
+        if debug is not None:
+            return debug
+    if link is None or crc is None:
+        return None
+    for place in _by_debuglink(found.path, link, search, root):
+        owners = found.owners if place.how == NO_SYMLINKS else None
+        debug = _open_checked(place, lambda f: _debuglink_matches(f, found, build_id, crc), owners)
+        if debug is not None:
+            return debug
+    return None
 
 
-def _by_build_id(build_id: str, search: DebugSearch, root: str) -> Iterator[str]:
+def _open_checked(
+    place: Place, matches: Callable[[BinaryIO], bool], owners: tuple[int, ...] | None = None
+) -> DebugFile | None:
+    """`place` open if it is a regular ELF file (of one of `owners`) that
+    `matches`; closed and None otherwise."""
+    try:
+        f = open_place(place)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(f.fileno())
+        if owners is not None and st.st_uid not in owners:
+            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}")
+        if f.read(4) != _ELF_MAGIC or not matches(f):
+            raise OSError(errno.ENOEXEC, "not the debug file")
+        f.seek(0)
+        return DebugFile(place, f)
+    except (OSError, ElfError) as exc:
+        log.debug("debug file candidate %s refused: %s", place.shown, exc)
+        f.close()
+        return None
+
+
+def _debuglink_matches(f: BinaryIO, binary: Binary, build_id: str, crc: int) -> bool:
+    """Not the binary itself, the binary's build ID (or none), then the CRC."""
+    if binary.same(os.fstat(f.fileno())):
+        return False
+    if build_id and _build_id_of(f) not in ("", build_id):
+        return False
+    return file_crc32(f) == crc
+
+
+def _by_build_id(build_id: str, search: DebugSearch, root: str) -> Iterator[Place]:
     if len(build_id) < 4:
         return
     rel = f".build-id/{build_id[:2]}/{build_id[2:]}.debug"
     for prefix in _roots(root):
         for d in search.debug_dirs:
-            yield f"{prefix}{d}/{rel}"
+            yield Place(prefix, f"{d}/{rel}", IN_ROOT)
     for cache in search.debuginfod_caches:
-        yield f"{cache}/{build_id}/debuginfo"
+        yield Place("", f"{cache}/{build_id}/debuginfo", IN_ROOT)
 
 
-def _by_debuglink(binary: str, link: DebugLink, search: DebugSearch, root: str) -> Iterator[str]:
+def _by_debuglink(binary: str, link: DebugLink, search: DebugSearch, root: str) -> Iterator[Place]:
     directory = os.path.dirname(binary)
     for prefix in _roots(root):
-        yield f"{prefix}{directory}/{link.name}"
-        yield f"{prefix}{directory}/.debug/{link.name}"
+        yield Place(prefix, f"{directory}/{link.name}", NO_SYMLINKS)
+        yield Place(prefix, f"{directory}/.debug/{link.name}", NO_SYMLINKS)
         for d in search.debug_dirs:
-            yield f"{prefix}{d}{directory}/{link.name}"
+            yield Place(prefix, f"{d}{directory}/{link.name}", IN_ROOT)
 
 
 def _roots(root: str) -> tuple[str, ...]:
     return (root, "") if root else ("",)
 
 
-def _build_id_of(path: str) -> str | None:
-    """The build ID of a candidate, None if it cannot be read as ELF."""
+def _build_id_of(f: BinaryIO) -> str | None:
+    """The build ID of an open candidate, None if it cannot be read as ELF."""
     try:
-        with open(path, "rb") as f:
-            return read_build_id(f)
+        f.seek(0)
+        return read_build_id(f)
     except (OSError, ElfError):
         return None
-
-
-def _crc_matches(path: str, crc: int) -> bool:
-    try:
-        return os.path.isfile(path) and file_crc32(path) == crc
-    except OSError:
-        return False
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False

@@ -19,10 +19,11 @@ import io
 import logging
 import lzma
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from symbolizer.debuginfo import DebugSearch, find_debug_file, read_debuglink
+from symbolizer.debuginfo import Binary, DebugSearch, find_debug_file, read_debuglink
 from symbolizer.dwarf import DwarfInfo
 from symbolizer.dwarf_units import SECTION_NAMES, Sections
 from symbolizer.elf import (
@@ -34,6 +35,7 @@ from symbolizer.elf import (
     load_segments,
     open_elf,
 )
+from symbolizer.places import KERNEL, NO_SYMLINKS, Place, open_place
 from symbolizer.sections import MAX_SECTION_SIZE, SectionHeader, read_section, section_headers
 from symbolizer.symtab import Candidate
 
@@ -47,7 +49,7 @@ def _log_warning(message: str) -> None:
 
 def load_object(
     f: IO[bytes],
-    opened: str,
+    opened: str | Place,
     binary: str = "",
     root: str = "",
     search: DebugSearch | None = None,
@@ -55,9 +57,10 @@ def load_object(
 ) -> ElfSymbols:
     """Everything symbolization needs from the binary open as `f`.
 
-    `opened` is the path `f` was opened by (perhaps /proc/PID/map_files/..),
-    `binary` the path as its process sees it, `root` the prefix reaching
-    that process's files ("/proc/PID/root", or "" for the host's).
+    `opened` is where `f` was opened (perhaps /proc/PID/map_files/..; a
+    plain string is a host path), `binary` the path as its process sees
+    it, `root` the prefix reaching that process's files
+    ("/proc/PID/root", or "" for the host's).
     Raises ElfError if the binary itself is unusable; a bad debug file
     only costs its extras, with a warning.
     """
@@ -66,28 +69,34 @@ def load_object(
     segments = load_segments(elf)
     candidates = guarded(lambda: function_candidates(elf))
     headers = guarded(lambda: section_headers(elf))
-    binary = binary or opened
+    place = opened if isinstance(opened, Place) else Place("", opened)
+    binary = binary or place.path
     search = search or DebugSearch()
     link = _quietly(lambda: read_debuglink(elf), None)
-    debug = find_debug_file(binary, build_id, link, search, root)
+    found = find_debug_file(Binary(binary, os.fstat(f.fileno())), build_id, link, search, root)
     dwarf = None
-    if debug:
-        try:
-            candidates += _symbols_of(debug)
-            # found under /proc/PID/root: the same path on the host (build ID
-            # checked) still works once the process has exited
-            paths = [debug] + ([debug[len(root) :]] if root and debug.startswith(root) else [])
-            dwarf = DwarfInfo(dwarf_loader(paths, build_id, None), _prefixed(debug, warn))
-        except (OSError, ElfError) as exc:
-            warn(f"cannot use debug file {debug} of {binary}: {exc}")
-            debug = ""
+    debug = ""
+    if found is not None:
+        with found.file:
+            try:
+                candidates += _symbols_of(found.file)
+                # found under /proc/PID/root: the same path on the host (build
+                # ID checked) still works once the process has exited
+                places = [found.place]
+                if found.place.root:
+                    places.append(found.place._replace(root=""))
+                loader = dwarf_loader(places, build_id, _identity(found.file))
+                dwarf = DwarfInfo(loader, _prefixed(found.path, warn))
+                debug = found.path
+            except (OSError, ElfError) as exc:
+                warn(f"cannot use debug file {found.path} of {binary}: {exc}")
     if not debug and (".debug_info" in headers or ".zdebug_info" in headers):
         # /proc/PID/... dies with the process (a `record -- COMMAND` resolves
-        # after it exits): the host path is tried next, and the loader's
-        # build-ID (or identity) check keeps a different file out.
-        paths = [opened] + ([binary] if binary != opened else [])
-        identity = _identity(f)
-        dwarf = DwarfInfo(dwarf_loader(paths, build_id, identity), _prefixed(binary, warn))
+        # after it exits): the host path is tried next, with no symlink on
+        # it (maps prints paths canonical), and the loader's build-ID (or
+        # identity) check keeps a different file out.
+        places = [place] + ([Place("", binary, NO_SYMLINKS)] if binary != place.path else [])
+        dwarf = DwarfInfo(dwarf_loader(places, build_id, _identity(f)), _prefixed(binary, warn))
         debug = binary
     if ".gnu_debugdata" in headers and ".symtab" not in headers:
         candidates += _quietly(lambda: _mini_debuginfo(f, headers[".gnu_debugdata"], elf), [])
@@ -105,10 +114,11 @@ def _quietly(step: Callable[[], Any], default: Any) -> Any:
         return default
 
 
-def _symbols_of(path: str) -> list[Candidate]:
-    with open(path, "rb") as f:
-        elf = open_elf(f)
-        return guarded(lambda: function_candidates(elf))
+def _symbols_of(f: IO[bytes]) -> list[Candidate]:
+    """The function symbols of an open (debug) file."""
+    f.seek(0)
+    elf = open_elf(f)
+    return guarded(lambda: function_candidates(elf))
 
 
 def _identity(f: IO[bytes]) -> tuple[int, int, int, int]:
@@ -116,24 +126,48 @@ def _identity(f: IO[bytes]) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+_PROC_ROOT = re.compile(r"(/proc/\d+/root)(/.*)")
+
+
+def places_of(path: str) -> list[Place]:
+    """Where a path kept as a string (the disk cache's debug_file) is opened
+    again: a /proc/PID/root path inside that root, then on the host; a
+    map_files path through the kernel's link; any other on the host."""
+    inside = _PROC_ROOT.fullmatch(path)
+    if inside is not None:
+        return [Place(inside[1], inside[2]), Place("", inside[2])]
+    if re.fullmatch(r"/proc/\d+/map_files/[0-9a-f]+-[0-9a-f]+", path):
+        return [Place("", path, KERNEL)]
+    return [Place("", path)]
+
+
 def dwarf_loader(
-    paths: list[str], build_id: str, identity: tuple[int, int, int, int] | None
+    paths: Sequence[str | Place],
+    build_id: str,
+    identity: tuple[int, int, int, int] | None,
 ) -> Callable[[], Sections]:
     """A function reading the DWARF sections from the first of `paths` that
-    is still the expected file (its build ID, or `identity` without one)."""
+    is still the expected file (its build ID, or `identity` without one).
+
+    Each place is opened by its own rule (symbolizer/places.py): never a
+    symlink out of its root, never anything but a regular file. With
+    neither a build ID nor an identity nothing could tell a swapped file
+    apart, so nothing is read."""
+    places = [p for path in paths for p in ([path] if isinstance(path, Place) else places_of(path))]
 
     def load() -> Sections:
-        for path in paths:
+        for place in places:
             try:
-                with open(path, "rb") as f:
+                with open_place(place) as f:
                     if build_id and build_id_of(open_elf(f)) != build_id:
                         continue
-                    if not build_id and identity is not None and _identity(f) != identity:
+                    if not build_id and (identity is None or _identity(f) != identity):
                         continue
                     return read_dwarf_sections(f)
             except OSError:
                 continue
-        raise ElfError(f"no longer readable as the same file: {', '.join(paths)}")
+        shown = ", ".join(p.shown for p in places)
+        raise ElfError(f"no longer readable as the same file: {shown}")
 
     return load
 

@@ -10,13 +10,16 @@ before the exec may still be waiting in a BPF map).
 
 from __future__ import annotations
 
+import errno
 import os
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import IO
+from typing import BinaryIO
 
 from symbolizer.elf import ElfSymbols
+from symbolizer.places import KERNEL, Place, open_place
 from symbolizer.procmaps import MapEntry
+from symbolizer.safeopen import UnsafeFile
 
 FileId = tuple[str, int]  # (dev, inode) as printed in maps: one mapped file
 
@@ -80,23 +83,53 @@ def read_comm(pid: int, proc_root: str = "/proc") -> str:
         return ""
 
 
-def open_mapped_file(pid: int, entry: MapEntry, proc_root: str = "/proc") -> IO[bytes]:
-    """Open the file behind a mapping, as the process sees it.
+def open_mapped(pid: int, entry: MapEntry, proc_root: str = "/proc") -> tuple[BinaryIO, Place]:
+    """Open the file behind a mapping, and say where it was found.
 
-    /proc/PID/root/<path> resolves the path in the process's mount
-    namespace, so binaries inside containers are found. A deleted file
-    (unlinked or replaced since it was mapped) is reached only through
-    /proc/PID/map_files/<start>-<end>, which needs CAP_SYS_ADMIN; the path
-    is not tried then, as it may name a newer, different file.
-    Raises the last OSError if no way works.
+    First /proc/PID/map_files/<start>-<end>: the kernel's own handle on
+    the mapped inode (root has the CAP_SYS_ADMIN it needs), right even for
+    a deleted or replaced file. Else the path under /proc/PID/root, with
+    symlinks confined to that root: a container's files are found there.
+    The path is never trusted as such: for a chrooted process, maps shows
+    the path from the host's root (the reader's), and a user who owns the
+    chroot can plant a link or a copy at that path re-rooted; so whatever
+    is opened must be a regular file whose device and inode are the ones
+    the maps line names. Raises UnsafeFile on a mismatch, else the last
+    OSError.
     """
-    candidates = [f"{proc_root}/{pid}/map_files/{entry.start:x}-{entry.end:x}"]
+    places = [Place("", f"{proc_root}/{pid}/map_files/{entry.start:x}-{entry.end:x}", KERNEL)]
     if not entry.deleted:
-        candidates.insert(0, f"{proc_root}/{pid}/root{entry.path}")
-    error: OSError = FileNotFoundError(entry.path)
-    for path in candidates:
+        places.append(Place(f"{proc_root}/{pid}/root", entry.path))
+    error: OSError = FileNotFoundError(errno.ENOENT, "no such file", entry.path)
+    refused: UnsafeFile | None = None  # a wrong file outranks a missing one
+    for place in places:
         try:
-            return open(path, "rb")
+            f = open_place(place)
         except OSError as exc:
             error = exc
-    raise error
+            continue
+        if is_mapped(os.fstat(f.fileno()), entry):
+            return f, place
+        f.close()
+        refused = UnsafeFile(errno.EXDEV, f"not the mapped {entry.dev} {entry.inode}", place.shown)
+    raise refused or error
+
+
+def open_mapped_file(pid: int, entry: MapEntry, proc_root: str = "/proc") -> BinaryIO:
+    """The file behind a mapping (see open_mapped)."""
+    return open_mapped(pid, entry, proc_root)[0]
+
+
+def is_mapped(st: os.stat_result, entry: MapEntry) -> bool:
+    """Whether a file's fstat is the inode a maps line names. maps prints
+    the device as hex "major:minor" of the inode's superblock, the same
+    device fstat gives, overlayfs included (checked on kernel 6.18: both
+    show the overlay's anonymous device)."""
+    major, sep, minor = entry.dev.partition(":")
+    try:
+        dev = (int(major, 16), int(minor, 16))
+    except ValueError:
+        return False
+    return (
+        bool(sep) and st.st_ino == entry.inode and (os.major(st.st_dev), os.minor(st.st_dev)) == dev
+    )

@@ -7,6 +7,7 @@ the boundary where every failure is caught, counted and logged once.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -23,16 +24,18 @@ from symbolizer.kernel import KernelSymbols, read_kallsyms, read_kernel_notes
 from symbolizer.objfile import load_object
 from symbolizer.perfmap import PerfMapReader, perf_map_path
 from symbolizer.persist import restore_table, table_state
+from symbolizer.places import Place
 from symbolizer.process import (
     FileId,
     ProcessInfo,
     Snapshot,
     file_id,
-    open_mapped_file,
+    open_mapped,
     read_comm,
     read_exe,
 )
 from symbolizer.procmaps import MapEntry, parse_maps, read_maps
+from symbolizer.safeopen import UnsafeFile, open_regular
 from symbolizer.stats import SymbolizerStats
 
 MAX_ELF_ANSWERS = 1 << 16  # bounds resolve_elf's memo
@@ -191,13 +194,19 @@ class Symbolizer:
         return table
 
     def _load_file(self, path: str) -> ElfSymbols:
+        """A host file named by the CLI's user (root or not): its real path,
+        so its debuglink neighbours are found without crossing a symlink;
+        opened as a regular file only (never a FIFO that would block)."""
+        path = os.path.realpath(path)
         st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         known = self._tables.get(file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         if known is not None:
             return known
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             read_build_id(f)  # not ELF: ElfError, before anything is logged
-            table = self._table_from_file(f, path, path, "")
+            table = self._table_from_file(f, Place("", path), path, "")
             if table is None:
                 raise ElfError(self._bad_files.get(_fkey(f)) or "not a regular file")
             return table
@@ -332,19 +341,21 @@ class Symbolizer:
 
     def _table_for_mapping(self, pid: int, entry: MapEntry) -> ElfSymbols | None:
         try:
-            f = open_mapped_file(pid, entry, self.proc_root)
+            f, place = open_mapped(pid, entry, self.proc_root)
+        except UnsafeFile as exc:
+            self.stats.refused_files += 1
+            self.stats.warn_once(f"refused:{entry.path}", f"refusing {entry.path}: {exc}")
+            return None
         except OSError as exc:
             self.stats.unreadable_files += 1
             self.stats.warn_once(f"open:{entry.path}", f"cannot open {entry.path}: {exc}")
             return None
         root = f"{self.proc_root}/{pid}/root"
         with f:
-            return self._table_from_file(
-                f, f.name if isinstance(f.name, str) else "", entry.path, root
-            )
+            return self._table_from_file(f, place, entry.path, root)
 
     def _table_from_file(
-        self, f: IO[bytes], opened: str, path: str, root: str
+        self, f: IO[bytes], opened: Place, path: str, root: str
     ) -> ElfSymbols | None:
         """The cached table for this file, by identity then build ID; else parse it.
 
@@ -369,7 +380,7 @@ class Symbolizer:
         return table
 
     def _load_by_build_id(
-        self, f: IO[bytes], fkey: str, opened: str, path: str, root: str
+        self, f: IO[bytes], fkey: str, opened: Place, path: str, root: str
     ) -> ElfSymbols:
         build_id = read_build_id(f)
         table = self._tables.get(build_id_key(build_id)) if build_id else None
@@ -382,7 +393,7 @@ class Symbolizer:
         self._tables.put(fkey, table)
         return table
 
-    def _parse(self, f: IO[bytes], opened: str, path: str, root: str) -> ElfSymbols:
+    def _parse(self, f: IO[bytes], opened: Place, path: str, root: str) -> ElfSymbols:
         def warn(message: str) -> None:
             self.stats.bad_dwarf += 1
             self.stats.warn_once(f"debug:{message[:200]}", message)

@@ -68,18 +68,25 @@ def open_regular(
 
 
 def open_in_root(
-    root: str, path: str, *, owner: int | None = None, nofollow: bool = False
+    root: str,
+    path: str,
+    *,
+    owner: int | None = None,
+    nofollow: bool = False,
+    symlinks: bool = True,
 ) -> BinaryIO:
     """Open `path` as a process whose root directory is `root` would see it.
 
     `root` is "" or "/" for the host's root, or e.g. "/proc/PID/root".
     Every symlink on the way (and the last component's, unless
-    `nofollow`) is resolved inside `root`; ".." stops at it. The result
+    `nofollow`) is resolved inside `root`; ".." stops at it. Without
+    `symlinks` a symlink in any component fails (ELOOP). The result
     must be a regular file (of `owner`).
     """
     root_fd = os.open(root or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         resolve = _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS
+        resolve |= 0 if symlinks else _RESOLVE_NO_SYMLINKS
         flags = _OPEN_FLAGS | (os.O_NOFOLLOW if nofollow else 0)
         fd = _openat2(root_fd, path.lstrip("/") or ".", flags, resolve)
     finally:

@@ -20,6 +20,7 @@ class SymbolizerStats:
     observed: int = 0  # observe() calls that read a maps text
     vanished_pids: int = 0  # pids whose /proc entry was gone (or hidden) at observe()
     unreadable_files: int = 0  # mapped files that could not be opened
+    refused_files: int = 0  # files refused: not the mapped inode, not a regular file
     bad_elf: int = 0  # files that opened but are not usable ELF
     tables_loaded: int = 0  # symbol tables parsed
     table_cache_hits: int = 0  # tables found in the cache instead

@@ -13,6 +13,7 @@ import pytest
 
 from symbolizer import Symbolizer, parse_maps, read_maps
 from symbolizer import resolver as resolver_module
+from symbolizer.process import is_mapped
 from tests.programs import symtest
 from tests.programs.symtest import Programs, Running
 
@@ -152,8 +153,15 @@ class FakeProcess:
             (d / "map_files" / span).symlink_to(target)
 
 
-def maps_line(start: int, end: int, offset: int, path: Path | str, inode: int = 1) -> str:
-    return f"{start:x}-{end:x} r-xp {offset:08x} 08:01 {inode} {path}\n"
+def maps_line(start: int, end: int, offset: int, path: Path | str, of: Path | None = None) -> str:
+    """A maps line naming the device and inode of the file mapped (`of`, else
+    `path` itself), as the kernel prints them; a made-up one for no file."""
+    try:
+        st = os.stat(of or path)
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x} {st.st_ino}"
+    except OSError:
+        ident = "08:01 1"
+    return f"{start:x}-{end:x} r-xp {offset:08x} {ident} {path}\n"
 
 
 LIB_BASE = 0x7F0000000000
@@ -163,12 +171,12 @@ def test_newer_snapshot_wins_older_still_resolves(programs: Programs, tmp_path: 
     """GIVEN a process observed running the non-PIE build with the library,
     then (after an exec) the PIE build loaded over the same range."""
     proc = tmp_path / "proc"
-    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib, 3)
-    nopie_text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie, 1)
+    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib)
+    nopie_text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie)
     FakeProcess(50, lib_text + nopie_text, comm="old").write(proc, Path("/"))
     sym = Symbolizer(proc_root=str(proc))
     sym.observe(50)
-    pie_text = maps_line(0x401000, 0x402000, 0x1000, programs.pie, 2)  # PIE loaded at 0x400000
+    pie_text = maps_line(0x401000, 0x402000, 0x1000, programs.pie)  # PIE loaded at 0x400000
     FakeProcess(50, pie_text, comm="new").write(proc, Path("/"))
     sym.observe(50)
     # WHEN addresses are resolved THEN the newest snapshot holding each one answers
@@ -187,7 +195,7 @@ def test_deleted_mapping_uses_map_files_not_the_path(programs: Programs, tmp_pat
     (root / "usr/lib").mkdir(parents=True)
     shutil.copy(programs.pie, root / "usr/lib/libsymtest.so")
     span = (0x7F0000001000, 0x7F0000002000)
-    line = maps_line(*span, 0x1000, "/usr/lib/libsymtest.so (deleted)")
+    line = maps_line(*span, 0x1000, "/usr/lib/libsymtest.so (deleted)", programs.lib)
     FakeProcess(60, line, map_files={f"{span[0]:x}-{span[1]:x}": programs.lib}).write(proc, root)
     sym = Symbolizer(proc_root=str(proc))
     lib_add = 0x7F0000000000 + _symbol_start(programs.lib, "lib_add")
@@ -200,7 +208,8 @@ def test_container_path_resolves_under_proc_root(programs: Programs, tmp_path: P
     proc, root = tmp_path / "proc", tmp_path / "container"
     (root / "app").mkdir(parents=True)
     shutil.copy(programs.nopie, root / "app/server")
-    FakeProcess(70, maps_line(0x401000, 0x402000, 0x1000, "/app/server")).write(proc, root)
+    line = maps_line(0x401000, 0x402000, 0x1000, "/app/server", root / "app/server")
+    FakeProcess(70, line).write(proc, root)
     sym = Symbolizer(proc_root=str(proc))
     frame = sym.resolve_user(70, _symbol_start(programs.nopie, "main_work") + 4)
     assert (frame.function, frame.symbol_offset) == ("main_work", 4)
@@ -220,8 +229,9 @@ def test_unusable_file_leaves_address_with_mapping(
     proc, root = tmp_path / "proc", tmp_path / "root"
     root.mkdir()
     (root / "bad").write_bytes(content)
-    FakeProcess(80, maps_line(0x10000, 0x20000, 0, "/bad")).write(proc, root)
-    FakeProcess(81, maps_line(0x10000, 0x20000, 0, "/bad")).write(proc, root)
+    line = maps_line(0x10000, 0x20000, 0, "/bad", root / "bad")
+    FakeProcess(80, line).write(proc, root)
+    FakeProcess(81, line).write(proc, root)
     sym = Symbolizer(proc_root=str(proc))
     with caplog.at_level(logging.WARNING, logger="bpfprof.symbolizer"):
         frames = [sym.resolve_user(pid, 0x10010) for pid in (80, 81, 80)]
@@ -273,8 +283,8 @@ def test_this_process_maps_match_its_own_view() -> None:
 def test_maps_out_of_order_still_resolve(programs: Programs, tmp_path: Path) -> None:
     """A replayed or hand-written maps text need not be sorted like the kernel's."""
     proc = tmp_path / "proc"
-    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib, 3)
-    nopie_text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie, 1)
+    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib)
+    nopie_text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie)
     FakeProcess(51, lib_text + nopie_text).write(proc, Path("/"))
     sym = Symbolizer(proc_root=str(proc))
     assert sym.resolve_user(51, _symbol_start(programs.nopie, "main")).function == "main"
@@ -285,7 +295,7 @@ def test_observe_says_whether_the_maps_changed_and_takes_the_callers_text(
 ) -> None:
     # GIVEN a process observed once
     proc = tmp_path / "proc"
-    text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie, 1)
+    text = maps_line(0x401000, 0x402000, 0x1000, programs.nopie)
     FakeProcess(52, text).write(proc, Path("/"))
     sym = Symbolizer(proc_root=str(proc))
     assert sym.observe(52) is True
@@ -295,9 +305,74 @@ def test_observe_says_whether_the_maps_changed_and_takes_the_callers_text(
     # WHEN it is observed again with the same maps THEN nothing is parsed or added
     assert sym.observe(52) is False and parsed == []
     # WHEN the caller hands over maps it read (an exec) THEN they are used, not /proc's
-    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib, 3)
+    lib_text = maps_line(LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, programs.lib)
     assert sym.observe(52, lib_text) is True and parsed == [lib_text]
     lib_mul = sym.resolve_user(52, LIB_BASE + _symbol_start(programs.lib, "lib_mul"))
     assert lib_mul.function == "lib_mul"
     # and the same text again changes nothing
     assert sym.observe(52, lib_text) is False and parsed == [lib_text]
+
+
+# -- which file is read: the mapped inode, or none ------------------------------
+
+
+def test_a_file_planted_at_the_path_is_refused(programs: Programs, tmp_path: Path) -> None:
+    """A chroot's owner copies (or hard links) another library to the path
+    maps shows: a file, but not the mapped inode, so it is not read."""
+    proc, root = tmp_path / "proc", tmp_path / "chroot"
+    (root / "lib").mkdir(parents=True)
+    shutil.copy(programs.lib, root / "lib/libsymtest.so")  # another inode
+    line = maps_line(
+        LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, "/lib/libsymtest.so", programs.lib
+    )
+    FakeProcess(61, line).write(proc, root)
+    sym = Symbolizer(proc_root=str(proc))
+    frame = sym.resolve_user(61, LIB_BASE + _symbol_start(programs.lib, "lib_add"))
+    assert frame.function is None and frame.mapping is not None
+    assert sym.stats.refused_files == 1 and sym.stats.unreadable_files == 0
+
+
+def test_map_files_wins_over_a_planted_path(programs: Programs, tmp_path: Path) -> None:
+    proc, root = tmp_path / "proc", tmp_path / "chroot"
+    (root / "lib").mkdir(parents=True)
+    shutil.copy(programs.pie, root / "lib/libsymtest.so")
+    span = (LIB_BASE + 0x1000, LIB_BASE + 0x2000)
+    line = maps_line(*span, 0x1000, "/lib/libsymtest.so", programs.lib)
+    FakeProcess(62, line, map_files={f"{span[0]:x}-{span[1]:x}": programs.lib}).write(proc, root)
+    sym = Symbolizer(proc_root=str(proc))
+    frame = sym.resolve_user(62, LIB_BASE + _symbol_start(programs.lib, "lib_add"))
+    assert frame.function == "lib_add" and sym.stats.refused_files == 0
+
+
+def test_a_symlink_in_the_root_stays_in_the_root(programs: Programs, tmp_path: Path) -> None:
+    """An absolute link inside the process's root is resolved there: a link
+    to the host's copy of the mapped library does not reach it."""
+    proc, root = tmp_path / "proc", tmp_path / "chroot"
+    (root / "lib").mkdir(parents=True)
+    (root / "lib/libsymtest.so").symlink_to(programs.lib)
+    line = maps_line(
+        LIB_BASE + 0x1000, LIB_BASE + 0x2000, 0x1000, "/lib/libsymtest.so", programs.lib
+    )
+    FakeProcess(63, line).write(proc, root)
+    sym = Symbolizer(proc_root=str(proc))
+    assert sym.resolve_user(63, LIB_BASE + _symbol_start(programs.lib, "lib_add")).function is None
+    assert sym.stats.unreadable_files == 1
+
+
+@pytest.mark.parametrize(
+    "dev,inode,expected",
+    [
+        ("same", 0, True),
+        ("same", 1, False),  # another inode
+        ("00:00", 0, False),  # another device
+        ("fe00", 0, False),  # not "major:minor"
+        ("zz:00", 0, False),
+    ],
+)
+def test_is_mapped_compares_device_and_inode(dev: str, inode: int, expected: bool) -> None:
+    st = os.stat(__file__)
+    same = f"{os.major(st.st_dev):x}:{os.minor(st.st_dev):02x}"
+    entry = parse_maps(f"1000-2000 r-xp 0 {same if dev == 'same' else dev} {st.st_ino + inode} /x")[
+        0
+    ]
+    assert is_mapped(st, entry) is expected

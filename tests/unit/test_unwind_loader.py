@@ -49,10 +49,11 @@ def fake_proc(root: Path, pid: int, binary: Path, start: int = 0x555555554000) -
     d = root / str(pid)
     d.mkdir(parents=True)
     (d / "root").symlink_to("/")
-    inode = os.stat(binary).st_ino
+    st = os.stat(binary)  # the device and inode the kernel would print
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x} {st.st_ino}"
     (d / "maps").write_text(
-        f"{start:x}-{start + 0x1000:x} r--p 00000000 08:01 {inode} {binary}\n"
-        f"{start + 0x1000:x}-{start + 0x2000:x} r-xp 00001000 08:01 {inode} {binary}\n"
+        f"{start:x}-{start + 0x1000:x} r--p 00000000 {ident} {binary}\n"
+        f"{start + 0x1000:x}-{start + 0x2000:x} r-xp 00001000 {ident} {binary}\n"
         f"{start + 0x10000:x}-{start + 0x20000:x} rw-p 00000000 00:00 0 [heap]\n"
     )
 
