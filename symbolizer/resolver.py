@@ -22,7 +22,7 @@ from symbolizer.elf import ElfError, ElfSymbols, build_id_from_notes, read_build
 from symbolizer.frames import ResolvedLine, source_lines
 from symbolizer.kernel import KernelSymbols, read_kallsyms, read_kernel_notes
 from symbolizer.objfile import load_object
-from symbolizer.perfmap import PerfMapReader, perf_map_path
+from symbolizer.perfmap import PerfMapReader
 from symbolizer.persist import restore_table, table_state
 from symbolizer.places import Place
 from symbolizer.process import (
@@ -238,9 +238,10 @@ class Symbolizer:
     def _observe_perf_map(self, pid: int, maps: tuple[MapEntry, ...]) -> None:
         """Read the perf map now, while /proc/PID/root still leads to it."""
         del maps  # (any process may have one: JIT code can live in memfd mappings too)
-        reader = self._perf_maps.get(pid) or PerfMapReader(perf_map_path(pid, self.proc_root))
-        if reader.refresh():
-            self._perf_maps[pid] = reader
+        reader = self._perf_maps.get(pid)
+        if reader is None:  # kept even without a map yet: a runtime may write it later
+            reader = self._perf_maps[pid] = PerfMapReader(pid, self.proc_root, self.stats)
+        reader.refresh()
 
     def _resolve_jit(self, pid: int, address: int, entry: MapEntry | None) -> ResolvedFrame | None:
         reader = self._perf_maps.get(pid)

@@ -29,6 +29,8 @@ class SymbolizerStats:
     kernel_unavailable: int = 0  # kallsyms unreadable or empty
     bad_dwarf: int = 0  # debug files or DWARF units that could not be used
     disk_cache_hits: int = 0  # tables restored from the on-disk cache
+    perf_map_refused: int = 0  # pids whose perf map was a symlink, not regular, or not theirs
+    perf_map_truncated: int = 0  # pids whose perf map reached its byte or entry bound
     _warned: dict[str, None] = field(default_factory=dict, repr=False)
 
     def warn_once(self, key: str, message: str) -> None:
