@@ -44,6 +44,7 @@ from agent.sources.base import SampleSource, SnapshotSource
 from agent.spool import Spool
 from agent.telemetry import SelfUsage, check_status_dir, log_line, write_status
 from symbolizer import Symbolizer, read_maps
+from symbolizer.budget import cancel_all
 
 log = logging.getLogger("bpfprof.run")
 
@@ -65,6 +66,7 @@ class Signals:
 
     def _stop(self, _signum: int, _frame: FrameType | None) -> None:
         self.stop = True
+        cancel_all()  # a file being parsed gives up at its next budget check
 
     def _reload(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload = True
@@ -285,6 +287,11 @@ class Session:
             "spool_dropped": self.spool.dropped if self.spool else 0,
             "cpu_percent": cpu,
             "rss_mib": rss,
+            # files over their per-file budget (symbolizer/budget.py): bombs
+            "elf_budget_exceeded": self.symbolizer.stats.budget_exceeded,
+            "unwind_budget_exceeded": sum(
+                c.get("unwind_budget_exceeded", 0) for c in self.last_counters.values()
+            ),
         }
         last.update(gauges)
         self.intervals += 1

@@ -17,6 +17,10 @@ specification chain, else its plain name.
 
 A unit that fails to decode (truncated, corrupt, hostile) becomes an
 empty one, reported once through `warn`; the rest of the file still works.
+The file's budget (carried by its Sections) pays for the unit index's
+entries, and bounds the time of each unit's decoding (its clock restarts
+per unit); a file over its budget reports it through `over_budget`, once,
+and gives no more source lines.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from symbolizer.budget import CHECK_EVERY, Budget, BudgetExceeded
 from symbolizer.dwarf_forms import (
     AT_ABSTRACT_ORIGIN,
     AT_CALL_COLUMN,
@@ -202,6 +207,7 @@ class DwarfInfo:
         self._load, self._warn = load, warn
         self._s: Sections | None = None
         self._broken = False
+        self.over_budget = ""  # what ran out, once the file's budget did
         self._index: list[tuple[int, int, int]] | None = None
         self._index_lows: list[int] = []
         self._decoded: dict[int, UnitData] = {}
@@ -225,6 +231,8 @@ class DwarfInfo:
         return found
 
     def _frames(self, vaddr: int) -> tuple[SourceFrame, ...]:
+        if self.over_budget:
+            return ()
         cu = self._unit_for(vaddr)
         if cu is None:
             return ()
@@ -239,10 +247,10 @@ class DwarfInfo:
         if self._s is None and not self._broken:
             try:
                 self._s = self._load()
-                self._unit_starts = unit_offsets(self._s.info)
+                self._unit_starts = unit_offsets(self._s.info, self._s.budget)
             except Exception as exc:
                 self._broken = True
-                self._warn(f"unreadable DWARF: {type(exc).__name__}: {exc}")
+                self._failed("unreadable DWARF", exc)
         return self._s
 
     def _unit_for(self, vaddr: int) -> int | None:
@@ -261,15 +269,19 @@ class DwarfInfo:
         s = self._sections()
         if s is not None:
             try:
-                index = _aranges(s.aranges)
+                s.budget.restart_clock()
+                index = _aranges(s.aranges, s.budget)
                 covered = {cu for _, _, cu in index}
-                for off in self._unit_starts:
+                for i, off in enumerate(self._unit_starts):
                     if off not in covered:
                         unit = self._unit(off)
                         if unit is not None:
                             index.extend((lo, hi, off) for lo, hi in pc_ranges(s, unit, unit.top))
+                    if i % 256 == 255:
+                        s.budget.take_entries(256, "DWARF units")
             except Exception as exc:
-                self._warn(f"bad DWARF unit index: {type(exc).__name__}: {exc}")
+                index = [] if isinstance(exc, BudgetExceeded) else index
+                self._failed("bad DWARF unit index", exc)
         self._set_index(index)
 
     def _set_index(self, index: list[tuple[int, int, int]]) -> None:
@@ -284,11 +296,16 @@ class DwarfInfo:
 
     # -- decoding one unit -----------------------------------------------
 
+    def _failed(self, what: str, exc: Exception) -> None:
+        if isinstance(exc, BudgetExceeded):
+            self.over_budget = str(exc)
+        self._warn(f"{what}: {type(exc).__name__}: {exc}")
+
     def _decode_guarded(self, cu: int) -> UnitData:
         try:
             data = self._decode(cu)
         except Exception as exc:
-            self._warn(f"bad DWARF in the unit at 0x{cu:x}: {type(exc).__name__}: {exc}")
+            self._failed(f"bad DWARF in the unit at 0x{cu:x}", exc)
             data = UnitData()
             data.seal()
         self._decoded[cu] = data
@@ -300,12 +317,13 @@ class DwarfInfo:
         unit = self._unit(cu) if s is not None else None
         if s is None or unit is None:
             return UnitData()
+        s.budget.restart_clock()
         line = None
         offset = stmt_list(unit)
         if offset is not None and offset < len(s.line):
             line = parse_line_table(
                 s.line, offset, unit.comp_dir, unit.addr_size,
-                lambda form, value: string(s, unit, form, value),
+                lambda form, value: string(s, unit, form, value), s.budget,
             )  # fmt: skip
         data = UnitData(line)
         if unit.top_children:
@@ -318,7 +336,11 @@ class DwarfInfo:
         info, pos, end, abbrevs = s.info, u.after_top, u.end, u.abbrevs
         addr_size, offset_size = u.addr_size, u.offset_size
         stack = [-1]
+        dies = 0
         while stack and pos < end:
+            dies += 1
+            if dies % CHECK_EVERY == 0:
+                s.budget.check_time("DWARF DIEs")
             die = pos
             code, pos = uleb(info, pos)
             if code == 0:
@@ -409,8 +431,8 @@ def _num(attrs: Attrs, attr: int) -> int:
     return entry[1] if entry and isinstance(entry[1], int) else 0
 
 
-def _aranges(data: bytes) -> list[tuple[int, int, int]]:
-    """(low, high, unit offset) of every .debug_aranges tuple."""
+def _aranges(data: bytes, budget: Budget) -> list[tuple[int, int, int]]:
+    """(low, high, unit offset) of every .debug_aranges tuple, each paid for."""
     out: list[tuple[int, int, int]] = []
     pos = 0
     while pos + 12 <= len(data):
@@ -434,5 +456,7 @@ def _aranges(data: bytes) -> list[tuple[int, int, int]]:
                 break
             if n and lo:
                 out.append((lo, lo + n, cu))
+                if len(out) % CHECK_EVERY == 0:
+                    budget.take_entries(CHECK_EVERY, ".debug_aranges")
         pos = end
     return out

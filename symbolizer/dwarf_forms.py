@@ -56,13 +56,31 @@ class DwarfError(Exception):
     """Malformed DWARF: a bad form, abbreviation or length."""
 
 
+MAX_LEB128 = 10  # bytes: enough for any 64-bit value
+
+
+class LebError(ValueError):
+    """A LEB128 that is truncated or longer than MAX_LEB128 bytes."""
+
+
 def uleb(data: bytes, pos: int) -> tuple[int, int]:
-    b = data[pos]
+    """(value, position after it) of an unsigned LEB128 at `pos`.
+
+    At most MAX_LEB128 bytes are read: a run of 0x80-0xff bytes in a
+    hostile file is an error after ten of them, not a number growing by
+    seven bits per byte (which made decoding 1.5 MB of 0xff quadratic).
+    The one-byte case, nearly every LEB128 in DWARF, stays one branch.
+    This is the only LEB128 decoder: agent.unwind.ehframe uses it too.
+    """
+    b = data[pos]  # IndexError past the end, as every other read here
     if b < 0x80:
         return b, pos + 1
-    result, shift = b & 0x7F, 7
+    start = pos
+    result, shift, last = b & 0x7F, 7, min(pos + MAX_LEB128, len(data))
     while True:
         pos += 1
+        if pos >= last:
+            raise LebError(f"LEB128 at 0x{start:x} is truncated or longer than {MAX_LEB128} bytes")
         b = data[pos]
         result |= (b & 0x7F) << shift
         if b < 0x80:
@@ -71,16 +89,13 @@ def uleb(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result, shift = 0, 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
+    """(value, position after it) of a signed LEB128 at `pos` (bounded as uleb)."""
+    start = pos
+    value, pos = uleb(data, pos)
+    bits = 7 * (pos - start)
+    if data[pos - 1] & 0x40:
+        value -= 1 << bits
+    return value, pos
 
 
 def cstring(data: bytes, pos: int) -> tuple[bytes, int]:

@@ -24,6 +24,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from symbolizer.budget import CHECK_EVERY, Budget
 from symbolizer.dwarf_forms import (
     FORM_LINE_STRP,
     FORM_STRING,
@@ -38,7 +39,8 @@ from symbolizer.dwarf_forms import (
 )
 
 _LNCT_PATH, _LNCT_DIRECTORY_INDEX = 1, 2
-MAX_ROWS = 4_000_000  # per unit: a hostile program cannot grow lists forever
+MAX_ROWS = 2_000_000  # per unit, counted as rows are made: lists cannot grow forever
+MAX_FILES = 1 << 17  # directories or files of one unit's table
 
 StringAt = Callable[[int, int], str]  # (form, value) -> the string it names
 
@@ -80,12 +82,18 @@ class _Header:
 
 
 def parse_line_table(
-    data: bytes, offset: int, comp_dir: str, cu_addr_size: int, string_at: StringAt
+    data: bytes,
+    offset: int,
+    comp_dir: str,
+    cu_addr_size: int,
+    string_at: StringAt,
+    budget: Budget | None = None,
 ) -> LineTable:
+    """One unit's table; `budget`'s clock is checked every CHECK_EVERY rows."""
     h, dirs, names = _header(data, offset, cu_addr_size, string_at)
     paths = [_join(comp_dir, dirs, d, n, h.version) for n, d in names]
     table = LineTable([], [], [], [], paths)
-    seqs = _run(data, h)
+    seqs = _run(data, h, budget or Budget())
     if any(seqs[i][0][0] > seqs[i + 1][0][0] for i in range(len(seqs) - 1)):
         seqs.sort(key=lambda s: s[0][0])
     for addrs, files, lines, cols in seqs:
@@ -155,6 +163,8 @@ def _v4_entries(data: bytes, pos: int) -> tuple[list[str], list[tuple[str, int]]
         _, pos = uleb(data, pos)  # mtime
         _, pos = uleb(data, pos)  # length
         names.append((raw.decode("utf-8", "replace"), d))
+        if len(names) > MAX_FILES:
+            raise DwarfError("line table lists too many files")
     return dirs, names
 
 
@@ -170,7 +180,7 @@ def _v5_entries(
         form, pos = uleb(data, pos)
         formats.append((kind, form))
     count, pos = uleb(data, pos)
-    if count > len(data) - pos:
+    if count > min(len(data) - pos, MAX_FILES):
         raise DwarfError("line table directory/file count exceeds its section")
     entries = []
     for _ in range(count):
@@ -209,7 +219,7 @@ def _join(comp_dir: str, dirs: list[str], index: int, name: str, version: int) -
 _Seq = tuple[list[int], list[int], list[int], list[int]]  # addrs, files, lines, columns
 
 
-def _run(data: bytes, h: _Header) -> list[_Seq]:
+def _run(data: bytes, h: _Header, budget: Budget) -> list[_Seq]:
     """Execute the line program: the rows of each sequence (end rows have line -1)."""
     seqs: list[_Seq] = []
     addrs: list[int] = []
@@ -245,9 +255,9 @@ def _run(data: bytes, h: _Header) -> list[_Seq]:
             files.append(file)
             lines.append(-1)
             cols.append(0)
-            total += len(addrs)
-            if total > MAX_ROWS:
-                raise DwarfError("line table has too many rows")
+            total += 1
+            if total % CHECK_EVERY == 0:
+                _check_rows(total, budget)
             _keep(seqs, (addrs, files, lines, cols))
             addrs, files, lines, cols = [], [], [], []
             addr, file, line, col = 0, 1, 1, 0
@@ -284,7 +294,16 @@ def _run(data: bytes, h: _Header) -> list[_Seq]:
         files.append(file)
         lines.append(line)
         cols.append(col)
+        total += 1
+        if total % CHECK_EVERY == 0:
+            _check_rows(total, budget)
     return seqs
+
+
+def _check_rows(total: int, budget: Budget) -> None:
+    if total > MAX_ROWS:
+        raise DwarfError(f"line table has more than {MAX_ROWS} rows")
+    budget.check_time("line table")
 
 
 def _keep(seqs: list[_Seq], seq: _Seq) -> None:

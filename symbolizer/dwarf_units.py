@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from symbolizer.budget import CHECK_EVERY, Budget
 from symbolizer.dwarf_forms import (
     ADDRX_FORMS,
     AT_ADDR_BASE,
@@ -52,7 +53,8 @@ ADDRX_FORMS_ANY = 0x1B  # DW_FORM_addrx: an index into .debug_addr
 
 @dataclass
 class Sections:
-    """The DWARF sections of one file, decompressed ("" when absent)."""
+    """The DWARF sections of one file, decompressed ("" when absent), and
+    the budget of the file they came from (decoding units spends from it)."""
 
     info: bytes = b""
     abbrev: bytes = b""
@@ -64,9 +66,12 @@ class Sections:
     ranges: bytes = b""
     rnglists: bytes = b""
     aranges: bytes = b""
+    budget: Budget = field(default_factory=Budget, compare=False, repr=False)
 
 
-SECTION_NAMES = {f".debug_{name}": name for name in Sections.__dataclass_fields__}
+SECTION_NAMES = {
+    f".debug_{name}": name for name in Sections.__dataclass_fields__ if name != "budget"
+}
 
 
 @dataclass
@@ -89,10 +94,15 @@ class Unit:
     comp_dir: str = ""
 
 
-def unit_offsets(info: bytes) -> list[int]:
-    """Offsets of every unit header in .debug_info (hopping by unit_length)."""
-    offsets, pos = [], 0
+def unit_offsets(info: bytes, budget: Budget | None = None) -> list[int]:
+    """Offsets of every unit header in .debug_info (hopping by unit_length),
+    each an entry of `budget` (a hostile .debug_info can be all tiny units)."""
+    offsets: list[int] = []
+    pos = 0
+    budget = budget or Budget()
     while pos + 11 <= len(info):
+        if len(offsets) % CHECK_EVERY == CHECK_EVERY - 1:
+            budget.take_entries(CHECK_EVERY, ".debug_info units")
         length, size = unsigned(info, pos, 4), 4
         if length == 0xFFFFFFFF:
             length, size = unsigned(info, pos + 4, 8), 12

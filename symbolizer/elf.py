@@ -4,7 +4,10 @@ pyelftools locates the headers, segments and sections; the symbol entries
 themselves are unpacked with `struct`, because pyelftools builds one
 object per symbol (about 80 ms for libc's .dynsym, against a few ms here).
 Everything is read eagerly and the file is not kept open: a table must
-outlive the process (and the file) it came from.
+outlive the process (and the file) it came from. Section contents are read
+through `sections.read_section` (never pyelftools' `data()`, which would
+decompress an SHF_COMPRESSED section whatever size it claims), paid for
+by the file's `Budget`, as is every symbol kept.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from typing import IO, Any, TypeVar
 
 from elftools.elf.elffile import ELFFile
 
+from symbolizer.budget import CHECK_EVERY, Budget
+from symbolizer.budget import ElfError as ElfError  # defined there, known by all as elf's
 from symbolizer.dwarf import DwarfInfo
+from symbolizer.sections import SHF_COMPRESSED, SectionHeader, read_section
 from symbolizer.symtab import Candidate, Symbol, SymbolIndex
 
 T = TypeVar("T")
@@ -26,10 +32,6 @@ NT_GNU_BUILD_ID = 3
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 _SHN_UNDEF, _SHN_LORESERVE = 0, 0xFF00
 _BINDING_RANK = {1: 2, 2: 1}  # GLOBAL over WEAK over LOCAL (and the rest)
-
-
-class ElfError(Exception):
-    """The file is not a usable ELF: not ELF at all, truncated or corrupt."""
 
 
 @dataclass(frozen=True)
@@ -92,17 +94,20 @@ class ElfSymbols:
         return None
 
 
-def load_elf(source: str | os.PathLike[str] | IO[bytes]) -> ElfSymbols:
+def load_elf(
+    source: str | os.PathLike[str] | IO[bytes], budget: Budget | None = None
+) -> ElfSymbols:
     """Parse a file (path or binary file object).
 
-    Raises ElfError if it is not a usable ELF; OSError if a path cannot be opened.
+    Raises ElfError if it is not a usable ELF (BudgetExceeded if it costs
+    more than `budget`); OSError if a path cannot be opened.
     """
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as f:
-            return load_elf(f)
+            return load_elf(f, budget)
     elf = _open(source)
     return _guarded(
-        lambda: ElfSymbols(_build_id(elf), _load_segments(elf), function_candidates(elf))
+        lambda: ElfSymbols(_build_id(elf), _load_segments(elf), function_candidates(elf, budget))
     )
 
 
@@ -167,6 +172,8 @@ def _guarded(step: Callable[[], T]) -> T:
     """
     try:
         return step()
+    except ElfError:
+        raise  # already says what is wrong (BudgetExceeded must stay itself)
     except Exception as exc:
         raise ElfError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -224,11 +231,22 @@ def load_segments(elf: Any) -> list[Segment]:
 
 
 def _build_id(elf: Any) -> str:
-    """From PT_NOTE segments, else SHT_NOTE sections (files without phdrs)."""
-    notes = [(s.data(), s["p_align"]) for s in elf.iter_segments() if s["p_type"] == "PT_NOTE"]
+    """From PT_NOTE segments, else SHT_NOTE sections (files without phdrs).
+
+    Notes bigger than _MAX_NOTE, or compressed, are not read: a build ID
+    note is 36 bytes, and pyelftools' data() reads whatever size is claimed."""
+    notes = [
+        (s.data(), s["p_align"])
+        for s in elf.iter_segments()
+        if s["p_type"] == "PT_NOTE" and s["p_filesz"] <= _MAX_NOTE
+    ]
     if not notes:
         notes = [
-            (s.data(), s["sh_addralign"]) for s in elf.iter_sections() if s["sh_type"] == "SHT_NOTE"
+            (s.data(), s["sh_addralign"])
+            for s in elf.iter_sections()
+            if s["sh_type"] == "SHT_NOTE"
+            and s["sh_size"] <= _MAX_NOTE
+            and not s["sh_flags"] & SHF_COMPRESSED
         ]
     for data, align in notes:
         found = build_id_from_notes(data, elf.little_endian, 8 if align == 8 else 4)
@@ -245,32 +263,55 @@ def _load_segments(elf: Any) -> list[Segment]:
     ]
 
 
-def function_candidates(elf: Any) -> list[Candidate]:
-    """Function symbols of .symtab and .dynsym; .symtab ones rank higher."""
+def function_candidates(elf: Any, budget: Budget | None = None) -> list[Candidate]:
+    """Function symbols of .symtab and .dynsym; .symtab ones rank higher.
+
+    Their bytes, and each symbol kept, are taken from `budget` (a fresh
+    default one if None): BudgetExceeded when the file asks for more."""
+    budget = budget or Budget()
     sections = list(elf.iter_sections())
     extents = [(s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in sections]
     found: list[Candidate] = []
     for sec in sections:
         if sec["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM"):
-            strtab = sections[sec["sh_link"]].data()
+            strtab = section_bytes(elf, sections[sec["sh_link"]], budget)
+            data = section_bytes(elf, sec, budget)
             from_symtab = sec["sh_type"] == "SHT_SYMTAB"
-            found.extend(_unpack_symbols(elf, sec, strtab, extents, from_symtab))
+            found.extend(_unpack_symbols(elf, data, strtab, extents, from_symtab, budget))
     return found
 
 
+def section_bytes(elf: Any, sec: Any, budget: Budget) -> bytes:
+    """A pyelftools section's contents, decompressed, paid for by `budget`."""
+    header = SectionHeader(
+        sec.name, sec["sh_type"], sec["sh_flags"], sec["sh_offset"], sec["sh_size"], sec["sh_addr"]
+    )
+    return read_section(elf.stream, header, elf.elfclass, elf.little_endian, budget=budget)
+
+
 def _unpack_symbols(
-    elf: Any, sec: Any, strtab: bytes, extents: list[tuple[int, int]], from_symtab: bool
+    elf: Any,
+    data: bytes,
+    strtab: bytes,
+    extents: list[tuple[int, int]],
+    from_symtab: bool,
+    budget: Budget,
 ) -> Iterator[Candidate]:
     """Defined STT_FUNC/STT_GNU_IFUNC entries of one symbol table section.
 
     A zero-size symbol extends at most to the end of its section (`limit`).
+    Every CHECK_EVERY entries read, the time and the symbols kept so far
+    are checked against `budget`.
     """
     order = "<" if elf.little_endian else ">"
     is64 = elf.elfclass == 64
     layout = struct.Struct(order + ("IBBHQQ" if is64 else "IIIBBH"))
-    data = sec.data()
     usable = len(data) - len(data) % layout.size
-    for fields in layout.iter_unpack(data[:usable]):
+    kept = 0
+    for i, fields in enumerate(layout.iter_unpack(data[:usable])):
+        if i % CHECK_EVERY == CHECK_EVERY - 1:
+            budget.take_entries(kept, "symbols")
+            kept = 0
         if is64:
             name_off, info, _, shndx, value, size = fields
         else:
@@ -284,4 +325,6 @@ def _unpack_symbols(
         plainness = len(name.lstrip("_")) - len(name)
         rank = (from_symtab, size > 0, plainness, _BINDING_RANK.get(info >> 4, 0))
         limit = value + size if size else extents[shndx][1]
+        kept += 1
         yield Candidate(value, size, name, limit, rank)
+    budget.take_entries(kept, "symbols")

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from symbolizer.budget import Budget, BudgetExceeded
 from symbolizer.debuginfo import Binary, DebugSearch, find_debug_file, read_debuglink
 from symbolizer.dwarf import DwarfInfo
 from symbolizer.dwarf_units import SECTION_NAMES, Sections
@@ -64,10 +65,11 @@ def load_object(
     Raises ElfError if the binary itself is unusable; a bad debug file
     only costs its extras, with a warning.
     """
+    budget = Budget()  # one for everything read for this binary (see budget.py)
     elf = open_elf(f)
     build_id = build_id_of(elf)
     segments = load_segments(elf)
-    candidates = guarded(lambda: function_candidates(elf))
+    candidates = guarded(lambda: function_candidates(elf, budget))
     headers = guarded(lambda: section_headers(elf))
     place = opened if isinstance(opened, Place) else Place("", opened)
     binary = binary or place.path
@@ -99,7 +101,9 @@ def load_object(
         dwarf = DwarfInfo(dwarf_loader(places, build_id, _identity(f)), _prefixed(binary, warn))
         debug = binary
     if ".gnu_debugdata" in headers and ".symtab" not in headers:
-        candidates += _quietly(lambda: _mini_debuginfo(f, headers[".gnu_debugdata"], elf), [])
+        candidates += _quietly(
+            lambda: _mini_debuginfo(f, headers[".gnu_debugdata"], elf, budget), []
+        )
     return ElfSymbols(build_id, segments, candidates, dwarf, debug)
 
 
@@ -110,8 +114,11 @@ def _prefixed(path: str, warn: Warn) -> Warn:
 def _quietly(step: Callable[[], Any], default: Any) -> Any:
     try:
         return guarded(step)
+    except BudgetExceeded:
+        raise  # the whole file is over its budget, not just this extra
     except ElfError:
         return default
+
 
 
 def _symbols_of(f: IO[bytes]) -> list[Candidate]:
@@ -172,24 +179,41 @@ def dwarf_loader(
     return load
 
 
-def read_dwarf_sections(f: IO[bytes], max_size: int = MAX_SECTION_SIZE) -> Sections:
+def read_dwarf_sections(
+    f: IO[bytes], max_size: int = MAX_SECTION_SIZE, budget: Budget | None = None
+) -> Sections:
+    """The DWARF sections of an open file, paid for by `budget`, which the
+    Sections keep: decoding their units later spends from it too."""
+    budget = budget or Budget()
     elf = open_elf(f)
-    sections = Sections()
+    if not elf.little_endian:
+        raise ElfError("big-endian DWARF is not supported")
+    sections = Sections(budget=budget)
     for name, header in guarded(lambda: section_headers(elf)).items():
         field = SECTION_NAMES.get(name.replace(".zdebug_", ".debug_", 1))
         if field is not None and not getattr(sections, field):
-            data = read_section(f, header, elf.elfclass, elf.little_endian, max_size)
+            data = read_section(f, header, elf.elfclass, elf.little_endian, max_size, budget)
             setattr(sections, field, data)
-    if not elf.little_endian:
-        raise ElfError("big-endian DWARF is not supported")
     return sections
 
 
-def _mini_debuginfo(f: IO[bytes], header: SectionHeader, elf: Any) -> list[Candidate]:
-    """Function symbols of the xz-compressed ELF in .gnu_debugdata."""
-    raw = read_section(f, header, elf.elfclass, elf.little_endian)
+def _mini_debuginfo(
+    f: IO[bytes], header: SectionHeader, elf: Any, budget: Budget | None = None
+) -> list[Candidate]:
+    """Function symbols of the xz-compressed ELF in .gnu_debugdata.
+
+    The inner ELF is decompressed no further than the budget has left, and
+    its own sections and symbols are paid for by the same budget."""
+    budget = budget or Budget()
+    raw = read_section(f, header, elf.elfclass, elf.little_endian, budget=budget)
+    limit = min(MAX_MINI_DEBUGINFO, budget.bytes_left)
     dec = lzma.LZMADecompressor()
-    data = dec.decompress(raw, max_length=MAX_MINI_DEBUGINFO)
+    data = dec.decompress(raw, max_length=limit)
     if not dec.eof:
-        raise ElfError(".gnu_debugdata is truncated or larger than the limit")
-    return function_candidates(open_elf(io.BytesIO(data)))
+        if len(data) >= limit:
+            raise BudgetExceeded(
+                f".gnu_debugdata: decompresses to more than the {limit} bytes left to it"
+            )
+        raise ElfError(".gnu_debugdata is truncated")
+    budget.take_bytes(len(data), ".gnu_debugdata: decompressing")
+    return function_candidates(open_elf(io.BytesIO(data)), budget)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import IO
 
+from symbolizer.budget import BudgetExceeded
 from symbolizer.cache import LruCache, build_id_key, file_key
 from symbolizer.debuginfo import DebugSearch
 from symbolizer.diskcache import SymbolCache
@@ -229,7 +230,10 @@ class Symbolizer:
         source: tuple[SourceFrame, ...] = ()
         if table.dwarf is not None and vaddr is not None:
             try:
+                spent = table.dwarf.over_budget
                 source = table.dwarf.frames(vaddr)
+                if table.dwarf.over_budget and not spent:
+                    self.stats.budget_exceeded += 1
             except Exception as exc:
                 self.stats.bad_dwarf += 1
                 self.stats.warn_once(f"dwarf:{table.build_id}", f"DWARF lookup failed: {exc!r}")
@@ -373,8 +377,12 @@ class Symbolizer:
             try:
                 table = self._load_by_build_id(f, fkey, opened, path, root)
             except ElfError as exc:
+                # remembered by identity: a bomb is parsed once, not per process
                 self._bad_files.put(fkey, str(exc))
                 self.stats.bad_elf += 1
+                if isinstance(exc, BudgetExceeded):
+                    self.stats.budget_exceeded += 1
+
                 self.stats.warn_once(f"elf:{fkey}", f"cannot symbolize {path}: {exc}")
         elif table is not None:
             self.stats.table_cache_hits += 1

@@ -22,6 +22,7 @@ class SymbolizerStats:
     unreadable_files: int = 0  # mapped files that could not be opened
     refused_files: int = 0  # files refused: not the mapped inode, not a regular file
     bad_elf: int = 0  # files that opened but are not usable ELF
+    budget_exceeded: int = 0  # files (or their DWARF) over the per-file budget: bombs
     tables_loaded: int = 0  # symbol tables parsed
     table_cache_hits: int = 0  # tables found in the cache instead
     resolved: int = 0  # addresses given a function name

@@ -58,6 +58,13 @@ class CfiRow:
     registers: dict[int, Rule]
 
 
+# Bounds on one FDE, far above what compilers emit (a few hundred bytes, a
+# few dozen rows, remember_state nested once or twice), so that a hostile
+# program is an error before it costs memory or time.
+MAX_PROGRAM = 1 << 20  # instruction bytes
+MAX_ROWS_PER_FDE = 1 << 16
+MAX_REMEMBERED = 64  # DW_CFA_remember_state depth
+
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
@@ -76,8 +83,10 @@ def interpret(fde: Fde, track: Collection[int] | None = None) -> list[CfiRow]:
 
     `track` limits the registers kept (the others' rules are parsed and
     dropped), which keeps big tables cheap. Raises CfiError on an unknown
-    opcode or a truncated program.
+    opcode, a truncated program or one past the MAX_* bounds.
     """
+    if len(fde.instructions) + len(fde.cie.initial_instructions) > MAX_PROGRAM:
+        raise CfiError(f"CFI program of the FDE at 0x{fde.offset:x} is over {MAX_PROGRAM} bytes")
     initial = _State(CfaRule(), {})
     _run(fde.cie.initial_instructions, fde, initial, None, track, [], fde.pc_begin)
     rows: list[CfiRow] = []
@@ -155,6 +164,8 @@ def _run(
             other, pos = uleb128(code, pos)
             keep(reg, Rule(REGISTER, other))
         elif op == 0x0A:  # DW_CFA_remember_state
+            if len(stack) >= MAX_REMEMBERED:
+                raise CfiError("DW_CFA_remember_state nested too deep")
             stack.append(state.copy())
         elif op == 0x0B:  # DW_CFA_restore_state
             if not stack:
@@ -202,6 +213,8 @@ def _emit(rows: list[CfiRow], loc: int, state: _State) -> None:
     row = CfiRow(loc, state.cfa, dict(state.registers))
     if rows and rows[-1].address == loc:
         rows[-1] = row  # a zero advance: the later rules win
+    elif len(rows) >= MAX_ROWS_PER_FDE:
+        raise CfiError(f"more than {MAX_ROWS_PER_FDE} rows in one FDE")
     else:
         rows.append(row)
 

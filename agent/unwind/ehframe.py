@@ -21,6 +21,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from symbolizer.budget import CHECK_EVERY, Budget
+from symbolizer.dwarf_forms import LebError, sleb, uleb
+
 # DW_EH_PE_* pointer encodings: low nibble is the format, the next the base.
 PE_OMIT = 0xFF
 PE_ABSPTR, PE_ULEB, PE_UDATA2, PE_UDATA4, PE_UDATA8 = 0x00, 0x01, 0x02, 0x03, 0x04
@@ -71,27 +74,20 @@ class Fde:
 
 
 def uleb128(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, position after it) of an unsigned LEB128 at `pos`."""
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise CfiError("truncated LEB128")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, pos
+    """(value, position after it) of an unsigned LEB128 at `pos`: the
+    symbolizer's bounded decoder (ten bytes at most), its errors as CfiError."""
+    try:
+        return uleb(data, pos)
+    except (LebError, IndexError) as exc:
+        raise CfiError(f"bad LEB128 at 0x{pos:x}: {exc}") from None
 
 
 def sleb128(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, position after it) of a signed LEB128 at `pos`."""
-    start = pos
-    value, pos = uleb128(data, pos)
-    bits = 7 * (pos - start)
-    if data[pos - 1] & 0x40:
-        value -= 1 << bits
-    return value, pos
+    """(value, position after it) of a signed LEB128 at `pos` (see uleb128)."""
+    try:
+        return sleb(data, pos)
+    except (LebError, IndexError) as exc:
+        raise CfiError(f"bad LEB128 at 0x{pos:x}: {exc}") from None
 
 
 def read_encoded(
@@ -134,17 +130,28 @@ def _unsigned(data: bytes, pos: int, size: int) -> int:
 
 
 def parse_section(
-    data: bytes, vaddr: int, *, is_eh_frame: bool, address_size: int = 8
+    data: bytes,
+    vaddr: int,
+    *,
+    is_eh_frame: bool,
+    address_size: int = 8,
+    budget: Budget | None = None,
 ) -> list[Fde]:
     """Every FDE of a `.eh_frame` (or `.debug_frame`) section loaded at `vaddr`.
 
     A zero length ends `.eh_frame` (the terminator the linker appends).
     FDEs of zero length of code are skipped: they describe nothing.
+    `budget`'s clock is checked every CHECK_EVERY entries.
     """
+    budget = budget or Budget()
     cies: dict[int, Cie] = {}
     fdes: list[Fde] = []
     pos = 0
+    entries = 0
     while pos + 4 <= len(data):
+        entries += 1
+        if entries % CHECK_EVERY == 0:
+            budget.check_time("CFI entries")
         start = pos
         length = _U32.unpack_from(data, pos)[0]
         pos += 4

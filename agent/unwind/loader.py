@@ -24,12 +24,22 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from agent.unwind.layout import pack_mapping
-from agent.unwind.table import ElfUnwindInfo, TableCache, TableError, load_unwind_info
+from agent.unwind.table import (
+    UNWIND_ROWS,
+    ElfUnwindInfo,
+    TableCache,
+    TableError,
+    load_unwind_info,
+    unwind_budget,
+)
+from symbolizer.budget import BudgetExceeded
+from symbolizer.cache import LruCache, file_key
 from symbolizer.elf import ElfError, read_build_id
 from symbolizer.process import open_mapped_file
 from symbolizer.procmaps import MapEntry, parse_maps, read_maps
 
 log = logging.getLogger("bpfprof.unwind")
+MAX_FAILED = 4096  # failed files remembered (least recently seen forgotten first)
 
 
 class MapWriter(Protocol):
@@ -81,6 +91,8 @@ class LoaderStats:
     rows_full: int = 0  # binaries left to frame pointers: the rows map was full
     maps_full: int = 0  # processes left to frame pointers: the mappings map was full
     errors: int = 0  # binaries whose CFI could not be read
+    budget_exceeded: int = 0  # of those, binaries over their budget (bytes, rows, time)
+    skipped_bad: int = 0  # mappings of a binary that failed before: not read again
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,10 @@ class UnwindLoader:
         self._cache = cache
         self._proc_root = proc_root
         self._binaries: dict[str, LoadedBinary | None] = {}
+        # files whose table could not be built, by identity (dev, inode,
+        # size, mtime: never by build ID, which any file can claim), so a
+        # bomb is parsed once and not once per process that maps it
+        self._failed: LruCache[str] = LruCache(MAX_FAILED)
         self._procs: dict[int, tuple[int, int]] = {}  # pid -> (first_map, count)
         self._warned: set[str] = set()
         self.stats = LoaderStats()
@@ -178,14 +194,26 @@ class UnwindLoader:
         return pack_mapping(entry.start, entry.end, base, binary.first_row, binary.row_count)
 
     def _binary(self, pid: int, entry: MapEntry) -> LoadedBinary | None:
+        fkey = ""
         try:
             with open_mapped_file(pid, entry, self._proc_root) as f:
+                fkey = _file_key(f)
+                if self._failed.get(fkey) is not None:
+                    self.stats.skipped_bad += 1
+                    return None
                 key, build_id = _identity(f)
                 if key in self._binaries:
                     return self._binaries[key]
-                info = load_unwind_info(f, build_id, self._cache)
+                # no table bigger than the rows map could ever be placed
+                budget = unwind_budget(self._rows.size or UNWIND_ROWS)
+                info = load_unwind_info(f, build_id, self._cache, budget)
         except (OSError, ElfError, TableError) as exc:
             self.stats.errors += 1
+            if fkey:
+                self._failed.put(fkey, str(exc))
+            if isinstance(exc, BudgetExceeded):
+                self.stats.budget_exceeded += 1
+                self._warn("budget", f"no unwind table for {entry.path} (and maybe others): {exc}")
             log.debug("no unwind table for %s: %s", entry.path, exc)
             return None
         loaded = self._place(info, entry.path)
@@ -224,8 +252,12 @@ def _identity(f: IO[bytes]) -> tuple[str, str]:
     build_id = read_build_id(f)
     if build_id:
         return f"build-id:{build_id}", build_id
+    return _file_key(f), ""
+
+
+def _file_key(f: IO[bytes]) -> str:
     st = os.fstat(f.fileno())
-    return f"file:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", ""
+    return file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def default_cache_dir() -> Path:

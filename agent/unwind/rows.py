@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from agent.unwind.cfa import EXPRESSION, OFFSET, SAME, UNDEFINED, CfiRow, Rule, interpret
 from agent.unwind.ehframe import CfiError, Fde, sleb128
+from symbolizer.budget import Budget
 
 # cfa_type: mirrored by the CFA_* defines of bpf/unwind.h.
 CFA_NONE = 0  # no CFI here (a gap between FDEs): fall back to frame pointers
@@ -123,25 +124,35 @@ def fde_rows(fde: Fde) -> list[Row]:
         return [Row(fde.pc_begin, CFA_UNSUPPORTED)]
     try:
         return [x86_row(r) for r in interpret(fde, TRACKED)]
-    except (CfiError, IndexError):
+    except (CfiError, IndexError, ValueError):
         return [Row(fde.pc_begin, CFA_UNSUPPORTED)]
 
 
-def merge_rows(fdes: Iterable[Fde]) -> list[Row]:
+_PAY_EVERY = 16  # FDEs between payments to the budget (each is bounded by cfa.py)
+
+
+def merge_rows(fdes: Iterable[Fde], budget: Budget | None = None) -> list[Row]:
     """All rows of a binary, ascending, gaps marked CFA_NONE, runs merged.
 
     Where two FDEs overlap (a broken or doubly described range) the later
-    one starts where it says and the earlier one is cut there.
+    one starts where it says and the earlier one is cut there. Rows made
+    are entries of `budget`, paid (with a look at its clock) every
+    _PAY_EVERY FDEs: a table past it raises BudgetExceeded.
     """
+    budget = budget or Budget(max_entries=1 << 62, max_seconds=float("inf"))
     out: list[Row] = []
     end = -1
-    for fde in sorted(fdes, key=lambda f: f.pc_begin):
+    paid = 0
+    for i, fde in enumerate(sorted(fdes, key=lambda f: f.pc_begin)):
         if 0 <= end < fde.pc_begin:
             out.append(Row(end, CFA_NONE))
         while out and out[-1].address >= fde.pc_begin:
             out.pop()
         out.extend(fde_rows(fde))
         end = fde.pc_end
+        if i % _PAY_EVERY == _PAY_EVERY - 1:
+            budget.take_entries(len(out) - paid, "CFI rows")
+            paid = len(out)
     if end >= 0:
         out.append(Row(end, CFA_NONE))
     return compact(out)

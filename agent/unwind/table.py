@@ -8,6 +8,13 @@ ID are built every time (they are rare in distributions and cheap when small).
 `.eh_frame` is what the loader and C++ exceptions use, so it is present in
 nearly every binary; `.debug_frame` (same rules, other encoding) fills in
 ranges `.eh_frame` lacks, for code built with -fno-asynchronous-unwind-tables -g.
+
+Both are read through the symbolizer's `read_section` (an SHF_COMPRESSED
+`.eh_frame` claiming 6 GB is refused before a byte is decompressed) and
+paid for by one `Budget` per file: bytes, rows, time. A table the walker's
+rows map could not hold anyway is not built: `unwind_budget` caps its rows
+there. BudgetExceeded (an ElfError) is raised as it is, so the loader can
+count it apart from corrupt CFI.
 """
 
 from __future__ import annotations
@@ -26,10 +33,17 @@ from elftools.elf.elffile import ELFFile
 from agent.safewrite import private_dir, write_atomic
 from agent.unwind.ehframe import CfiError, Fde, parse_section
 from agent.unwind.rows import ROW, Row, merge_rows, pack, unpack
+from symbolizer.budget import Budget, BudgetExceeded
+from symbolizer.elf import section_bytes
+from symbolizer.sections import SectionError
 
 log = logging.getLogger("bpfprof.unwind")
 
 CACHE_MAGIC = b"BPFUNW01"
+# libclang-cpp (1.0M rows) takes ~8 s to build here: 4x that, since a
+# table is built once per build ID and then read from the disk cache
+UNWIND_SECONDS = 30.0
+UNWIND_ROWS = 1 << 20  # the default --unwind-rows: a bigger table cannot be placed
 _HEADER = struct.Struct("<8sQI")  # magic, base, row count
 
 
@@ -81,8 +95,13 @@ class ElfUnwindInfo:
         return None
 
 
-def table_from_fdes(build_id: str, fdes: list[Fde]) -> UnwindTable:
-    rows = merge_rows(fdes)
+def unwind_budget(max_rows: int = UNWIND_ROWS) -> Budget:
+    """The budget of one binary's table: rows the map could hold, 30 s."""
+    return Budget(max_entries=max_rows, max_seconds=UNWIND_SECONDS)
+
+
+def table_from_fdes(build_id: str, fdes: list[Fde], budget: Budget | None = None) -> UnwindTable:
+    rows = merge_rows(fdes, budget)
     if not rows:
         return UnwindTable(build_id, 0, b"")
     base = rows[0].address
@@ -91,22 +110,27 @@ def table_from_fdes(build_id: str, fdes: list[Fde]) -> UnwindTable:
     return UnwindTable(build_id, base, pack(rows, base))
 
 
-def build_table(elf: Any, build_id: str) -> UnwindTable:
-    """The table of an opened pyelftools ELFFile (x86-64, little-endian)."""
+def build_table(elf: Any, build_id: str, budget: Budget | None = None) -> UnwindTable:
+    """The table of an opened pyelftools ELFFile (x86-64, little-endian).
+
+    Raises TableError, or BudgetExceeded past `budget` (unwind_budget())."""
     if elf["e_machine"] != "EM_X86_64":
         raise TableError(f"unwinding supports x86-64 only, not {elf['e_machine']}")
+    budget = budget or unwind_budget()
     fdes: list[Fde] = []
     try:
         eh = elf.get_section_by_name(".eh_frame")
         if eh is not None and eh["sh_type"] != "SHT_NOBITS":
-            fdes = parse_section(eh.data(), eh["sh_addr"], is_eh_frame=True)
+            data = section_bytes(elf, eh, budget)
+            fdes = parse_section(data, eh["sh_addr"], is_eh_frame=True, budget=budget)
         debug = elf.get_section_by_name(".debug_frame")
         if debug is not None and debug["sh_type"] != "SHT_NOBITS":
-            extra = parse_section(debug.data(), 0, is_eh_frame=False)
+            data = section_bytes(elf, debug, budget)
+            extra = parse_section(data, 0, is_eh_frame=False, budget=budget)
             fdes.extend(_uncovered(fdes, extra))
-    except (CfiError, IndexError, ValueError, struct.error) as exc:
+    except (CfiError, SectionError, IndexError, ValueError, struct.error) as exc:
         raise TableError(f"bad CFI: {exc}") from exc
-    return table_from_fdes(build_id, fdes)
+    return table_from_fdes(build_id, fdes, budget)
 
 
 def _uncovered(have: list[Fde], extra: list[Fde]) -> list[Fde]:
@@ -194,7 +218,9 @@ def decode_cached(build_id: str, blob: bytes) -> UnwindTable | None:
     return UnwindTable(build_id, base, data)
 
 
-def load_unwind_info(stream: IO[bytes], build_id: str, cache: TableCache) -> ElfUnwindInfo:
+def load_unwind_info(
+    stream: IO[bytes], build_id: str, cache: TableCache, budget: Budget | None = None
+) -> ElfUnwindInfo:
     """The table (from the cache when it has this build ID) and PT_LOADs of a file."""
     try:
         elf = ELFFile(stream)
@@ -204,8 +230,8 @@ def load_unwind_info(stream: IO[bytes], build_id: str, cache: TableCache) -> Elf
     table = cache.get(build_id)
     if table is None:
         try:
-            table = build_table(elf, build_id)
-        except TableError:
+            table = build_table(elf, build_id, budget)
+        except (TableError, BudgetExceeded):
             raise
         except Exception as exc:  # a corrupt section header, as above
             raise TableError(f"cannot read the CFI sections: {exc}") from exc
