@@ -228,9 +228,11 @@ def start_agent(bpfprof_cmd: list[str], tmp_path: Path) -> Iterator[Callable[...
     """Start `bpfprof run` (interval 1 s, local pprof files) with extra args."""
     agents: list[Agent] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Agent:
-        state = tmp_path / f"agent{len(agents)}"
-        state.mkdir()
+    def start(*args: str, env: dict[str, str] | None = None, state: Path | None = None) -> Agent:
+        """`state`: an existing directory to use instead of one in root's tmp_path."""
+        if state is None:
+            state = tmp_path / f"agent{len(agents)}"
+            state.mkdir()
         base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         cmd = [
             *bpfprof_cmd,
