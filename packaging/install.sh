@@ -88,7 +88,7 @@ make_venv() {
 install_files() {
     say "unit, config and documentation"
     install -d "$DESTDIR$UNITDIR" "$DESTDIR$CONFDIR" "$DESTDIR$PREFIX/share/doc"
-    install -d -m 0750 "$DESTDIR$STATEDIR"
+    install -d -m 0700 "$DESTDIR$STATEDIR" # profiles: root's alone (an older 0750/0755 is tightened)
     sed -e "s#@PREFIX@#$PREFIX#g" -e "s#@CONFDIR@#$CONFDIR#g" \
         "$REPO_DIR/systemd/bpfprof.service" >"$DESTDIR$UNITDIR/bpfprof.service"
     chmod 0644 "$DESTDIR$UNITDIR/bpfprof.service"

@@ -55,6 +55,10 @@ def test_unit_is_hardened_as_far_as_bpf_allows() -> None:
         "Restart=on-failure",
         "StateDirectory=bpfprof",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        # what it writes names every process: root's alone (issue 11, case 5)
+        "UMask=0077",
+        "StateDirectoryMode=0700",
+        "RuntimeDirectoryMode=0700",
     ):
         assert f"\n{directive}\n" in unit, directive
     caps = re.search(r"\nCapabilityBoundingSet=(.*)\n", unit)
