@@ -57,7 +57,7 @@ if [ "$1" = configure ]; then
     /usr/bin/python3 -m venv --system-site-packages /opt/bpfprof/venv
     /opt/bpfprof/venv/bin/pip install --quiet --no-index --disable-pip-version-check \
         --find-links /opt/bpfprof/wheels bpfprof
-    install -d -m 0750 /var/lib/bpfprof
+    install -d -m 0700 /var/lib/bpfprof
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload
         systemctl enable --now bpfprof.service || true
