@@ -99,3 +99,10 @@ def test_help_and_version_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "record" in out and "top" in out
     code, out, _ = run(["--version"], capsys)
     assert code == 0 and "0.1.0" in out
+
+
+def test_finite_float_takes_numbers_only() -> None:
+    from agent.cli import FINITE
+
+    assert FINITE.convert("2.5", None, None) == 2.5
+    assert FINITE.convert(3, None, None) == 3.0

@@ -70,6 +70,15 @@ def test_rolling_files_refuse_a_directory_not_their_own(
     assert mode(shared) == 0o1777  # never tightened: it is not ours
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a directory another user owns")
+def test_rolling_files_refuse_another_users_directory(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 4242, 4242)  # they could swap what it holds under the agent
+    with pytest.raises(ConfigError, match=f"output.dir {theirs}: owned by uid 4242"):
+        RollingFiles(theirs, 10, 1 << 20)
+
+
 def test_status_file_is_private_and_replaces_planted_names(tmp_path: Path, victim: Path) -> None:
     state = tmp_path / "run"
     state.mkdir()
