@@ -35,6 +35,8 @@ FIELDS = (
     "queue",
     "spool",
     "spool_dropped",
+    "elf_budget_exceeded",
+    "unwind_budget_exceeded",
     "cpu_percent",
     "rss_mib",
 )

@@ -81,15 +81,17 @@ def load_object(
     if found is not None:
         with found.file:
             try:
-                candidates += _symbols_of(found.file)
+                candidates += _symbols_of(found.file, budget)
                 # found under /proc/PID/root: the same path on the host (build
                 # ID checked) still works once the process has exited
                 places = [found.place]
                 if found.place.root:
                     places.append(found.place._replace(root=""))
-                loader = dwarf_loader(places, build_id, _identity(found.file))
+                loader = dwarf_loader(places, build_id, _identity(found.file), budget)
                 dwarf = DwarfInfo(loader, _prefixed(found.path, warn))
                 debug = found.path
+            except BudgetExceeded:
+                raise
             except (OSError, ElfError) as exc:
                 warn(f"cannot use debug file {found.path} of {binary}: {exc}")
     if not debug and (".debug_info" in headers or ".zdebug_info" in headers):
@@ -98,7 +100,8 @@ def load_object(
         # it (maps prints paths canonical), and the loader's build-ID (or
         # identity) check keeps a different file out.
         places = [place] + ([Place("", binary, NO_SYMLINKS)] if binary != place.path else [])
-        dwarf = DwarfInfo(dwarf_loader(places, build_id, _identity(f)), _prefixed(binary, warn))
+        loader = dwarf_loader(places, build_id, _identity(f), budget)
+        dwarf = DwarfInfo(loader, _prefixed(binary, warn))
         debug = binary
     if ".gnu_debugdata" in headers and ".symtab" not in headers:
         candidates += _quietly(
@@ -120,12 +123,11 @@ def _quietly(step: Callable[[], Any], default: Any) -> Any:
         return default
 
 
-
-def _symbols_of(f: IO[bytes]) -> list[Candidate]:
+def _symbols_of(f: IO[bytes], budget: Budget | None = None) -> list[Candidate]:
     """The function symbols of an open (debug) file."""
     f.seek(0)
     elf = open_elf(f)
-    return guarded(lambda: function_candidates(elf))
+    return guarded(lambda: function_candidates(elf, budget))
 
 
 def _identity(f: IO[bytes]) -> tuple[int, int, int, int]:
@@ -152,6 +154,7 @@ def dwarf_loader(
     paths: Sequence[str | Place],
     build_id: str,
     identity: tuple[int, int, int, int] | None,
+    budget: Budget | None = None,
 ) -> Callable[[], Sections]:
     """A function reading the DWARF sections from the first of `paths` that
     is still the expected file (its build ID, or `identity` without one).
@@ -159,10 +162,13 @@ def dwarf_loader(
     Each place is opened by its own rule (symbolizer/places.py): never a
     symlink out of its root, never anything but a regular file. With
     neither a build ID nor an identity nothing could tell a swapped file
-    apart, so nothing is read."""
+    apart, so nothing is read. The sections are paid for by what is left
+    of the binary's `budget`, its clock restarted."""
     places = [p for path in paths for p in ([path] if isinstance(path, Place) else places_of(path))]
 
     def load() -> Sections:
+        spend = budget or Budget()
+        spend.restart_clock()
         for place in places:
             try:
                 with open_place(place) as f:
@@ -170,7 +176,7 @@ def dwarf_loader(
                         continue
                     if not build_id and (identity is None or _identity(f) != identity):
                         continue
-                    return read_dwarf_sections(f)
+                    return read_dwarf_sections(f, budget=spend)
             except OSError:
                 continue
         shown = ", ".join(p.shown for p in places)

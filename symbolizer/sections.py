@@ -77,9 +77,9 @@ def read_section(
     budget = budget or Budget(max_bytes=max_size)
     if header.type == "SHT_NOBITS":
         return b""
+    budget.take_bytes(header.size, f"{header.name}: reading")
     if header.size > max_size:
         raise SectionError(f"{header.name}: {header.size} bytes is more than the limit {max_size}")
-    budget.take_bytes(header.size, f"{header.name}: reading")
     f.seek(header.offset)
     raw = f.read(header.size)
     if len(raw) != header.size:
@@ -113,9 +113,9 @@ def _gabi(
 
 def _check_size(name: str, size: int, max_size: int, budget: Budget) -> None:
     """The claimed size, paid for before a byte is decompressed."""
+    budget.take_bytes(size, f"{name}: decompressing")
     if size > max_size:
         raise SectionError(f"{name}: decompresses to {size} bytes, more than the limit {max_size}")
-    budget.take_bytes(size, f"{name}: decompressing")
 
 
 def _inflate(name: str, body: bytes, size: int) -> bytes:
