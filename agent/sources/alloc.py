@@ -31,7 +31,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ from agent.sampling import scaled
 from agent.sources import sessions
 from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
 from agent.sources.unwinding import Walker, unwind_cflags, unwound_ips
+from symbolizer.cache import LruCache, file_key
+from symbolizer.process import open_mapped_file
+from symbolizer.procmaps import MapEntry, parse_maps
+from symbolizer.safeopen import open_regular
 
 log = logging.getLogger("bpfprof.alloc")
 
@@ -147,9 +151,11 @@ def command_files(argv0: str) -> list[str]:
 
 def script_interpreter(path: str) -> str | None:
     """The real path of the interpreter a `#!` script names, or None when
-    `path` is not a script (or names none we can find)."""
+    `path` is not a script (or names none we can find). A COMMAND's files
+    are host paths the agent's own user named; still, only a regular file
+    is read (a FIFO would block)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, nofollow=False) as f:
             head = f.readline(256)
     except OSError:
         return None
@@ -183,8 +189,47 @@ def entry_points(files: Iterable[str]) -> list[EntryPoint]:
 def _file_entry_points(path: str, dev: int, ino: int, mtime_ns: int) -> tuple[EntryPoint, ...]:
     """One file's entry points, read once per version of the file: a followed
     command's children map the same libc (reading its symbols takes ~45 ms)."""
-    with open(path, "rb") as f:
+    with open_regular(path, nofollow=False) as f:
         return tuple(find_entry_points(path, f))
+
+
+_mapped_cache: LruCache[tuple[EntryPoint, ...]] = LruCache(256)
+
+
+def mapped_entry_points(pid: int, maps_text: str) -> list[EntryPoint]:
+    """Allocator entry points in the files a process maps, by their mappings.
+
+    The path in maps is not trusted (a chroot's owner can plant another
+    file at it, or a FIFO): each file is opened with open_mapped (the
+    kernel's /proc/PID/map_files handle first, the device and inode of the
+    maps line checked), and probed by that map_files path, so the kernel
+    attaches to the very inode mapped, whatever the path names by then.
+    Each version of a file is read once, whichever process maps it."""
+    out: list[EntryPoint] = []
+    for entry in executable_mappings(maps_text):
+        try:
+            with open_mapped_file(pid, entry) as f:
+                st = os.fstat(f.fileno())
+                key = file_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                points = _mapped_cache.get(key)
+                if points is None:
+                    points = tuple(find_entry_points(entry.path, f))
+                    _mapped_cache.put(key, points)
+        except Exception as e:  # refused, not ELF, vanished: nothing to probe there
+            log.debug("no allocator probes in %s of %d: %s", entry.path, pid, e)
+            continue
+        link = f"/proc/{pid}/map_files/{entry.start:x}-{entry.end:x}"
+        out.extend(replace(p, path=link) for p in points)
+    return out
+
+
+def executable_mappings(maps_text: str) -> list[MapEntry]:
+    """The first executable mapping of each distinct file in a maps text."""
+    out: dict[tuple[str, int], MapEntry] = {}
+    for entry in parse_maps(maps_text):
+        if entry.is_exec and entry.is_file:
+            out.setdefault((entry.dev, entry.inode), entry)
+    return list(out.values())
 
 
 @dataclass
@@ -260,10 +305,11 @@ class AllocSource:
         plan: list[tuple[int, EntryPoint]] = []
         for pid in self._targets:
             if self._command:
-                files = command_files(self._command[0])
+                # host paths of the command bpfprof itself starts (its user's own)
+                points = entry_points(command_files(self._command[0]))
             else:
-                files = executable_files(_read(f"/proc/{pid}/maps"))
-            plan.extend((pid, e) for e in entry_points(files))
+                points = mapped_entry_points(pid, _read(f"/proc/{pid}/maps"))
+            plan.extend((pid, e) for e in points)
         return plan
 
     def _attach(self, pid: int, point: EntryPoint) -> None:
@@ -289,11 +335,11 @@ class AllocSource:
         self.probes.append((pid, point))
         self._probed.add(_probe_id(pid, point))
 
-    def _follow(self, pid: int, files: Callable[[], list[str]]) -> None:
-        """Probe the allocator entry points of `files()` that `pid` lacks.
+    def _follow(self, pid: int, points: Callable[[], list[EntryPoint]]) -> None:
+        """Probe the allocator entry points `points()` that `pid` lacks.
         The process may be gone by now: that is counted, not raised."""
         try:
-            new = [e for e in entry_points(files()) if _probe_id(pid, e) not in self._probed]
+            new = [e for e in points() if _probe_id(pid, e) not in self._probed]
             for point in new:
                 self._attach(pid, point)
         except (OSError, LookupError, TargetError) as e:
@@ -330,12 +376,12 @@ class AllocSource:
         except OSError:  # gone already
             self._follow_failed += 1
             return
-        self._follow(pid, lambda: executable_files(_read(f"/proc/{pid}/maps")))
+        self._follow(pid, lambda: mapped_entry_points(pid, _read(f"/proc/{pid}/maps")))
 
     def _on_exec(self, pid: int) -> None:
         """A followed target exec'd: its new program may bring another
         allocator (its libraries are not mapped yet, so ldd names them)."""
-        self._follow(pid, lambda: command_files(os.readlink(f"/proc/{pid}/exe")))
+        self._follow(pid, lambda: entry_points(command_files(os.readlink(f"/proc/{pid}/exe"))))
 
     # -- events ------------------------------------------------------------
 
@@ -435,9 +481,10 @@ class AllocSource:
 
 
 def _probe_id(pid: int, point: EntryPoint) -> tuple[int, str, str]:
-    """Uprobes are on inodes: a file must not be probed twice for a process
-    (entry_points() gives real paths)."""
-    return pid, point.path, point.symbol
+    """Uprobes are on inodes: a file must not be probed twice for a process,
+    whichever path reached it (a command's real path, a map_files link)."""
+    dev, ino = point.inode
+    return pid, f"{dev}:{ino}" if ino else point.path, point.symbol
 
 
 def _tgid(pid: int) -> int:

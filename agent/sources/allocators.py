@@ -20,6 +20,7 @@ is probed there for both.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -91,6 +92,9 @@ class EntryPoint:
     role: str
     address: int  # ELF virtual address of the symbol
     probe_offset: int = 0  # bytes past the symbol where the entry probe goes
+    # (st_dev, st_ino) of the file: uprobes are on inodes, and one file may be
+    # reached by several paths (ldd's, maps', a /proc/PID/map_files link)
+    inode: tuple[int, int] = (0, 0)
 
 
 def wanted_symbols(path: str) -> dict[str, str]:
@@ -103,6 +107,7 @@ def wanted_symbols(path: str) -> dict[str, str]:
 def find_entry_points(path: str, f: IO[bytes]) -> list[EntryPoint]:
     """The allocator functions an ELF file defines, one per address (the
     standard name preferred), each with its probe offset."""
+    inode = _inode(f)
     elf = ELFFile(f)
     wanted = wanted_symbols(path)
     x86_64 = elf["e_machine"] == "EM_X86_64"
@@ -119,8 +124,16 @@ def find_entry_points(path: str, f: IO[bytes]) -> list[EntryPoint]:
         offset = 0
         if x86_64 and not ret_program:
             offset = probe_offset(_code(elf, address), registers, allow_null_check=role == "free")
-        out.append(EntryPoint(path, name, role, address, offset))
+        out.append(EntryPoint(path, name, role, address, offset, inode))
     return out
+
+
+def _inode(f: IO[bytes]) -> tuple[int, int]:
+    try:
+        st = os.fstat(f.fileno())
+    except OSError:  # an in-memory file (io.UnsupportedOperation)
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
 
 
 def _defined(elf: ELFFile, wanted: dict[str, str]) -> Iterator[tuple[str, int]]:

@@ -30,6 +30,7 @@ from agent.unwind.loader import UnwindLoader, default_cache_dir
 from agent.unwind.needed import needed_libraries
 from agent.unwind.table import TableCache, TableError, load_unwind_info
 from symbolizer.elf import ElfError, read_build_id
+from symbolizer.safeopen import open_regular
 
 log = logging.getLogger("bpfprof.unwind")
 
@@ -120,13 +121,14 @@ class Walker:
     def prewarm(self, executables: Iterable[str]) -> None:
         """Build (into the disk cache) the tables of executables and the
         libraries they need, before they run: a held command then finds
-        every table ready when it execs."""
+        every table ready when it execs. Host paths of bpfprof's own
+        COMMAND (its user's choice), read as regular files only."""
         if self.loader is None:
             return
         cache = self.loader.cache
         for path in [p for exe in executables for p in (exe, *needed_libraries(exe))]:
             try:
-                with open(path, "rb") as f:
+                with open_regular(path, nofollow=False) as f:
                     build_id = read_build_id(f)
                     if build_id and cache.get(build_id) is None:
                         load_unwind_info(f, build_id, cache)

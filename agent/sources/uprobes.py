@@ -15,6 +15,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from symbolizer.cache import LruCache, file_key
+from symbolizer.safeopen import open_regular
 
 
 class SymbolError(LookupError):
@@ -23,8 +24,10 @@ class SymbolError(LookupError):
 
 def probe_path(path: str, pid: int) -> str:
     """The path to open for a process's file: through its root (a container's
-    files are seen there), unless the probe is for every process."""
-    if pid > 0:
+    files are seen there), unless the probe is for every process, or the
+    path is already a /proc one (a /proc/PID/map_files link: the mapped
+    inode itself, see alloc.mapped_entry_points)."""
+    if pid > 0 and not path.startswith("/proc/"):
         rooted = f"/proc/{pid}/root{path}"
         if os.path.exists(rooted):
             return rooted
@@ -73,7 +76,8 @@ def _read(path: str) -> Symbols:
     """Defined functions by name (first one wins: .dynsym, then .symtab) and
     the PT_LOAD segments of an ELF file."""
     try:
-        with open(path, "rb") as f:
+        # a regular file only: a FIFO at a probed path would block the agent
+        with open_regular(path, nofollow=False) as f:
             elf = ELFFile(f)
             segments = tuple(
                 (int(s["p_vaddr"]), int(s["p_memsz"]), int(s["p_offset"]))

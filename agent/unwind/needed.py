@@ -8,6 +8,10 @@ Linux distribution is followed: DT_RPATH (when there is no DT_RUNPATH),
 LD_LIBRARY_PATH, DT_RUNPATH, the directories of /etc/ld.so.conf, then the
 default directories. A library not found is skipped: its tables are built
 when the process maps it, as for any process.
+
+These are host paths of the command bpfprof itself is about to start, the
+choice of the user running bpfprof; only regular files are read all the
+same (a FIFO on the way would block the start).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+
+from symbolizer.safeopen import open_regular
 
 DEFAULT_DIRS = (
     "/lib/x86_64-linux-gnu",
@@ -35,7 +41,7 @@ def dynamic_entries(path: str) -> tuple[list[str], list[str]]:
     """(DT_NEEDED names, search directories from DT_RUNPATH/DT_RPATH) of an ELF
     file, $ORIGIN expanded; ([], []) for a static or unreadable file."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, nofollow=False) as f:  # never a FIFO's open()
             elf = ELFFile(f)
             dynamic = elf.get_section_by_name(".dynamic")
             if not isinstance(dynamic, DynamicSection):

@@ -18,12 +18,15 @@ import pytest
 
 from agent.config import SourceOptions
 from agent.layout import ALLOC_EVENT_EXEC, ALLOC_EVENT_FORK, AllocFreeEvent
+from agent.sources import uprobes
 from agent.sources.alloc import (
     AllocSource,
     _file_entry_points,
     alloc_cflags,
     command_files,
     entry_points,
+    executable_mappings,
+    mapped_entry_points,
     script_interpreter,
 )
 
@@ -207,3 +210,32 @@ def test_entry_points_name_real_paths_and_are_read_once_per_file() -> None:
     _file_entry_points.cache_clear()
     entry_points([alias, libc])
     assert _file_entry_points.cache_info().misses == 1
+
+
+def test_a_process_s_files_are_probed_by_their_mapped_inode(child: int) -> None:
+    """Through /proc/PID/map_files, so the kernel attaches to the mapped inode;
+    a maps line naming another inode than the file at its path gives nothing."""
+    maps = Path(f"/proc/{child}/maps").read_text()
+    points = mapped_entry_points(child, maps)
+    malloc = next(p for p in points if p.symbol == "malloc")
+    assert malloc.path.startswith(f"/proc/{child}/map_files/")
+    assert os.stat(malloc.path).st_ino == malloc.inode[1]
+    libc = next(e for e in executable_mappings(maps) if "libc.so" in e.path)
+    forged = maps.replace(f" {libc.inode} ", f" {libc.inode + 1} ")
+    assert not any(p.symbol == "malloc" for p in mapped_entry_points(child, forged))
+
+
+def test_a_probed_path_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "lib.so"
+    os.mkfifo(fifo)
+    with pytest.raises(uprobes.SymbolError, match="cannot read"):
+        uprobes.symbol_offset(str(fifo), "malloc")  # would block in open() otherwise
+    assert entry_points([str(fifo)]) == []
+    assert script_interpreter(str(fifo)) is None
+
+
+def test_a_map_files_path_is_not_re_rooted() -> None:
+    pid = os.getpid()
+    link = f"/proc/{pid}/map_files/1000-2000"
+    assert uprobes.probe_path(link, pid) == link
+    assert uprobes.probe_path("/usr/bin/env", pid) == f"/proc/{pid}/root/usr/bin/env"
