@@ -259,3 +259,17 @@ def test_dwarf_is_not_read_from_a_file_nothing_can_check(built: Split) -> None:
     with pytest.raises(ElfError):
         dwarf_loader([str(built.debug)], "", None)()
     assert dwarf_loader([str(built.debug)], built.build_id, None)().info
+
+
+def test_dwarf_is_reread_only_from_the_same_file(built: Split, tmp_path: Path) -> None:
+    """A file at the place that has another build ID, or without one another
+    identity, is passed over: DWARF comes from the next place that matches."""
+    st = os.stat(built.debug)
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    copy = tmp_path / "copy.debug"
+    shutil.copy(built.debug, copy)
+    with pytest.raises(ElfError):
+        dwarf_loader([str(built.debug)], "00" * 20, None)()
+    with pytest.raises(ElfError):
+        dwarf_loader([str(copy)], "", identity)()
+    assert dwarf_loader([str(copy), str(built.debug)], "", identity)().info
