@@ -18,11 +18,13 @@ import queue
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.runconfig import RetryPolicy
 from agent.spool import Spool
+from agent.untrusted import printable
 
 log = logging.getLogger("bpfprof.export")
 
@@ -71,6 +73,7 @@ class Delivery:
         self._backoff = retry.initial_backoff
         self._next_probe = 0.0
         self.stats = DeliveryStats()
+        self._logged: set[str] = set()  # kinds of unexpected exceptions already logged
         self._thread = threading.Thread(target=self._run, name="bpfprof-export", daemon=True)
 
     # -- the sampler's side ----------------------------------------------
@@ -92,6 +95,11 @@ class Delivery:
         else:
             self.stats.failed += 1
             log.warning("export queue full: dropped %s", label or "a request")
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (it ends only in close())."""
+        return self._thread.is_alive()
 
     @property
     def queued(self) -> int:
@@ -129,13 +137,20 @@ class Delivery:
             except queue.Empty:
                 if self._stopping.is_set():
                     return
-                self._drain_spool_one()
+                try:
+                    self._drain_spool_one()
+                except Exception as e:
+                    self._unexpected("draining the spool", e)
                 continue
             if item == _STOP:
                 if self._queue.empty():
                     return
                 continue
-            self._deliver(*item)
+            try:
+                self._deliver(*item)
+            except Exception as e:  # a bug must not end exporting for the agent's life
+                self.stats.failed += 1
+                self._unexpected("delivering a request", e)
 
     def _deliver(self, label: str, payload: bytes) -> None:
         if not self._healthy and (self._stopping.is_set() or time.monotonic() < self._next_probe):
@@ -189,6 +204,9 @@ class Delivery:
             if not e.retryable:
                 log.warning("export rejected, dropped: %s", e)
             return e
+        except Exception as e:  # an answer the sink did not foresee: this request fails
+            self._unexpected("sending a request", e)
+            return Failure(f"{type(e).__name__} while sending", False)
         self.stats.sent += 1
         if message:
             self.stats.partial += 1
@@ -198,6 +216,16 @@ class Delivery:
         self._healthy = True
         self._backoff = self._retry.initial_backoff
         return None
+
+    def _unexpected(self, doing: str, e: Exception) -> None:
+        """Log an unforeseen exception once per kind; the same one again
+        only counts. Where it was raised is logged (it is a bug to fix),
+        but its message only escaped: it may quote the collector's bytes."""
+        kind = f"{doing}: {type(e).__name__}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            where = "".join(traceback.format_tb(e.__traceback__, limit=-6)).rstrip()
+            log.error("export worker: %s (%s); carrying on\n%s", kind, printable(str(e)), where)
 
     def _mark_down(self, reason: str) -> None:
         if self._healthy:

@@ -35,6 +35,7 @@ FIELDS = (
     "queue",
     "spool",
     "spool_dropped",
+    "spool_corrupt",
     "elf_budget_exceeded",
     "unwind_budget_exceeded",
     "cpu_percent",

@@ -9,10 +9,13 @@ or an ssl.SSLContext (HTTP), they speak TLS and their endpoint is https://.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -73,9 +76,12 @@ class GrpcReceiver:
     def endpoint(self) -> str:
         return f"{'https' if self.credentials else 'http'}://127.0.0.1:{self.port}"
 
+    def _add_service(self, server: Any) -> None:
+        stubs.add_ProfilesServiceServicer_to_server(_Servicer(self.received), server)
+
     def start(self) -> GrpcReceiver:
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        stubs.add_ProfilesServiceServicer_to_server(_Servicer(self.received), self._server)
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._add_service(self._server)
         if self.credentials:
             self._server.add_secure_port(f"127.0.0.1:{self.port}", self.credentials)
         else:
@@ -89,15 +95,23 @@ class GrpcReceiver:
             self._server = None
 
 
+Answer = Callable[[BaseHTTPRequestHandler], None]
+
+
 class HttpReceiver:
-    """POST /v1development/profiles; optionally answers `fail_with` first."""
+    """POST /v1development/profiles; optionally answers `fail_with` first,
+    then plays the hostile `answers` (see below), one per request. Any GET
+    (a client that followed a redirect here) is recorded in `strays`."""
 
     path = "/v1development/profiles"
 
     def __init__(self, port: int | None = None, context: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
         self.received = Received()
+        self.strays = Received()
         self.fail_with: list[tuple[int, dict[str, str]]] = []  # (status, headers) to answer next
+        self.answers: list[Answer] = []
+        self.answered = 0  # hostile answers given
         self.context = context
         self._server: ThreadingHTTPServer | None = None
 
@@ -113,6 +127,13 @@ class HttpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path != receiver.path:
                     self.send_error(404)
+                    return
+                if receiver.answers:
+                    answer = receiver.answers.pop(0)
+                    receiver.answered += 1
+                    with contextlib.suppress(OSError):  # the client hung up: as it should
+                        answer(self)
+                    self.close_connection = True
                     return
                 if receiver.fail_with:
                     status, headers = receiver.fail_with.pop(0)
@@ -133,6 +154,12 @@ class HttpReceiver:
                 self.end_headers()
                 self.wfile.write(reply)
 
+            def do_GET(self) -> None:
+                receiver.strays.add(self.path, {k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *_args: Any) -> None:
                 pass
 
@@ -150,3 +177,110 @@ class HttpReceiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+# -- hostile HTTP answers: what a broken or malicious collector can send ----
+
+
+def _head(h: BaseHTTPRequestHandler, status: int, headers: dict[str, str]) -> None:
+    h.send_response(status)
+    for k, v in headers.items():
+        h.send_header(k, v)
+    h.end_headers()
+
+
+def body_answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> Answer:
+    """`status` with `body` (e.g. a 200 whose body is not protobuf)."""
+
+    def answer(h: BaseHTTPRequestHandler) -> None:
+        _head(h, status, {"Content-Length": str(len(body)), **(headers or {})})
+        h.wfile.write(body)
+
+    return answer
+
+
+def endless_answer(status: int = 200, chunk: int = 1 << 16, limit: int = 1 << 30) -> Answer:
+    """A body with no length that never ends (until the client hangs up,
+    or `limit` bytes)."""
+
+    def answer(h: BaseHTTPRequestHandler) -> None:
+        _head(h, status, {"Content-Type": "application/x-protobuf"})
+        block = b"\x0a" * chunk  # field 1, length 10, ...: it parses for a while
+        for _ in range(limit // chunk):
+            h.wfile.write(block)
+
+    return answer
+
+
+def slow_answer(every: float = 1.0, size: int = 600, status: int = 200) -> Answer:
+    """Headers at once, then a `size`-byte body one byte each `every`
+    seconds: each read returns in time, the whole never does."""
+
+    def answer(h: BaseHTTPRequestHandler) -> None:
+        _head(h, status, {"Content-Length": str(size)})
+        h.wfile.flush()
+        for _ in range(size):
+            time.sleep(every)
+            h.wfile.write(b"\x00")
+            h.wfile.flush()
+
+    return answer
+
+
+def redirect_answer(location: str, status: int = 302) -> Answer:
+    return body_answer(status, b"", {"Location": location})
+
+
+# -- a hostile gRPC collector ---------------------------------------------
+
+SERVICE = "opentelemetry.proto.collector.profiles.v1development.ProfilesService"
+GrpcAnswer = Callable[[bytes, Any], bytes]  # (raw request, context) -> raw response
+
+
+class HostileGrpc(GrpcReceiver):
+    """ProfilesService/Export with raw bytes both ways, so an answer can
+    be anything: `answers` are played one per call, then a valid empty
+    response. `calls` counts the calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[GrpcAnswer] = []
+        self.calls = 0
+
+    def _export(self, request: bytes, context: Any) -> bytes:
+        self.calls += 1
+        if self.answers:
+            return self.answers.pop(0)(request, context)
+        return b""
+
+    def _add_service(self, server: Any) -> None:
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+
+def grpc_garbage(_request: bytes, _context: Any) -> bytes:
+    return b"\xff\xff\xff\xff not a protobuf message"
+
+
+def grpc_huge(_request: bytes, _context: Any) -> bytes:
+    return b"\x0a" * (64 << 20)
+
+
+def grpc_slow(seconds: float) -> GrpcAnswer:
+    def answer(_request: bytes, _context: Any) -> bytes:
+        time.sleep(seconds)
+        return b""
+
+    return answer
+
+
+def grpc_abort(
+    details: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+) -> GrpcAnswer:
+    def answer(_request: bytes, context: Any) -> bytes:
+        context.abort(code, details)
+        return b""
+
+    return answer

@@ -22,12 +22,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as svc
 
 from agent.delivery import Failure
+from agent.exporters.bounded_http import Deadline, TooLarge, opener, read_body
 from agent.runconfig import ExportConfig
+from agent.untrusted import printable
 
 RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+MAX_RESPONSE_BYTES = 4 << 20  # an export response is a partial-success message: small
+GRPC_DETAILS = 600  # characters of a gRPC status's details in a Failure
+ERROR_BODY_BYTES = 4 << 10  # what the log shows of an error body is cut shorter still
 RETRYABLE_GRPC = frozenset(
     {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "DATA_LOSS"}
 )
@@ -43,7 +49,8 @@ class Transport(Protocol):
 def partial_success(response: Any) -> str:
     ps = response.partial_success
     if ps.rejected_profiles or ps.error_message:
-        return f"collector rejected {ps.rejected_profiles} profiles: {ps.error_message or '?'}"
+        said = printable(ps.error_message) or "?"
+        return f"collector rejected {ps.rejected_profiles} profiles: {said}"
     return ""
 
 
@@ -61,6 +68,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when - (time.time() if now is None else now))
 
 
+def check_request(payload: bytes) -> None:
+    """ValueError unless `payload` parses as an export request: the spool's
+    test of a file it reads back (see agent/spool.py)."""
+    try:
+        svc.ExportProfilesServiceRequest.FromString(payload)
+    except DecodeError as e:
+        raise ValueError(f"not an export request: {e}") from None
+
+
 def auth_headers(config: ExportConfig) -> list[tuple[str, str]]:
     """Configured headers, plus `authorization: Bearer ...` from the token file,
     re-read on every send so a rotated token is picked up."""
@@ -75,11 +91,18 @@ def auth_headers(config: ExportConfig) -> list[tuple[str, str]]:
 
 
 class HttpTransport:
-    """POST to /v1development/profiles with `application/x-protobuf` bodies."""
+    """POST to /v1development/profiles with `application/x-protobuf` bodies.
 
-    def __init__(self, config: ExportConfig) -> None:
+    The collector's answer is bounded (see bounded_http): the whole request
+    ends within `config.timeout`, the body may hold `max_response` bytes (a
+    partial-success message is a few hundred), and a redirect is refused.
+    Every way the answer can be wrong is a Failure, never another exception.
+    """
+
+    def __init__(self, config: ExportConfig, max_response: int = MAX_RESPONSE_BYTES) -> None:
         self.config = config
         self.url = config.url
+        self.max_response = max_response
         self._context: ssl.SSLContext | None = None
         if urllib.parse.urlsplit(self.url).scheme == "https":
             self._context = ssl.create_default_context(cafile=config.ca_file or None)
@@ -93,20 +116,56 @@ class HttpTransport:
             headers["Content-Encoding"] = "gzip"
         headers.update(auth_headers(self.config))
         request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+        late = Failure(f"no whole answer from {self.url} within {self.config.timeout:g}s", True)
+        with Deadline(self.config.timeout) as deadline:
+            try:
+                body = self._post(request, deadline)
+            except urllib.error.HTTPError as e:
+                raise late if deadline.expired else self._refusal(e) from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                if deadline.expired:
+                    raise late from None
+                reason = printable(str(getattr(e, "reason", e)))
+                raise Failure(f"cannot reach {self.url}: {reason}", True) from None
+        if deadline.expired:  # the socket shut down looks like the body's end
+            raise late
         try:
-            with urllib.request.urlopen(
-                request, timeout=self.config.timeout, context=self._context
-            ) as response:
-                body = response.read()
-        except urllib.error.HTTPError as e:
-            retry_after = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
+            response = svc.ExportProfilesServiceResponse.FromString(body)
+        except DecodeError:
+            # a 200 means the collector took the data: sending it again
+            # would duplicate it, so this request is dropped and counted
             raise Failure(
-                f"HTTP {e.code} from {self.url}", e.code in RETRYABLE_HTTP, retry_after
+                f"HTTP 200 from {self.url} with a body that is not an export response: "
+                f"{printable(body)}",
+                False,
             ) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", e)
-            raise Failure(f"cannot reach {self.url}: {reason}", True) from None
-        return partial_success(svc.ExportProfilesServiceResponse.FromString(body))
+        return partial_success(response)
+
+    def _post(self, request: urllib.request.Request, deadline: Deadline) -> bytes:
+        http_opener = opener(deadline, self._context)
+        with http_opener.open(request, timeout=self.config.timeout) as response:
+            try:
+                return read_body(response, self.max_response)
+            except TooLarge as e:
+                raise Failure(f"HTTP 200 from {self.url} with {e}", False) from None
+
+    def _refusal(self, e: urllib.error.HTTPError) -> Failure:
+        """A non-2xx answer as a Failure naming what the collector said
+        (escaped, cut): a redirect's Location, or the error body's start."""
+        with e:
+            retry_after = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
+            if 300 <= e.code < 400:
+                location = printable(e.headers.get("Location", "") if e.headers else "")
+                what = f"a redirect to {location or '(no Location)'}, not followed"
+                return Failure(f"HTTP {e.code} from {self.url}: {what}", False)
+            try:
+                said = printable(e.read(ERROR_BODY_BYTES)) if e.fp else ""
+            except (OSError, http.client.HTTPException):
+                said = ""
+        detail = f": {said}" if said else ""
+        return Failure(
+            f"HTTP {e.code} from {self.url}{detail}", e.code in RETRYABLE_HTTP, retry_after
+        )
 
     def close(self) -> None:
         pass
@@ -129,7 +188,7 @@ def grpc_target(endpoint: str, insecure: bool) -> tuple[str, bool]:
 class GrpcTransport:
     """ProfilesService/Export through the official generated stub."""
 
-    def __init__(self, config: ExportConfig) -> None:
+    def __init__(self, config: ExportConfig, max_response: int = MAX_RESPONSE_BYTES) -> None:
         import grpc
         from opentelemetry.proto.collector.profiles.v1development import (
             profiles_service_pb2_grpc as stubs,
@@ -140,9 +199,13 @@ class GrpcTransport:
         target, tls = grpc_target(config.endpoint, config.insecure)
         # Reconnect soon after a collector restart, not after grpc's default
         # of up to two minutes of exponential reconnect backoff.
+        # A response bigger than max_response fails the call (RESOURCE_EXHAUSTED)
+        # before it is held in memory; the call's deadline (timeout=) bounds
+        # a server that answers slowly or never.
         options = [
             ("grpc.max_reconnect_backoff_ms", 5000),
             ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_receive_message_length", max_response),
         ]
         if tls:
             creds = grpc.ssl_channel_credentials(
@@ -158,7 +221,10 @@ class GrpcTransport:
 
     def send(self, payload: bytes) -> str:
         grpc = self._grpc
-        request = svc.ExportProfilesServiceRequest.FromString(payload)
+        try:
+            request = svc.ExportProfilesServiceRequest.FromString(payload)
+        except DecodeError:
+            raise Failure("a request that does not parse (not sent)", False) from None
         metadata = [(k.lower(), v) for k, v in auth_headers(self.config)]
         compression = grpc.Compression.Gzip if self.config.compression == "gzip" else None
         try:
@@ -167,7 +233,9 @@ class GrpcTransport:
             )
         except grpc.RpcError as e:
             code = e.code().name if hasattr(e, "code") else "UNKNOWN"
-            details = e.details() if hasattr(e, "details") else str(e)
+            # grpc's own diagnosis of a failed connection is long and worth
+            # keeping whole; a server's status message is cut the same way
+            details = printable(str(e.details() if hasattr(e, "details") else e), GRPC_DETAILS)
             raise Failure(
                 f"gRPC {code} from {self.target}: {details}", code in RETRYABLE_GRPC
             ) from None

@@ -9,10 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from google.protobuf.message import DecodeError
+
 from agent.delivery import IDLE_POLL_S, Delivery, Failure
+from agent.errors import ConfigError
 from agent.rolling import RollingFiles, file_name
 from agent.runconfig import RetryPolicy
-from agent.spool import Spool
+from agent.spool import MAX_CORRUPT, Spool
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.04, max_elapsed=0.3)
 
@@ -227,3 +231,153 @@ def test_spooled_leftovers_drain_without_new_requests(tmp_path: Path) -> None:
     # THEN the spool still drains
     assert until(lambda: c.accepted == [b"old"] and len(spool) == 0)
     d.close(1)
+
+
+# -- nothing a collector or a bad spool file does ends the worker (issue 11) --
+
+
+def test_an_unforeseen_exception_fails_one_request_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # GIVEN a sink that raises something no transport should (a bug, or an
+    # answer nobody foresaw) for the first three requests
+    c = Collector()
+    calls = 0
+
+    def buggy(label: str, payload: bytes) -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise DecodeError("Error parsing message \x1b[31m\nforged")
+        return c.send(label, payload)
+
+    d = Delivery(buggy, FAST, 8, None)
+    d.start()
+    for i in range(4):
+        d.submit("", b"%d" % i)
+    # THEN each of the three is one counted failure, not retried, the worker
+    # lives and sends the fourth
+    assert until(lambda: c.accepted == [b"3"])
+    assert (d.stats.failed, d.stats.retries, d.stats.sent) == (3, 0, 1) and d.alive
+    # AND the kind is logged once, the message escaped
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "DecodeError" in errors[0].getMessage()
+    assert "\x1b" not in errors[0].getMessage() and "\\x1b[31m" in errors[0].getMessage()
+    d.close(1)
+
+
+def test_a_bug_in_the_worker_loop_costs_one_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN delivery code that fails unexpectedly once, outside any send
+    c = Collector()
+    d = delivery(c, None)
+    real = d._deliver
+    failed_once = False
+
+    def flaky(label: str, payload: bytes) -> None:
+        nonlocal failed_once
+        if not failed_once:
+            failed_once = True
+            raise RuntimeError("bug")
+        real(label, payload)
+
+    monkeypatch.setattr(d, "_deliver", flaky)
+    d.submit("", b"lost")
+    d.submit("", b"sent")
+    # THEN the worker carries on
+    assert until(lambda: c.accepted == [b"sent"])
+    assert d.stats.failed == 1 and d.alive
+    d.close(1)
+
+
+def test_a_bug_draining_the_spool_does_not_end_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    spool.put(b"old")
+    c = Collector()
+    d = Delivery(c.send, FAST, 4, spool)
+    real = d._drain_spool_one
+    fails = [RuntimeError("once")]
+
+    def flaky() -> None:
+        if fails:
+            raise fails.pop()
+        real()
+
+    monkeypatch.setattr(d, "_drain_spool_one", flaky)
+    d.start()
+    assert until(lambda: c.accepted == [b"old"])
+    assert d.alive
+    d.close(1)
+
+
+def valid(payload: bytes) -> None:
+    if not payload.startswith(b"ok"):
+        raise ValueError("not a request")
+
+
+def test_corrupt_spool_files_are_set_aside_and_the_rest_delivered(tmp_path: Path) -> None:
+    # GIVEN a spool left by a previous run with a corrupt file at its head,
+    # a symlink to a secret, and a file too large to be a request
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"ok secret")
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "000000000001.otlp").write_bytes(b"\xff corrupt")
+    (spool_dir / "000000000002.otlp").symlink_to(secret)
+    (spool_dir / "000000000003.otlp").write_bytes(b"ok" + b"x" * 200)
+    (spool_dir / "000000000004.otlp").write_bytes(b"ok good")
+    spool = Spool(spool_dir, 100, check=valid)
+    c = Collector()
+    # WHEN the worker drains it
+    d = delivery(c, spool)
+    # THEN the sound one arrives, the others are moved aside and counted
+    assert until(lambda: c.accepted == [b"ok good"] and len(spool) == 0)
+    assert spool.corrupt == 3 and d.alive
+    aside = sorted(p.name for p in spool_dir.iterdir())
+    assert aside == [f"00000000000{i}.otlp.corrupt" for i in (1, 2, 3)]
+    assert (spool_dir / "000000000002.otlp.corrupt").is_symlink()  # moved, never read
+    d.close(1)
+    # AND the next start finds nothing corrupt to trip on
+    assert len(Spool(spool_dir, 100, check=valid)) == 0
+
+
+def test_corrupt_files_kept_are_bounded(tmp_path: Path) -> None:
+    for i in range(1, 11):
+        (tmp_path / f"{i:012d}.otlp").write_bytes(b"bad")
+    spool = Spool(tmp_path, 100, check=valid)
+    while spool.peek() is not None:
+        pass
+    assert spool.corrupt == 10
+    assert len(list(tmp_path.glob("*.corrupt"))) == MAX_CORRUPT
+    assert not list(tmp_path.glob("*.otlp"))
+
+
+def test_a_corrupt_file_that_cannot_be_moved_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "000000000001.otlp").mkdir()  # not a file; rename works, so
+    (tmp_path / "000000000001.otlp.corrupt").mkdir()  # make the target busy
+    (tmp_path / "000000000001.otlp.corrupt" / "x").write_bytes(b"")
+    (tmp_path / "000000000002.otlp").write_bytes(b"ok")
+    spool = Spool(tmp_path, 100, check=valid)
+    assert spool.corrupt == 1 and spool.peek() == (2, b"ok")
+
+
+def test_spool_files_are_private_and_written_atomically(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir, 1 << 20)
+    spool.put(b"profile")
+    [entry] = list(spool_dir.iterdir())
+    assert entry.name == "000000000001.otlp"
+    assert (spool_dir.stat().st_mode & 0o777, entry.stat().st_mode & 0o777) == (0o700, 0o600)
+    (spool_dir / ".000000000002.otlp.1a2b3c.tmp").write_bytes(b"half")  # a crash's debris
+    Spool(spool_dir, 1 << 20)
+    assert [p.name for p in spool_dir.iterdir()] == ["000000000001.otlp"]
+
+
+def test_a_spool_dir_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "spool").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=r"spool\.dir .*symlink"):
+        Spool(tmp_path / "spool", 1 << 20)

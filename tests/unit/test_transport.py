@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as svc
@@ -16,13 +17,28 @@ from agent.errors import InputError
 from agent.exporters.transport import (
     GrpcTransport,
     HttpTransport,
+    check_request,
     grpc_target,
     make_transport,
     parse_retry_after,
+    partial_success,
 )
 from agent.runconfig import ExportConfig
 from agent.telemetry import format_status, log_line, read_status, write_status
-from tests.otlp_receiver import GrpcReceiver, HttpReceiver, free_port
+from tests.otlp_receiver import (
+    GrpcReceiver,
+    HostileGrpc,
+    HttpReceiver,
+    body_answer,
+    endless_answer,
+    free_port,
+    grpc_abort,
+    grpc_garbage,
+    grpc_huge,
+    grpc_slow,
+    redirect_answer,
+    slow_answer,
+)
 
 PAYLOAD = svc.ExportProfilesServiceRequest()
 PAYLOAD.dictionary.string_table.append("")
@@ -189,3 +205,190 @@ def test_status_file_round_trip(tmp_path: Path) -> None:
 
 def test_retry_after_is_not_in_the_past() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=time.time()) == 0.0
+
+
+# -- a hostile or broken collector (issue 11, case 6) ------------------------
+# Each answer must come back as a Failure (never another exception, which
+# would end the export worker), in bounded time and memory, with what the
+# collector said escaped and cut.
+
+
+def http_transport(r: HttpReceiver, **kw: Any) -> HttpTransport:
+    config = ExportConfig(endpoint=r.endpoint, protocol="http/protobuf", timeout=kw.pop("t", 5))
+    return HttpTransport(config, **kw)
+
+
+def test_http_200_with_a_garbage_body_is_a_permanent_failure(http: HttpReceiver) -> None:
+    # GIVEN a collector that answers 200 with bytes that do not parse
+    http.answers.append(body_answer(200, b"\xff\xff\xff\x1b[2Jgarbage"))
+    # THEN a Failure, not DecodeError; not retried (the 200 may have kept
+    # the data); the bytes quoted escaped
+    with pytest.raises(Failure, match="not an export response") as e:
+        http_transport(http).send(BODY)
+    assert not e.value.retryable
+    assert "\x1b" not in str(e.value) and "\\x1b[2J" in str(e.value)
+
+
+def test_http_endless_body_is_cut_at_the_limit(http: HttpReceiver) -> None:
+    # GIVEN a collector whose 200 body never ends
+    http.answers.append(endless_answer())
+    # THEN reading stops past max_response bytes
+    with pytest.raises(Failure, match="over 65536 bytes"):
+        http_transport(http, max_response=1 << 16).send(BODY)
+
+
+def test_http_a_body_dribbled_slowly_ends_at_the_deadline(http: HttpReceiver) -> None:
+    # GIVEN a collector that sends a 200 body one byte every 0.05 s, 600
+    # bytes (30 s), each read well inside the socket timeout
+    http.answers.append(slow_answer(every=0.05))
+    started = time.monotonic()
+    # THEN the whole request ends at its 0.5 s deadline, retryably
+    with pytest.raises(Failure, match=r"no whole answer .* within 0\.5s") as e:
+        http_transport(http, t=0.5).send(BODY)
+    assert e.value.retryable
+    assert time.monotonic() - started < 3
+
+
+def test_http_a_slow_error_body_ends_at_the_deadline(http: HttpReceiver) -> None:
+    # GIVEN a 500 whose body dribbles: THEN the status is reported with
+    # what arrived of the body by the deadline, no later
+    http.answers.append(slow_answer(every=0.05, status=500))
+    started = time.monotonic()
+    with pytest.raises(Failure, match=r"HTTP 500 .*: (\\x00)+$"):
+        http_transport(http, t=0.5).send(BODY)
+    assert time.monotonic() - started < 3
+
+
+def test_http_redirects_are_refused_and_the_token_stays_home(
+    http: HttpReceiver, tmp_path: Path
+) -> None:
+    # GIVEN a collector that redirects to another server, and a bearer token
+    other = HttpReceiver().start()
+    try:
+        http.answers.append(redirect_answer(f"{other.endpoint}/steal\x1b[2J"))
+        token = tmp_path / "token"
+        token.write_text("s3cret")
+        config = ExportConfig(
+            endpoint=http.endpoint,
+            protocol="http/protobuf",
+            headers=(("authorization", "Bearer configured"),),
+            bearer_token_file=str(token),
+        )
+        # THEN a permanent Failure naming the Location (escaped), and the
+        # other server never hears from us
+        with pytest.raises(Failure, match=r"redirect to .*/steal.* not followed") as e:
+            HttpTransport(config).send(BODY)
+        assert not e.value.retryable
+        assert "\x1b" not in str(e.value) and "/steal\\x1b[2J" in str(e.value)
+        assert other.strays.snapshot() == [] and other.received.snapshot() == []
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize("status", [301, 303, 307, 308])
+def test_http_every_redirect_is_refused(http: HttpReceiver, status: int) -> None:
+    http.answers.append(redirect_answer("http://127.0.0.1:1/x", status))
+    with pytest.raises(Failure, match=rf"HTTP {status} .*127\.0\.0\.1:1/x"):
+        http_transport(http).send(BODY)
+
+
+def test_http_error_body_is_quoted_escaped_and_cut(http: HttpReceiver) -> None:
+    # GIVEN an error whose body forges a log line and is long
+    body = b"bad\n2030-01-01 INFO interval 9: export_ok=99\x1b[31m" + b"A" * 10_000
+    http.answers.append(body_answer(400, body))
+    with pytest.raises(Failure, match="HTTP 400") as e:
+        http_transport(http).send(BODY)
+    text = str(e.value)
+    assert "bad\\n2030-01-01 INFO" in text and "\\x1b[31m" in text
+    assert not any(c in text for c in "\n\r\x1b") and len(text) < 400
+
+
+def test_http_partial_success_message_is_escaped() -> None:
+    response = svc.ExportProfilesServiceResponse()
+    response.partial_success.rejected_profiles = 2
+    response.partial_success.error_message = "no\nsuch\x1b]0;title\x07 " + "x" * 1000
+    said = partial_success(response)
+    assert said.startswith("collector rejected 2 profiles: no\\nsuch\\x1b]0;title\\x07")
+    assert len(said) < 300
+
+
+def test_http_transport_is_usable_after_every_attack(http: HttpReceiver) -> None:
+    # GIVEN one transport that meets every kind of hostile answer in turn
+    t = http_transport(http, t=0.5, max_response=1 << 16)
+    http.answers += [
+        body_answer(200, b"\xff garbage"),
+        endless_answer(),
+        slow_answer(every=0.05),
+        redirect_answer("http://127.0.0.1:1/"),
+        body_answer(500, b"\x00\x1b"),
+    ]
+    for _ in range(5):
+        with pytest.raises(Failure):
+            t.send(BODY)
+    # THEN a well-behaved answer afterwards is a success
+    assert t.send(BODY) == ""
+    assert len(http.received.snapshot()) == 1
+
+
+def test_spool_check_accepts_requests_only() -> None:
+    check_request(BODY)
+    with pytest.raises(ValueError, match="not an export request"):
+        check_request(b"\xff\xff\xff")
+
+
+@pytest.fixture
+def hostile_grpc() -> Iterator[HostileGrpc]:
+    r = HostileGrpc().start()
+    yield r
+    r.stop()
+
+
+def grpc_transport(r: HostileGrpc, timeout: float = 5, **kw: Any) -> GrpcTransport:
+    return GrpcTransport(ExportConfig(endpoint=r.endpoint, timeout=timeout), **kw)
+
+
+def test_grpc_garbage_answer_is_a_failure(hostile_grpc: HostileGrpc) -> None:
+    hostile_grpc.answers.append(grpc_garbage)
+    t = grpc_transport(hostile_grpc)
+    with pytest.raises(Failure, match="gRPC INTERNAL") as e:
+        t.send(BODY)
+    assert not e.value.retryable
+    assert t.send(BODY) == ""  # and the channel still works
+    t.close()
+
+
+def test_grpc_huge_answer_is_refused_before_it_is_held(hostile_grpc: HostileGrpc) -> None:
+    hostile_grpc.answers.append(grpc_huge)
+    t = grpc_transport(hostile_grpc, max_response=1 << 16)
+    with pytest.raises(Failure, match="gRPC RESOURCE_EXHAUSTED"):
+        t.send(BODY)
+    t.close()
+
+
+def test_grpc_slow_answer_ends_at_the_call_deadline(hostile_grpc: HostileGrpc) -> None:
+    hostile_grpc.answers.append(grpc_slow(30))
+    t = grpc_transport(hostile_grpc, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(Failure, match="gRPC DEADLINE_EXCEEDED") as e:
+        t.send(BODY)
+    assert e.value.retryable and time.monotonic() - started < 3
+    t.close()
+
+
+def test_grpc_details_are_escaped_and_cut(hostile_grpc: HostileGrpc) -> None:
+    hostile_grpc.answers.append(grpc_abort("bad\nINFO forged\x1b[31m" + "y" * 5000))
+    t = grpc_transport(hostile_grpc)
+    with pytest.raises(Failure, match="gRPC INVALID_ARGUMENT") as e:
+        t.send(BODY)
+    text = str(e.value)
+    assert "bad\\nINFO forged\\x1b[31m" in text
+    assert not any(c in text for c in "\n\x1b") and len(text) < 800
+    t.close()
+
+
+def test_grpc_a_corrupt_payload_is_a_failure_not_a_crash(hostile_grpc: HostileGrpc) -> None:
+    t = grpc_transport(hostile_grpc)
+    with pytest.raises(Failure, match="does not parse") as e:
+        t.send(b"\xff\xff\xff")
+    assert not e.value.retryable and hostile_grpc.calls == 0
+    t.close()
