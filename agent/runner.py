@@ -31,7 +31,7 @@ from agent.delivery import Delivery, Send
 from agent.errors import ConfigError
 from agent.exporters import pprof
 from agent.exporters.otlp import RequestBuilder
-from agent.exporters.transport import Transport, make_transport
+from agent.exporters.transport import Transport, check_request, make_transport
 from agent.filters import ProcessFilter
 from agent.model import Profile, RawKey, RawSample, Sample
 from agent.procinfo import ProcessTable, process_resource
@@ -98,7 +98,7 @@ def make_delivery(config: RunConfig) -> tuple[Delivery, Transport | None, Spool 
         transport = make_transport(config.export)
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"export: cannot set up TLS: {e}") from None
-    spool = Spool(config.spool_dir, config.spool_max_bytes)
+    spool = Spool(config.spool_dir, config.spool_max_bytes, check_request)
 
     def send(_label: str, payload: bytes) -> str:
         return transport.send(payload)
@@ -285,6 +285,7 @@ class Session:
             "queue": self.delivery.queued,
             "spool": len(self.spool) if self.spool else 0,
             "spool_dropped": self.spool.dropped if self.spool else 0,
+            "spool_corrupt": self.spool.corrupt if self.spool else 0,
             "cpu_percent": cpu,
             "rss_mib": rss,
             # files over their per-file budget (symbolizer/budget.py): bombs
