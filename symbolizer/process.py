@@ -108,7 +108,10 @@ def open_mapped(pid: int, entry: MapEntry, proc_root: str = "/proc") -> tuple[Bi
         except OSError as exc:
             error = exc
             continue
-        if is_mapped(os.fstat(f.fileno()), entry):
+        # through map_files the kernel hands over the mapped file itself: the
+        # inode is checked (a range remapped meanwhile), not the device, which
+        # btrfs reports per subvolume in fstat but per file system in maps
+        if is_mapped(os.fstat(f.fileno()), entry, device=place.how != KERNEL):
             return f, place
         f.close()
         refused = UnsafeFile(errno.EXDEV, f"not the mapped {entry.dev} {entry.inode}", place.shown)
@@ -120,7 +123,7 @@ def open_mapped_file(pid: int, entry: MapEntry, proc_root: str = "/proc") -> Bin
     return open_mapped(pid, entry, proc_root)[0]
 
 
-def is_mapped(st: os.stat_result, entry: MapEntry) -> bool:
+def is_mapped(st: os.stat_result, entry: MapEntry, device: bool = True) -> bool:
     """Whether a file's fstat is the inode a maps line names. maps prints
     the device as hex "major:minor" of the inode's superblock, the same
     device fstat gives, overlayfs included (checked on kernel 6.18: both
@@ -130,6 +133,5 @@ def is_mapped(st: os.stat_result, entry: MapEntry) -> bool:
         dev = (int(major, 16), int(minor, 16))
     except ValueError:
         return False
-    return (
-        bool(sep) and st.st_ino == entry.inode and (os.major(st.st_dev), os.minor(st.st_dev)) == dev
-    )
+    same_dev = not device or (os.major(st.st_dev), os.minor(st.st_dev)) == dev
+    return bool(sep) and same_dev and st.st_ino == entry.inode

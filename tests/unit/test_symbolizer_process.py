@@ -376,3 +376,4 @@ def test_is_mapped_compares_device_and_inode(dev: str, inode: int, expected: boo
         0
     ]
     assert is_mapped(st, entry) is expected
+    assert is_mapped(st, entry, device=False) is (expected or dev == "00:00")
