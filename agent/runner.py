@@ -284,8 +284,9 @@ class Session:
             "export_retries": stats.retries,
             "queue": self.delivery.queued,
             "spool": len(self.spool) if self.spool else 0,
-            "spool_dropped": self.spool.dropped if self.spool else 0,
-            "spool_corrupt": self.spool.corrupt if self.spool else 0,
+            # `is not None`: an empty Spool is falsy (it has a length)
+            "spool_dropped": self.spool.dropped if self.spool is not None else 0,
+            "spool_corrupt": self.spool.corrupt if self.spool is not None else 0,
             "cpu_percent": cpu,
             "rss_mib": rss,
             # files over their per-file budget (symbolizer/budget.py): bombs
