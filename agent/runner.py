@@ -289,6 +289,9 @@ class Session:
             "spool_corrupt": self.spool.corrupt if self.spool is not None else 0,
             "cpu_percent": cpu,
             "rss_mib": rss,
+            # pids whose /tmp/perf-PID.map was refused or cut (symbolizer/perfmap.py)
+            "perf_map_refused": self.symbolizer.stats.perf_map_refused,
+            "perf_map_truncated": self.symbolizer.stats.perf_map_truncated,
             # files over their per-file budget (symbolizer/budget.py): bombs
             "elf_budget_exceeded": self.symbolizer.stats.budget_exceeded,
             "unwind_budget_exceeded": sum(

@@ -11,9 +11,11 @@ Later lines win over earlier ones for the same start (code regions are
 reused). Entries are kept in arrival order in three arrays (start, size,
 name); lookups go through sorted runs of indices into them. Each batch
 read from a growing file becomes a run, and runs of similar length are
-merged (as in a log-structured merge tree): a growing map costs O(log n)
-merging per entry and never a re-sort of everything at each refresh, and
-there are at most ~log2(n) runs to bisect. Sorting indices (ties keep
+merged (as in a log-structured merge tree) up to MAX_MERGED entries: a
+growing map never re-sorts everything at each refresh, and no merge holds
+about 20 MiB of Python integers at once (sorting a million indices by
+start took 80 MiB and half a second), at the price of up to about
+2n/MAX_MERGED + log2(MAX_MERGED) runs to bisect per lookup. Sorting indices (ties keep
 their order: Python's sort is stable) and comparing the indices on equal
 starts gives "the later line wins" for free.
 """
@@ -29,6 +31,7 @@ from typing import BinaryIO
 MAX_LINE = 4096  # longer lines are skipped: no runtime writes a name that long
 _U64 = 1 << 64
 _CLOCK_EVERY = 1024  # lines between two looks at the clock
+MAX_MERGED = 1 << 18  # no merge makes a run larger than this
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,15 @@ class PerfMap:
             return
         key = self._starts.__getitem__
         run = array("I", sorted(range(first, len(self._starts)), key=key))
-        while self._runs and len(self._runs[-1]) <= 2 * len(run):
+        while self._runs and self._mergeable(self._runs[-1], run):
             older = self._runs.pop()  # all its indices are lower: ties keep order
             run = array("I", sorted(older + run, key=key))
         self._runs.append(run)
+
+    @staticmethod
+    def _mergeable(older: array[int], newer: array[int]) -> bool:
+        """Sizes stay decreasing by about half from run to run, up to MAX_MERGED."""
+        return len(older) <= 2 * len(newer) and len(older) + len(newer) <= MAX_MERGED
 
     def lookup(self, address: int) -> JitSymbol | None:
         key = self._starts.__getitem__

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from symbolizer import Symbolizer
+from symbolizer import Symbolizer, perfmap_table
 from symbolizer.debuginfo import DebugSearch
 from symbolizer.perfmap import PerfMapLimits, PerfMapReader, ProcessIds, parse_status
 from symbolizer.perfmap_table import PerfMap, parse_line, read_entries
@@ -102,6 +102,15 @@ def test_batches_answer_as_one_map_read_at_once() -> None:
     for address in range(0xF00, 0x1000 + 0x10 * 401, 3):
         found = table.lookup(address)
         assert (found.name if found else None) == _reference(lines, address), hex(address)
+
+
+def test_runs_kept_apart_past_the_merge_bound_answer_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GIVEN a merge bound far below the map's size (many runs stay apart),
+    THEN lookups still answer as one map would."""
+    monkeypatch.setattr(perfmap_table, "MAX_MERGED", 16)
+    test_batches_answer_as_one_map_read_at_once()
 
 
 def test_a_later_batch_wins_for_the_same_start() -> None:
