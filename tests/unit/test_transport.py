@@ -25,6 +25,7 @@ from agent.exporters.transport import (
 )
 from agent.runconfig import ExportConfig
 from agent.telemetry import format_status, log_line, read_status, write_status
+from agent.untrusted import printable
 from tests.otlp_receiver import (
     GrpcReceiver,
     HostileGrpc,
@@ -392,3 +393,20 @@ def test_grpc_a_corrupt_payload_is_a_failure_not_a_crash(hostile_grpc: HostileGr
         t.send(b"\xff\xff\xff")
     assert not e.value.retryable and hostile_grpc.calls == 0
     t.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "shown"),
+    [
+        ("plain text", 200, "plain text"),
+        ("two\nlines\r", 200, "two\\nlines\\r"),
+        ("\x1b[2J\x07bell", 200, "\\x1b[2J\\x07bell"),
+        ("evil\u202eevil", 200, "evil\\u202eevil"),  # a bidi override
+        ("héllo ✓", 200, "héllo ✓"),  # printable Unicode stays readable
+        (b"\xff\xfebytes\x00", 200, "\ufffd\ufffdbytes\\x00"),
+        ("x" * 50, 10, "x" * 10 + "..."),
+        ("\x00" * 50, 10, "\\x00\\x00..."),  # an escape is never split
+    ],
+)
+def test_collector_text_is_escaped_and_cut(text: str | bytes, limit: int, shown: str) -> None:
+    assert printable(text, limit) == shown
