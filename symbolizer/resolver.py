@@ -382,7 +382,6 @@ class Symbolizer:
                 self.stats.bad_elf += 1
                 if isinstance(exc, BudgetExceeded):
                     self.stats.budget_exceeded += 1
-
                 self.stats.warn_once(f"elf:{fkey}", f"cannot symbolize {path}: {exc}")
         elif table is not None:
             self.stats.table_cache_hits += 1
