@@ -27,7 +27,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from agent.safewrite import private_dir, write_atomic
+from symbolizer.safewrite import private_dir, write_atomic
 
 FORMAT = 3
 MAX_ENTRY = 1 << 30
