@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from elftools.elf.elffile import ELFFile
@@ -23,6 +22,7 @@ from elftools.elf.elffile import ELFFile
 from symbolizer.budget import CHECK_EVERY, Budget
 from symbolizer.budget import ElfError as ElfError  # defined there, known by all as elf's
 from symbolizer.dwarf import DwarfInfo
+from symbolizer.elffile import Segment as Segment  # one PT_LOAD type for every reader
 from symbolizer.sections import SHF_COMPRESSED, SectionHeader, read_section
 from symbolizer.symtab import Candidate, Symbol, SymbolIndex
 
@@ -32,15 +32,6 @@ NT_GNU_BUILD_ID = 3
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 _SHN_UNDEF, _SHN_LORESERVE = 0, 0xFF00
 _BINDING_RANK = {1: 2, 2: 1}  # GLOBAL over WEAK over LOCAL (and the rest)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A PT_LOAD program header: file bytes [offset, offset+filesz) at vaddr."""
-
-    offset: int
-    vaddr: int
-    filesz: int
 
 
 class ElfSymbols:

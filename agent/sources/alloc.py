@@ -29,7 +29,6 @@ import functools
 import logging
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from agent.sampling import scaled
 from agent.sources import sessions
 from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
 from agent.sources.unwinding import Walker, unwind_cflags, unwound_ips
+from agent.unwind.needed import needed_libraries, preloaded
 from symbolizer.cache import LruCache, file_key
 from symbolizer.process import open_mapped_file
 from symbolizer.procmaps import MapEntry, parse_maps
@@ -121,21 +121,12 @@ def executable_files(maps_text: str) -> list[str]:
     return out
 
 
-def ldd_libraries(ldd_output: str) -> list[str]:
-    """The resolved library paths in `ldd` output ("name => /path (0x...)")."""
-    out = []
-    for line in ldd_output.splitlines():
-        if "=>" in line:
-            target = line.split("=>", 1)[1].strip().split(" (", 1)[0]
-            if target.startswith("/"):
-                out.append(target)
-    return out
-
-
 def command_files(argv0: str) -> list[str]:
     """The executable a COMMAND will run and the libraries it will load: the
     held child has not exec'd yet, so its own maps would show our image. A
-    script runs its `#!` interpreter (through `env` too), as the kernel does."""
+    script runs its `#!` interpreter (through `env` too), as the kernel does;
+    the libraries are found by ld.so's rules (agent/unwind/needed.py), its
+    preloads first (an allocator is often preloaded)."""
     exe = shutil.which(argv0)
     if exe is None:
         raise TargetError(f"command not found: {argv0}")
@@ -145,8 +136,7 @@ def command_files(argv0: str) -> list[str]:
         if interpreter is None:
             break
         exe = interpreter
-    done = subprocess.run(["ldd", exe], capture_output=True, text=True, check=False)
-    return [exe, *ldd_libraries(done.stdout)]
+    return [exe, *needed_libraries(exe, preload=preloaded())]
 
 
 def script_interpreter(path: str) -> str | None:
@@ -174,7 +164,7 @@ def entry_points(files: Iterable[str]) -> list[EntryPoint]:
     """Allocator entry points in these files; unreadable ones are skipped."""
     out: list[EntryPoint] = []
     for name in files:
-        # one file (ldd's /lib/x/libc.so.6 is maps' /usr/lib/x/libc.so.6) is
+        # one file (ld.so's /lib/x/libc.so.6 is maps' /usr/lib/x/libc.so.6) is
         # read once, and probed once
         path = os.path.realpath(name)
         try:
@@ -350,7 +340,7 @@ class AllocSource:
 
     def _planned(self, pid: int) -> bool:
         """A held COMMAND's first exec runs what start() probed already. The
-        probe set would dedupe it too, but only after an ldd call made just as
+        probe set would dedupe it too, but only after a library search made just as
         the command starts forking: bench/run.py profiles --only follow took
         11-18 ms to a child's probes that way, 1-6 ms with this skip."""
         if pid in self._exec_planned:
@@ -380,7 +370,7 @@ class AllocSource:
 
     def _on_exec(self, pid: int) -> None:
         """A followed target exec'd: its new program may bring another
-        allocator (its libraries are not mapped yet, so ldd names them)."""
+        allocator (its libraries are not mapped yet: ld.so's rules name them)."""
         self._follow(pid, lambda: entry_points(command_files(os.readlink(f"/proc/{pid}/exe"))))
 
     # -- events ------------------------------------------------------------

@@ -21,14 +21,11 @@ is probed there for both.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 from agent.sources.probepoint import probe_offset
+from symbolizer.elffile import EM_X86_64, ElfFile
 
 # role -> (entry program, return program or "", argument registers read)
 ROLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -93,7 +90,7 @@ class EntryPoint:
     address: int  # ELF virtual address of the symbol
     probe_offset: int = 0  # bytes past the symbol where the entry probe goes
     # (st_dev, st_ino) of the file: uprobes are on inodes, and one file may be
-    # reached by several paths (ldd's, maps', a /proc/PID/map_files link)
+    # reached by several paths (ld.so's, maps', a /proc/PID/map_files link)
     inode: tuple[int, int] = (0, 0)
 
 
@@ -108,22 +105,24 @@ def find_entry_points(path: str, f: IO[bytes]) -> list[EntryPoint]:
     """The allocator functions an ELF file defines, one per address (the
     standard name preferred), each with its probe offset."""
     inode = _inode(f)
-    elf = ELFFile(f)
+    elf = ElfFile(f)
     wanted = wanted_symbols(path)
-    x86_64 = elf["e_machine"] == "EM_X86_64"
+    x86_64 = elf.machine == EM_X86_64
     order = list(wanted)
     by_address: dict[int, str] = {}
-    for name, address in _defined(elf, wanted):
-        kept = by_address.get(address)
-        if kept is None or order.index(name) < order.index(kept):
-            by_address[address] = name
+    for sym in elf.functions(wanted):
+        if sym.ifunc:  # a resolver's address, not the allocator's
+            continue
+        kept = by_address.get(sym.address)
+        if kept is None or order.index(sym.name) < order.index(kept):
+            by_address[sym.address] = sym.name
     out = []
     for address, name in sorted(by_address.items()):
         role = wanted[name]
         _, ret_program, registers = ROLES[role]
         offset = 0
         if x86_64 and not ret_program:
-            offset = probe_offset(_code(elf, address), registers, allow_null_check=role == "free")
+            offset = probe_offset(elf.code_at(address), registers, allow_null_check=role == "free")
         out.append(EntryPoint(path, name, role, address, offset, inode))
     return out
 
@@ -134,32 +133,3 @@ def _inode(f: IO[bytes]) -> tuple[int, int]:
     except OSError:  # an in-memory file (io.UnsupportedOperation)
         return (0, 0)
     return (st.st_dev, st.st_ino)
-
-
-def _defined(elf: ELFFile, wanted: dict[str, str]) -> Iterator[tuple[str, int]]:
-    for section_name in (".dynsym", ".symtab"):
-        section = elf.get_section_by_name(section_name)
-        if not isinstance(section, SymbolTableSection):
-            continue
-        for sym in section.iter_symbols():
-            name = sym.name.split("@", 1)[0]
-            if (
-                name in wanted
-                and sym["st_info"]["type"] == "STT_FUNC"
-                and sym["st_shndx"] != "SHN_UNDEF"
-                and sym["st_value"]
-            ):
-                yield name, int(sym["st_value"])
-
-
-def _code(elf: ELFFile, vaddr: int, size: int = 48) -> bytes:
-    """Up to `size` bytes of code at an ELF virtual address."""
-    for seg in elf.iter_segments():
-        if seg["p_type"] != "PT_LOAD" or not seg["p_flags"] & 1:  # PF_X
-            continue
-        start, filesz = seg["p_vaddr"], seg["p_filesz"]
-        if start <= vaddr < start + filesz:
-            elf.stream.seek(seg["p_offset"] + vaddr - start)
-            data: bytes = elf.stream.read(min(size, start + filesz - vaddr))
-            return data
-    return b""

@@ -19,11 +19,9 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from elftools.elf.dynamic import DynamicSection
-from elftools.elf.elffile import ELFFile
-
+from symbolizer.budget import ElfError
+from symbolizer.elffile import ElfFile
 from symbolizer.safeopen import open_regular
 
 DEFAULT_DIRS = (
@@ -42,21 +40,10 @@ def dynamic_entries(path: str) -> tuple[list[str], list[str]]:
     file, $ORIGIN expanded; ([], []) for a static or unreadable file."""
     try:
         with open_regular(path, nofollow=False) as f:  # never a FIFO's open()
-            elf = ELFFile(f)
-            dynamic = elf.get_section_by_name(".dynamic")
-            if not isinstance(dynamic, DynamicSection):
-                return [], []
-            needed, rpath, runpath = [], [], []
-            tag: Any  # pyelftools sets needed/rpath/runpath by tag, untyped
-            for tag in dynamic.iter_tags():
-                if tag.entry.d_tag == "DT_NEEDED":
-                    needed.append(tag.needed)
-                elif tag.entry.d_tag == "DT_RPATH":
-                    rpath.extend(tag.rpath.split(":"))
-                elif tag.entry.d_tag == "DT_RUNPATH":
-                    runpath.extend(tag.runpath.split(":"))
-    except Exception:  # pyelftools raises many types on a malformed file
+            dynamic = ElfFile(f).dynamic()
+    except (OSError, ElfError):
         return [], []
+    needed, rpath, runpath = list(dynamic.needed), dynamic.rpath, dynamic.runpath
     origin = os.path.dirname(os.path.realpath(path))
     dirs = [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for d in runpath or rpath]
     return needed, [d for d in dirs if d]
@@ -91,14 +78,38 @@ def find_library(name: str, dirs: Iterable[str]) -> str | None:
     return None
 
 
-def needed_libraries(executable: str, system_dirs: Sequence[str] | None = None) -> list[str]:
-    """The executable's libraries and theirs, breadth first, each once."""
+def preloaded(environ: dict[str, str] | None = None, conf: str = "/etc/ld.so.preload") -> list[str]:
+    """The libraries ld.so loads before any DT_NEEDED: LD_PRELOAD's (spaces
+    or colons between them), then /etc/ld.so.preload's, names or paths."""
+    env = os.environ if environ is None else environ
+    names = env.get("LD_PRELOAD", "").replace(":", " ").split()
+    try:
+        with open_regular(conf, nofollow=False) as f:
+            names += f.read(1 << 16).decode(errors="replace").replace(":", " ").split()
+    except OSError:
+        pass
+    return names
+
+
+def needed_libraries(
+    executable: str, system_dirs: Sequence[str] | None = None, preload: Sequence[str] = ()
+) -> list[str]:
+    """The executable's libraries and theirs, breadth first, each once;
+    `preload` (names or paths, see preloaded()) before them, as ld.so does."""
     if system_dirs is None:
         system_dirs = [*ld_so_conf_dirs(), *DEFAULT_DIRS]
     env = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
     found: list[str] = []
     seen_names: set[str] = set()
     queue = [executable]
+    preloads: set[str] = set()  # by real path: a file is loaded once, whatever it is called
+    for name in preload:
+        seen_names.add(name)
+        lib = find_library(name, [*env, *system_dirs])
+        if lib is not None and os.path.realpath(lib) not in preloads:
+            preloads.add(os.path.realpath(lib))
+            found.append(lib)
+            queue.append(lib)
     while queue and len(found) < MAX_LIBRARIES:
         names, own_dirs = dynamic_entries(queue.pop(0))
         for name in names:
@@ -106,7 +117,7 @@ def needed_libraries(executable: str, system_dirs: Sequence[str] | None = None) 
                 continue
             seen_names.add(name)
             lib = find_library(name, [*env, *own_dirs, *system_dirs])
-            if lib is not None:
+            if lib is not None and lib not in found:
                 found.append(lib)
                 queue.append(lib)
     return found

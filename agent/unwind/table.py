@@ -26,15 +26,13 @@ import struct
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-from elftools.elf.elffile import ELFFile
+from typing import IO
 
 from agent.safewrite import private_dir, write_atomic
 from agent.unwind.ehframe import CfiError, Fde, parse_section
 from agent.unwind.rows import ROW, Row, merge_rows, pack, unpack
-from symbolizer.budget import Budget, BudgetExceeded
-from symbolizer.elf import section_bytes
+from symbolizer.budget import Budget, BudgetExceeded, ElfError
+from symbolizer.elffile import EM_X86_64, ElfFile, Segment
 from symbolizer.sections import SectionError
 
 log = logging.getLogger("bpfprof.unwind")
@@ -49,15 +47,6 @@ _HEADER = struct.Struct("<8sQI")  # magic, base, row count
 
 class TableError(Exception):
     """The binary's CFI cannot be turned into a table (corrupt, too large)."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A PT_LOAD header: file bytes [offset, offset+filesz) at vaddr."""
-
-    offset: int
-    vaddr: int
-    filesz: int
 
 
 @dataclass(frozen=True)
@@ -110,22 +99,23 @@ def table_from_fdes(build_id: str, fdes: list[Fde], budget: Budget | None = None
     return UnwindTable(build_id, base, pack(rows, base))
 
 
-def build_table(elf: Any, build_id: str, budget: Budget | None = None) -> UnwindTable:
-    """The table of an opened pyelftools ELFFile (x86-64, little-endian).
+def build_table(elf: ElfFile, build_id: str, budget: Budget | None = None) -> UnwindTable:
+    """The table of an opened ELF file (x86-64, little-endian).
 
-    Raises TableError, or BudgetExceeded past `budget` (unwind_budget())."""
-    if elf["e_machine"] != "EM_X86_64":
-        raise TableError(f"unwinding supports x86-64 only, not {elf['e_machine']}")
+    Its sections are read with `budget` (unwind_budget() if None), not the
+    file's own: raises TableError, or BudgetExceeded past it."""
+    if elf.machine != EM_X86_64:
+        raise TableError(f"unwinding supports x86-64 only, not e_machine {elf.machine}")
     budget = budget or unwind_budget()
     fdes: list[Fde] = []
     try:
-        eh = elf.get_section_by_name(".eh_frame")
-        if eh is not None and eh["sh_type"] != "SHT_NOBITS":
-            data = section_bytes(elf, eh, budget)
-            fdes = parse_section(data, eh["sh_addr"], is_eh_frame=True, budget=budget)
-        debug = elf.get_section_by_name(".debug_frame")
-        if debug is not None and debug["sh_type"] != "SHT_NOBITS":
-            data = section_bytes(elf, debug, budget)
+        eh = elf.section(".eh_frame")
+        if eh is not None and eh.header.type != "SHT_NOBITS":
+            data = elf.read(eh, budget)
+            fdes = parse_section(data, eh.header.addr, is_eh_frame=True, budget=budget)
+        debug = elf.section(".debug_frame")
+        if debug is not None and debug.header.type != "SHT_NOBITS":
+            data = elf.read(debug, budget)
             extra = parse_section(data, 0, is_eh_frame=False, budget=budget)
             fdes.extend(_uncovered(fdes, extra))
     except (CfiError, SectionError, IndexError, ValueError, struct.error) as exc:
@@ -143,14 +133,6 @@ def _uncovered(have: list[Fde], extra: list[Fde]) -> list[Fde]:
         if i < 0 or spans[i][1] <= fde.pc_begin:
             out.append(fde)
     return out
-
-
-def segments_of(elf: Any) -> tuple[Segment, ...]:
-    return tuple(
-        Segment(s["p_offset"], s["p_vaddr"], s["p_filesz"])
-        for s in elf.iter_segments()
-        if s["p_type"] == "PT_LOAD"
-    )
 
 
 class TableCache:
@@ -223,10 +205,12 @@ def load_unwind_info(
 ) -> ElfUnwindInfo:
     """The table (from the cache when it has this build ID) and PT_LOADs of a file."""
     try:
-        elf = ELFFile(stream)
-        segments = segments_of(elf)
-    except Exception as exc:  # pyelftools raises many types on a malformed file
+        elf = ElfFile(stream, budget)
+    except BudgetExceeded:
+        raise
+    except ElfError as exc:
         raise TableError(f"not a usable ELF file: {exc}") from exc
+    segments = elf.segments()
     table = cache.get(build_id)
     if table is None:
         try:

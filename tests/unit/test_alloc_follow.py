@@ -29,6 +29,7 @@ from agent.sources.alloc import (
     mapped_entry_points,
     script_interpreter,
 )
+from agent.unwind.needed import DEFAULT_DIRS, find_library, needed_libraries, preloaded
 
 
 @dataclass
@@ -198,6 +199,31 @@ def test_a_script_runs_its_interpreter(tmp_path: Path) -> None:
     nowhere = tmp_path / "nowhere"
     nowhere.write_text("#!/no/such/interpreter\n")
     assert script_interpreter(str(nowhere)) is None
+
+
+def test_a_command_s_libraries_are_ld_so_s_preloads_first_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allocator is often preloaded: LD_PRELOAD by name or by path, and
+    /etc/ld.so.preload, are probed like DT_NEEDED libraries (ldd listed the
+    by-name ones only)."""
+    found = find_library("libm.so.6", DEFAULT_DIRS)
+    assert found is not None
+    libm = os.path.realpath(found)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    plain = [os.path.realpath(f) for f in command_files("sleep")]
+    assert libm not in plain and any("libc.so" in f for f in plain)
+    for preload in ("libm.so.6", libm, f"  libm.so.6:{libm} "):
+        monkeypatch.setenv("LD_PRELOAD", preload)
+        files = [os.path.realpath(f) for f in command_files("sleep")]
+        assert files.count(libm) == 1 and files[1] == libm, preload
+    conf = tmp_path / "ld.so.preload"
+    conf.write_text(f"{libm}\n")
+    monkeypatch.setenv("LD_PRELOAD", "libnothere.so")
+    assert preloaded(conf=str(conf)) == ["libnothere.so", libm]
+    assert needed_libraries("/bin/sleep", preload=["libnothere.so"]) == needed_libraries(
+        "/bin/sleep"
+    )
 
 
 def test_entry_points_name_real_paths_and_are_read_once_per_file() -> None:

@@ -80,12 +80,11 @@ def test_a_process_gets_its_executable_mapping(tmp_path: Path, binary: Path) -> 
 
 
 def min_fde_address(binary: Path) -> int:
-    from elftools.elf.elffile import ELFFile
-
     from agent.unwind.table import build_table
+    from symbolizer.elffile import ElfFile
 
     with open(binary, "rb") as f:
-        return build_table(ELFFile(f), "").base
+        return build_table(ElfFile(f), "").base
 
 
 def test_binaries_are_loaded_once_and_processes_reloaded(tmp_path: Path, binary: Path) -> None:
