@@ -66,12 +66,12 @@ BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 
-static __always_inline void bump(int idx)
-{
-    u64 *v = counters.lookup(&idx);
-    if (v)
-        (*v)++;
-}
+/* Its ring buffer carries allocation records: exits, execs and forks go
+ * as struct alloc_free_event (with no address), and a full buffer is a
+ * lost sample. */
+#define EVENT_RECORD struct alloc_free_event
+#define EVENT_LOST_COUNTER CTR_SAMPLE_LOST
+#include "helpers.h"
 
 /* -ln(u) * ALLOC_RATE for a uniform u in (0, 1), in integers.
  *
@@ -114,13 +114,6 @@ static __always_inline int sampled(u32 tid, u64 size)
     return 1;
 }
 
-static __always_inline void send_event(u32 kind, u32 pid)
-{
-    struct alloc_free_event ev = {.kind = kind, .pid = pid};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_SAMPLE_LOST);
-}
-
 /* The one place this program takes stacks: the user stack into the record,
  * leaf first. In a return probe the registers are the caller's, just after
  * the call returned: the stack starts in the allocator's caller. In an
@@ -146,7 +139,7 @@ static __always_inline void take_user_stack(struct pt_regs *ctx, struct alloc_ev
     ev->stack_bytes = (st->len - skip) * sizeof(u64);
     ev->stack_flags = st->flags;
     if (unwind_maps_stale(ev->pid, st))
-        send_event(ALLOC_EVENT_MAPS_CHANGED, ev->pid);
+        send_event(ev->pid, ALLOC_EVENT_MAPS_CHANGED);
 #else
     ev->stack_bytes = bpf_get_stack(ctx, ev->ips, sizeof(ev->ips), BPF_F_USER_STACK);
     /* At the entry the frame-pointer walk goes from the allocator to its
@@ -345,7 +338,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (!targets.lookup(&pid))
         return 0;
 #endif
-    send_event(ALLOC_EVENT_EXIT, pid);
+    send_event(pid, ALLOC_EVENT_EXIT);
     return 0;
 }
 
@@ -363,10 +356,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 #ifdef UNWIND_DWARF
     unwind_procs.delete(&pid);
 #endif
-    send_event(ALLOC_EVENT_EXEC, pid);
+    send_event(pid, ALLOC_EVENT_EXEC);
     return 0;
 }
 #endif
 
-#define FOLLOWED(child) send_event(ALLOC_EVENT_FORK, child)
+#define FOLLOWED(child) send_event(child, ALLOC_EVENT_FORK)
 #include "follow.h"

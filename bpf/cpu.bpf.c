@@ -35,40 +35,8 @@ BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 
-static __always_inline void bump(int idx)
-{
-    u64 *v = counters.lookup(&idx);
-    if (v)
-        (*v)++;
-}
-
-static __always_inline int stack_error(int id, int collision_counter)
-{
-    /* -EFAULT: no stack of this kind (a kernel thread has no user stack; a
-     * sample taken in user mode has no kernel stack), which is normal.
-     * -EEXIST: another stack already owns this hash bucket. */
-    if (id == -BPFPROF_EEXIST)
-        bump(collision_counter);
-    else if (id < 0 && id != -BPFPROF_EFAULT)
-        bump(CTR_STACK_ERROR);
-    return 0;
-}
-
-static __always_inline void send_event(u32 pid, u32 kind)
-{
-    struct process_event ev = {.pid = pid, .kind = kind};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
-}
-
-static __always_inline void notify_new(u32 pid)
-{
-    u8 one = 1;
-    if (seen.lookup(&pid))
-        return;
-    seen.update(&pid, &one);
-    send_event(pid, EVENT_NEW_PROCESS);
-}
+#define NEW_PROCESS_EVENTS
+#include "helpers.h"
 
 static __always_inline void add_one(u64 *v, int inserted)
 {
@@ -154,15 +122,3 @@ int on_cpu_sample(void *ctx)
 }
 
 #include "follow.h"
-
-/* A process that execs gets new mappings: forget it so its next sample makes
- * user space read /proc/PID/maps again. */
-TRACEPOINT_PROBE(sched, sched_process_exec)
-{
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    seen.delete(&pid);
-#ifdef UNWIND_DWARF
-    unwind_procs.delete(&pid);  /* its old mappings would misguide the walk */
-#endif
-    return 0;
-}

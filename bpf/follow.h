@@ -2,7 +2,7 @@
  * everything the command starts: each fork by a process in `targets` adds
  * the child. Runs in the parent's context, so the helper gives the parent.
  *
- * Included by each program after its `targets` map and bump(); pasted into
+ * Included by each program after its `targets` map and helpers.h; pasted into
  * the program text by bpf.expanded(), since BCC rewrites map calls only in
  * the main file. A program that must act on a new child (the allocation
  * profiler attaches probes to it) defines FOLLOWED(child) first; thread

@@ -1,6 +1,7 @@
-/* What the wait programs (offcpu.bpf.c, lock.bpf.c) share: self-metrics,
- * new-process events, stacks, adding one wait to the double-buffered
- * counts, and forgetting a process that execs.
+/* What the wait programs (offcpu.bpf.c, lock.bpf.c) share beyond
+ * helpers.h (self-metrics, new-process events, forgetting a process that
+ * execs): stacks, sampling, and adding one wait to the double-buffered
+ * counts.
  *
  * Include it after declaring the maps it uses: counts0 and counts1 (keyed
  * by WAIT_KEY, valued by struct wait_value), stacks, window, counters,
@@ -18,19 +19,8 @@
 #include "ustacks.h"
 #endif
 
-static __always_inline void bump(int idx)
-{
-    u64 *v = counters.lookup(&idx);
-    if (v)
-        (*v)++;
-}
-
-static __always_inline void send_event(u32 pid, u32 kind)
-{
-    struct process_event ev = {.pid = pid, .kind = kind};
-    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
-        bump(CTR_EVENT_LOST);
-}
+#define NEW_PROCESS_EVENTS
+#include "helpers.h"
 
 /* The one place the wait programs take stacks: ids, or -errno. `key->pid`
  * must be set. The walker reads the registers the thread entered the
@@ -49,10 +39,7 @@ static __always_inline void take_stacks(void *ctx, struct sample_key *key, int k
     key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
 #endif
     key->kernel_stack_id = kernel ? stacks.get_stackid(ctx, 0) : -BPFPROF_EFAULT;
-    if (key->user_stack_id == -BPFPROF_EEXIST)
-        bump(CTR_USER_COLLISION);
-    else if (key->user_stack_id < 0 && key->user_stack_id != -BPFPROF_EFAULT)
-        bump(CTR_STACK_ERROR);
+    stack_error(key->user_stack_id, CTR_USER_COLLISION);
     if (key->kernel_stack_id == -BPFPROF_EEXIST)
         bump(CTR_KERNEL_COLLISION);
 }
@@ -79,15 +66,6 @@ static __always_inline u64 wait_weight(u64 ns)
     if (ns * MAX_WEIGHT > SAMPLE_NS)
         weight = SAMPLE_NS / ns; /* 1 to MAX_WEIGHT */
     return bpf_get_prandom_u32() % weight == 0 ? weight : 0;
-}
-
-static __always_inline void notify_new(u32 pid)
-{
-    u8 one = 1;
-    if (seen.lookup(&pid))
-        return;
-    seen.update(&pid, &one);
-    send_event(pid, EVENT_NEW_PROCESS);
 }
 
 static __always_inline void add_wait(struct wait_value *v, u64 count, u64 delta)
@@ -138,19 +116,6 @@ static __always_inline void count_wait(WAIT_KEY *key, u32 pid, u64 weight, u64 d
         count_into_0(key, weight, delta * weight);
     bump(CTR_SAMPLES);
     notify_new(pid);
-}
-
-/* A process that execs gets new mappings: forget it, so its next wait makes
- * user space read /proc/PID/maps again (and its old tables cannot misguide
- * the walk meanwhile). */
-TRACEPOINT_PROBE(sched, sched_process_exec)
-{
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    seen.delete(&pid);
-#ifdef UNWIND_DWARF
-    unwind_procs.delete(&pid);
-#endif
-    return 0;
 }
 
 #endif
