@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.config import SourceOptions
 from agent.errors import InvalidProfile
 from agent.model import Location, Profile, RawKey, RawSample, Sample, ValueType
 from agent.resolve import StackResolver
@@ -87,19 +86,6 @@ def alloc_spec(rate: int) -> ProfileSpec:
         default_sample_type="inuse_space",
         values=lambda raw: raw,
     )
-
-
-def spec_for(profile_type: str, options: SourceOptions) -> ProfileSpec:
-    """The ProfileSpec of one profile type, as its source is configured."""
-    if profile_type == "cpu":
-        return cpu_spec(options.frequency)
-    if profile_type == "offcpu":
-        return offcpu_spec()
-    if profile_type == "lock":
-        return lock_spec()
-    if profile_type == "alloc":
-        return alloc_spec(options.alloc_rate)
-    raise ValueError(f"unknown profile type {profile_type!r}")
 
 
 def build_profile(

@@ -15,15 +15,11 @@ from typing import Any, TypeVar
 
 import click
 
-from agent.config import (
-    DEFAULT_ALLOC_RATE,
-    BpfLimits,
-    RecordConfig,
-    SourceOptions,
-    format_from_suffix,
-)
+from agent.config import BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError
 from agent.model import Profile
+from agent.sources import registry
+from agent.sources.registry import Setting
 
 log = logging.getLogger("bpfprof")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,17 +42,67 @@ class FiniteFloat(click.types.FloatParamType):
 FINITE = FiniteFloat()
 
 
+# The order --help has always listed the types and their flags in (the
+# contract's); a type or flag not named here follows, in the registry's order.
+HELP_ORDER = ("cpu", "offcpu", "alloc", "lock")
+FLAG_ORDER = ("--min-block-us", "--min-wait-us", "--wait-sampling", "--alloc-rate")
+
+
+def _in_help_order(names: tuple[str, ...], order: tuple[str, ...]) -> tuple[str, ...]:
+    rank = {name: i for i, name in enumerate(order)}
+    return tuple(sorted(names, key=lambda n: rank.get(n, len(order))))
+
+
+class ProfileTypeChoice(click.Choice[str]):
+    """The registry's profile types, read when click asks (not at import):
+    a type registered later is a choice like the built-in ones."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return _in_help_order(registry.names(), HELP_ORDER)
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass
+
+
 def type_option(help_text: str) -> Callable[[F], F]:
     """`-t/--type`: a profile type, cpu by default (record, check --print-bpf)."""
     return click.option(
         "-t",
         "--type",
         "profile_type",
-        type=click.Choice(["cpu", "offcpu", "alloc", "lock"]),
+        type=ProfileTypeChoice(),
         default="cpu",
         show_default=True,
         help=help_text,
     )
+
+
+def setting_option(s: Setting) -> Callable[[F], F]:
+    """A type's setting as a `record` flag: its bounds and help from the
+    registry, its default RecordConfig's."""
+    decls = s.flag.split("/")
+    if s.kind == "bool":
+        return click.option(*decls, s.field, is_flag=True, help=s.help)
+    kind: Any = click.IntRange(s.low, s.high) if s.click_range else int
+    default = getattr(RecordConfig, s.field)
+    return click.option(*decls, s.field, type=kind, default=default, show_default=True, help=s.help)
+
+
+def type_setting_options(skip: tuple[str, ...]) -> Callable[[F], F]:
+    """Every type's record flags but `skip` (placed by hand), in help order."""
+    flags = {s.flag: s for s in registry.record_settings() if s.flag not in skip}
+
+    def apply(f: F) -> F:
+        for flag in reversed(_in_help_order(tuple(flags), FLAG_ORDER)):
+            f = setting_option(flags[flag])(f)
+        return f
+
+    return apply
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,14 +125,7 @@ def cli(verbose: int) -> None:
     type=FINITE,
     help="Seconds to record (default: until Ctrl-C or COMMAND exits).",
 )
-@click.option(
-    "-F",
-    "--frequency",
-    type=int,
-    default=99,
-    show_default=True,
-    help="CPU samples per second per CPU.",
-)
+@setting_option(registry.FREQUENCY)
 @click.option(
     "-o",
     "--output",
@@ -136,45 +175,7 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="Executable mappings the kernel holds for all processes (32 bytes each).",
 )
-@click.option(
-    "--min-block-us",
-    type=click.IntRange(0, 10**9),
-    default=0,
-    show_default=True,
-    help="offcpu: ignore blocks shorter than this many microseconds.",
-)
-@click.option(
-    "--min-wait-us",
-    type=click.IntRange(0, 10**9),
-    default=0,
-    show_default=True,
-    help="lock: ignore waits shorter than this many microseconds.",
-)
-@click.option(
-    "--wait-sampling",
-    type=click.IntRange(1, 1 << 20),
-    default=SourceOptions.wait_sampling,
-    show_default=True,
-    help="offcpu, lock: blocks and waits of 1 ms or more always take stacks; shorter "
-    "ones about 1 in N, each counted N times (unbiased). 1: every one.",
-)
-@click.option(
-    "--alloc-rate",
-    type=click.IntRange(1, 1 << 40),
-    default=DEFAULT_ALLOC_RATE,
-    show_default=True,
-    help="alloc: sample one allocation per this many bytes, on average.",
-)
-@click.option(
-    "--all-processes",
-    is_flag=True,
-    help="alloc: probe every process's allocator (slows the whole host).",
-)
-@click.option(
-    "--no-inuse",
-    is_flag=True,
-    help="alloc: do not probe free (cheaper; no inuse_* values).",
-)
+@type_setting_options(skip=(registry.FREQUENCY.flag,))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
     profile_type: str,
@@ -188,13 +189,8 @@ def record(
     unwind: str,
     unwind_rows: int,
     unwind_mappings: int,
-    min_block_us: int,
-    min_wait_us: int,
-    wait_sampling: int,
-    alloc_rate: int,
-    all_processes: bool,
-    no_inuse: bool,
     command: tuple[str, ...],
+    **settings: Any,
 ) -> None:
     """Record one profile and write it to a file.
 
@@ -219,15 +215,20 @@ def record(
             unwind_mappings=unwind_mappings,
         ),
         unwind=unwind,
-        min_block_us=min_block_us,
-        min_wait_us=min_wait_us,
-        wait_sampling=wait_sampling,
-        alloc_rate=alloc_rate,
-        all_processes=all_processes,
-        alloc_inuse=not no_inuse,
+        **record_settings(settings),
     )
     status = do_record(config)
     sys.exit(status)
+
+
+def record_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """The per-type flags' values as RecordConfig fields (a --no-X flag
+    given turns its setting off)."""
+    out = {}
+    for s in registry.record_settings():
+        if s.field in given:
+            out[s.field] = not given[s.field] if s.invert else given[s.field]
+    return out
 
 
 @cli.command()

@@ -1,6 +1,7 @@
 """The keys `bpfprof run` accepts, their types and limits, and their sources.
 
-One table (`SCHEMA`) names every key by its dotted path (`export.protocol`);
+One table (`SCHEMA`, completed by `schema()` with the profile types' keys
+from agent/sources/registry.py) names every key by its dotted path (`export.protocol`);
 the TOML file, the OpenTelemetry environment variables and the command-line
 flags all become `Override`s on those paths, each remembering where it came
 from, so an error can say which of the three places to fix. `agent/runconfig.py`
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.profiletypes import TYPES
+from agent.sources import registry
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,18 @@ for _side in ("include", "exclude"):
     SCHEMA[f"filter.{_side}_containers"] = Key("strlist", ())
     SCHEMA[f"filter.{_side}_cgroups"] = Key("strlist", ())
     SCHEMA[f"filter.{_side}_command_line"] = Key("regex", "")
-for _t in TYPES.values():
-    SCHEMA[f"profiles.{_t.name}.enabled"] = Key("bool", _t.enabled_by_default)
-    for _name, (_kind, _default, _low, _high) in _t.settings.items():
-        SCHEMA[f"profiles.{_t.name}.{_name}"] = Key(_kind, _default, _low, _high)
+
+
+def schema() -> dict[str, Key]:
+    """SCHEMA and each registered profile type's `profiles.TYPE.*` keys
+    (agent/sources/registry.py), read when asked: a type registered later
+    is configurable like the built-in ones."""
+    out = dict(SCHEMA)
+    for t in registry.TYPES.values():
+        out[f"profiles.{t.name}.enabled"] = Key("bool", t.enabled_by_default)
+        for s in t.config_settings():
+            out[f"profiles.{t.name}.{s.key}"] = Key(s.kind, s.default, s.low, s.high)
+    return out
 
 
 def flatten(table: Mapping[str, Any], origin: str, prefix: str = "") -> Iterator[Override]:
@@ -89,7 +98,7 @@ def flatten(table: Mapping[str, Any], origin: str, prefix: str = "") -> Iterator
     says the key is a map (headers, attributes)."""
     for name, value in table.items():
         key = f"{prefix}{name}"
-        spec = SCHEMA.get(key)
+        spec = schema().get(key)
         if isinstance(value, dict) and (spec is None or spec.kind != "strmap"):
             yield from flatten(value, origin, key + ".")
         else:
@@ -98,13 +107,14 @@ def flatten(table: Mapping[str, Any], origin: str, prefix: str = "") -> Iterator
 
 def check_key(o: Override) -> None:
     """Unknown keys are errors (a typo must not silently do nothing)."""
-    if o.key in SCHEMA:
+    keys = schema()
+    if o.key in keys:
         return
     parts = o.key.split(".")
-    if parts[0] == "profiles" and len(parts) == 3 and parts[1] not in TYPES:
-        known = ", ".join(TYPES)
+    if parts[0] == "profiles" and len(parts) == 3 and parts[1] not in registry.TYPES:
+        known = ", ".join(registry.TYPES)
         raise ConfigError(f"{o.origin}: unknown profile type {parts[1]!r} (known: {known})")
-    close = difflib.get_close_matches(o.key, SCHEMA, n=1)
+    close = difflib.get_close_matches(o.key, keys, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"{o.origin}: unknown key {o.key!r}{hint}")
 
@@ -112,7 +122,7 @@ def check_key(o: Override) -> None:
 def coerce(o: Override) -> Any:
     """The value of `o` as its key's kind, within limits; strings (from the
     environment) are parsed as TOML would type them."""
-    spec = SCHEMA[o.key]
+    spec = schema()[o.key]
     value = o.value
     try:
         out = _CONVERT[spec.kind](value, spec)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.aggregate import Aggregator
-from agent.builder import build_profile, spec_for
+from agent.builder import build_profile
 from agent.command import HeldCommand
 from agent.config import RecordConfig
 from agent.errors import PrivilegeError, TargetError
@@ -27,7 +27,7 @@ from agent.model import Profile, RawKey
 from agent.output import check_destination, write_profile
 from agent.procfs import ContainerIds
 from agent.resolve import StackResolver
-from agent.sources import create_source
+from agent.sources import create_source, registry
 from agent.sources.base import SampleSource, SnapshotSource
 from symbolizer import Symbolizer
 
@@ -164,7 +164,7 @@ def finish(
     duration = time.time() - started
     profile = build_profile(
         aggregator.take(),
-        spec_for(config.profile_type, config.source_options()),
+        registry.spec_for(config.profile_type, config.source_options()),
         resolver,
         process_name,
         time_nanos=int(started * 1e9),
@@ -204,25 +204,8 @@ def warn_all_processes(config: RecordConfig) -> None:
 
 
 def report_counters(counters: dict[str, int], config: RecordConfig) -> None:
-    """One warning per kind of loss, naming the option to raise."""
-    limits = config.limits
-    lost = {
-        "map_full": f"samples dropped: the counts map was full "
-        f"(raise --max-entries, now {limits.max_entries})",
-        "user_collision": f"user stacks lost to stack-map collisions "
-        f"(raise --stack-storage-size, now {limits.stack_entries})",
-        "kernel_collision": f"kernel stacks lost to stack-map collisions "
-        f"(raise --stack-storage-size, now {limits.stack_entries})",
-        "stack_error": "stacks the kernel could not take",
-        "event_lost": "new-process events dropped (their maps were read late)",
-        "targets_full": f"child processes not followed: the target set was full "
-        f"({limits.target_entries})",
-        "pending_full": "waits or allocations in flight not tracked: their map was full",
-        "live_full": "sampled allocations left out of inuse_*: the live table was full",
-        "sample_lost": "allocation samples or frees dropped: the ring buffer was full "
-        "(raise --alloc-rate)",
-        "unwind_truncated": "user stacks deeper than 127 frames, marked [user stack truncated]",
-    }
-    for name, text in lost.items():
-        if counters.get(name):
-            log.warning("%d %s", counters[name], text)
+    """One warning per kind of loss the type's counters report, naming the
+    option to raise (agent/sources/registry.py says what each one means)."""
+    for meaning in registry.get(config.profile_type).counters:
+        if counters.get(meaning.name):
+            log.warning("%d %s", counters[meaning.name], meaning.warning(config.limits))

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import BpfLimits
-from agent.configschema import SCHEMA, Override, check_key, coerce, flatten
+from agent.configschema import Override, check_key, coerce, flatten, schema
 from agent.errors import ConfigError
-from agent.profiletypes import TYPES
+from agent.sources import registry
 
 DEFAULT_CONFIG = Path("/etc/bpfprof/config.toml")
 HTTP_PATH = "/v1development/profiles"
@@ -166,7 +166,7 @@ def load(
 ) -> RunConfig:
     """File, then environment, then flags: one RunConfig, or a ConfigError."""
     file_overrides, source = read_file(path)
-    values = {k: spec.default for k, spec in SCHEMA.items()}
+    values = {k: spec.default for k, spec in schema().items()}
     origins: dict[str, str] = {}  # key -> where its value came from, for the TLS file errors
     for o in [*file_overrides, *env_overrides(os.environ if env is None else env), *flags]:
         check_key(o)
@@ -179,8 +179,8 @@ def load(
 
 def build(v: dict[str, Any], source: str) -> RunConfig:
     enabled = tuple(
-        (name, tuple((s, v[f"profiles.{name}.{s}"]) for s in t.settings))
-        for name, t in TYPES.items()
+        (name, tuple((s.key, v[f"profiles.{name}.{s.key}"]) for s in t.config_settings()))
+        for name, t in registry.TYPES.items()
         if v[f"profiles.{name}.enabled"]
     )
     if not enabled:

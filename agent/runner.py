@@ -35,11 +35,11 @@ from agent.exporters.transport import Transport, check_request, make_transport
 from agent.filters import ProcessFilter
 from agent.model import Profile, RawKey, RawSample, Sample
 from agent.procinfo import ProcessTable, process_resource
-from agent.profiletypes import TYPES
 from agent.record import require_privileges
 from agent.resolve import StackResolver
 from agent.rolling import RollingFiles, file_name
 from agent.runconfig import RunConfig
+from agent.sources import registry
 from agent.sources.base import SampleSource, SnapshotSource
 from agent.spool import Spool
 from agent.telemetry import SelfUsage, check_status_dir, log_line, write_status
@@ -85,8 +85,18 @@ def make_sources(config: RunConfig) -> dict[str, tuple[SampleSource, ProfileSpec
     """One source and spec per enabled type: the only place types are built."""
     out = {}
     for name, _ in config.profiles:
-        t, settings = TYPES[name], config.type_settings(name)
+        t, settings = registry.get(name), config.type_settings(name)
         out[name] = (t.make_source(settings, config.limits), t.make_spec(settings, config.limits))
+    return out
+
+
+def lost(deltas: dict[str, float]) -> dict[str, float]:
+    """lost_samples, lost_stacks and lost_events of an interval: each
+    counter's delta added where the registry says it belongs."""
+    out: dict[str, float] = dict.fromkeys(registry.LOSS_KINDS, 0)
+    for name, meaning in registry.counter_meanings().items():
+        if meaning.account:
+            out[meaning.account] += deltas.get(name, 0)
     return out
 
 
@@ -263,16 +273,9 @@ class Session:
             self.last_counters[name] = now
             for k, v in now.items():
                 deltas[k] = deltas.get(k, 0) + v - before.get(k, 0)
-        last: dict[str, Any] = {
-            "samples": deltas.get("samples", drained),
-            "lost_samples": deltas.get("map_full", 0) + deltas.get("lost", 0),
-            "lost_stacks": sum(
-                deltas.get(k, 0) for k in ("user_collision", "kernel_collision", "stack_error")
-            ),
-            "lost_events": deltas.get("event_lost", 0),
-            "map_full": deltas.get("map_full", 0),
-            "symbolization_misses": misses,
-        }
+        last: dict[str, Any] = {"samples": deltas.get("samples", drained), **lost(deltas)}
+        last["map_full"] = deltas.get("map_full", 0)
+        last["symbolization_misses"] = misses
         for k, v in last.items():
             self.totals[k] = self.totals.get(k, 0) + v
         stats = self.delivery.stats

@@ -1,4 +1,4 @@
-"""Sample sources, one per profile type; `create_source` picks one.
+"""Sample sources, one per profile type; agent/sources/registry.py says which.
 
 Creating a source is cheap and needs no privileges: its program is
 compiled at start(), by BCC in a short-lived loader child (bcc_loader.py);
@@ -16,35 +16,20 @@ def create_source(
 ) -> SampleSource:
     """The SampleSource for a profile type. `command` is the COMMAND a held
     child will exec, which the allocation source must probe before it runs."""
-    if profile_type == "cpu":
-        from agent.sources.cpu import CpuSource
+    from agent.sources import registry
 
-        return CpuSource(options)
-    if profile_type == "offcpu":
-        from agent.sources.offcpu import OffCpuSource
-
-        return OffCpuSource(options)
-    if profile_type == "lock":
-        from agent.sources.lock import LockSource
-
-        return LockSource(options)
-    if profile_type == "alloc":
-        from agent.sources.alloc import AllocSource
-
-        return AllocSource(options, command)
-    raise ValueError(f"unknown profile type {profile_type!r}")
+    return registry.get(profile_type).source(options, command)
 
 
 def render_program(profile_type: str, options: SourceOptions) -> str:
     """The exact BPF program a profile type would compile with these
     options, its flags shown as #defines (`bpfprof check --print-bpf`)."""
-    if profile_type == "alloc":
-        from agent.sources import bcc_loader
-        from agent.sources.alloc import PROGRAM, alloc_cflags
-
-        return bcc_loader.render(PROGRAM, alloc_cflags(options))
+    from agent.sources import registry
     from agent.sources.program import ProgramSource
 
-    source = create_source(profile_type, options)
+    entry = registry.get(profile_type)
+    if entry.program is not None:
+        return entry.program(options)
+    source = entry.source(options, ())
     assert isinstance(source, ProgramSource)
     return source.render()

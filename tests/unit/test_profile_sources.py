@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.builder import build_profile, spec_for
+from agent.builder import build_profile
 from agent.config import BpfLimits, SourceOptions
 from agent.layout import (
     ALLOC_EVENT_ALLOC,
@@ -30,6 +30,7 @@ from agent.sources.allocators import find_entry_points
 from agent.sources.lock import classify, is_contention, lock_cflags, lock_labels
 from agent.sources.offcpu import offcpu_cflags
 from agent.sources.probepoint import probe_offset
+from agent.sources.registry import spec_for
 from agent.sources.waits import common_cflags
 
 PROGRAMS = Path(__file__).parent.parent / "programs"

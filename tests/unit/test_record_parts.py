@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -92,3 +93,24 @@ def test_write_folded_atomically(tmp_path: Path) -> None:
 def test_write_into_missing_directory_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot write"):
         write_profile(small_profile(), tmp_path / "no" / "p.pb.gz", "pprof")
+
+
+def test_counters_become_one_warning_each_naming_what_to_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from agent.config import BpfLimits, RecordConfig
+    from agent.record import report_counters
+
+    counters = {"samples": 100, "map_full": 2, "kernel_collision": 3, "targets_full": 1}
+    config = RecordConfig(limits=BpfLimits(max_entries=512))
+    with caplog.at_level(logging.WARNING, "bpfprof.record"):
+        report_counters(counters, config)
+        alloc = RecordConfig(profile_type="alloc", pids=(1,))
+        report_counters({"sample_lost": 5, "live_full": 6, "map_full": 0}, alloc)
+    assert caplog.messages == [
+        "2 samples dropped: the counts map was full (raise --max-entries, now 512)",
+        "3 kernel stacks lost to stack-map collisions (raise --stack-storage-size, now 16384)",
+        "1 child processes not followed: the target set was full (8192)",
+        "6 sampled allocations left out of inuse_*: the live table was full",
+        "5 allocation samples or frees dropped: the ring buffer was full (raise --alloc-rate)",
+    ]

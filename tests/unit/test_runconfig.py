@@ -9,8 +9,8 @@ import pytest
 
 from agent.configschema import Override, parse_key_values
 from agent.errors import ConfigError
-from agent.profiletypes import TYPES
 from agent.runconfig import ExportConfig, flag_overrides, load
+from agent.sources.registry import TYPES
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -267,3 +267,27 @@ def test_a_process_gone_before_its_announcement_is_still_recorded(
     # its facts are read each time (nothing tells "unchanged"), and kept
     assert session.processes.get(ME).pid == ME and ME not in session.maps_seen
     session.finish()
+
+
+def test_allocation_ring_buffer_drops_count_as_lost_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The allocation source reports its ring-buffer drops as `sample_lost`
+    (bpf/alloc.bpf.c CTR_SAMPLE_LOST, read under agent/layout.py's names)."""
+    from agent.builder import alloc_spec
+    from agent.layout import Counter
+
+    class AllocLike(FakeSource):
+        def counters(self) -> dict[str, int]:
+            out = {c.name.lower(): 0 for c in Counter}
+            out["sample_lost"] = 4 * self.drained
+            return out
+
+    fake = AllocLike([])
+    monkeypatch.setattr(runner, "make_sources", lambda c: {"alloc": (fake, alloc_spec(1))})
+    session = runner.Session(config(tmp_path), SelfUsage())
+    session.start()
+    session.report()
+    session.finish()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["totals"]["lost_samples"] == 12  # 3 drains (the flush takes both halves)
