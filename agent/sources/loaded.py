@@ -17,7 +17,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from agent import bpfsys
 from agent.sources import sessions, typedesc, uprobes
@@ -33,6 +33,43 @@ MAP_LRU_PERCPU_HASH = 10
 MAP_RINGBUF = 27
 
 _NOT_IN_NAMES = re.compile(rb"[^a-zA-Z0-9_]")
+
+
+class BpfProgram(Protocol):
+    """What the sources use of a loaded program: LoadedProgram here, a plain
+    fake in unit tests. Maps are found by name and differ in kind (hash,
+    array, ring buffer), as in BCC, so `program[name]` stays untyped; the
+    rest is checked."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+    def attach_perf_event(
+        self,
+        ev_type: int,
+        ev_config: int,
+        fn_name: str | bytes,
+        sample_period: int = 0,
+        sample_freq: int = 0,
+        cpu: int = -1,
+    ) -> None: ...
+
+    def attach_uprobe(
+        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1, sym_off: int = 0
+    ) -> None: ...
+
+    def attach_uretprobe(
+        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1
+    ) -> None: ...
+
+    def attach_uprobe_session(
+        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1
+    ) -> None: ...
+
+    def ring_buffer_poll(self, timeout: int = -1) -> None: ...
+
+    def ring_buffer_consume(self) -> None: ...
+
+    def cleanup(self) -> None: ...
 
 
 class Table:

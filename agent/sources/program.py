@@ -18,6 +18,7 @@ from agent.config import BpfLimits, SourceOptions
 from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
 from agent.model import RawKey, RawStack
 from agent.sources import bcc_loader
+from agent.sources.loaded import BpfProgram
 from agent.sources.unwinding import Walker, read_unwound, unwind_cflags
 
 
@@ -126,10 +127,18 @@ class ProgramSource:
     def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
         self._options = options
         self._targets: list[int] = []
-        self._bpf: Any = None
+        self._loaded: BpfProgram | None = None
         self._window = 0
         self._on_new: Callable[[int], None] | None = None
         self._walker = Walker(options, cache_dir)
+
+    @property
+    def _bpf(self) -> BpfProgram:
+        """The loaded program, for this class and its subclasses; using it
+        before start() is a bug."""
+        if self._loaded is None:
+            raise RuntimeError(f"{type(self).__name__}: program used before start()")
+        return self._loaded
 
     def cflags(self, unwind: bool | None = None) -> list[str]:
         """The -D flags; `unwind` None: as the options ask."""
@@ -152,11 +161,11 @@ class ProgramSource:
 
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
-        if self._bpf is not None:
+        if self._loaded is not None:
             self._write_targets(self._targets)
 
     def start(self) -> None:
-        self._bpf = self._compile()
+        self._loaded = self._compile()
         self.loaded()
         # A held command is still a fork of bpfprof: its tables would be
         # bpfprof's own. Its real image is loaded on its first sample.
@@ -165,7 +174,7 @@ class ProgramSource:
         self._bpf["events"].open_ring_buffer(self._on_event)
         self.attach()
 
-    def _compile(self) -> Any:
+    def _compile(self) -> BpfProgram:
         """The walker's build if wanted and accepted, else the frame-pointer one."""
         return self._walker.compile(self.PROGRAM, self.cflags, self.FUNCTIONS)
 
@@ -203,6 +212,6 @@ class ProgramSource:
         return out
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        if self._loaded is not None:
+            self._loaded.cleanup()
+            self._loaded = None

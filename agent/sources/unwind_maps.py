@@ -12,6 +12,7 @@ import ctypes
 from typing import Any
 
 from agent import bpfsys
+from agent.sources.loaded import BpfProgram
 from agent.unwind.layout import MAPPING, UnwindStat
 from agent.unwind.rows import ROW
 
@@ -21,7 +22,7 @@ BATCH = 8192  # elements per system call: bounds the temporary buffers
 class BccUnwindMaps:
     """A `MapWriter` over one program's unwind_rows, unwind_maps and unwind_procs."""
 
-    def __init__(self, program: Any) -> None:
+    def __init__(self, program: BpfProgram) -> None:
         self._program = program
         self._rows = program["unwind_rows"]
         self._maps = program["unwind_maps"]

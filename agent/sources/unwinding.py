@@ -24,6 +24,7 @@ from typing import Any
 from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
 from agent.sources import bcc_loader
+from agent.sources.loaded import BpfProgram
 from agent.sources.unwind_maps import BccUnwindMaps
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 from agent.unwind.loader import UnwindLoader, default_cache_dir
@@ -70,7 +71,7 @@ class Walker:
         program: str,
         flags: Callable[[bool], list[str]],
         functions: Mapping[str, str] | None = None,
-    ) -> Any:
+    ) -> BpfProgram:
         """The walker's build of `program` if wanted and accepted, else the
         frame-pointer one. `flags(unwind)` gives the -D flags of each;
         `functions` the program types (see bcc_loader.compile_program)."""
