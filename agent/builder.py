@@ -1,7 +1,7 @@
 """Build one validated Profile from aggregated samples.
 
-The builder knows each profile type's sample types and period (CONTRACT.md,
-"pprof conventions"), turns raw kernel values into them, resolves stacks and
+The builder knows each profile type's sample types and period (README.md,
+"The profiles"; docs/profiles.md), turns raw kernel values into them, resolves stacks and
 attaches the labels every sample carries: pid, tid, comm, process.
 """
 

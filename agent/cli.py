@@ -109,7 +109,7 @@ def type_setting_options(skip: tuple[str, ...]) -> Callable[[F], F]:
 @click.version_option(package_name="bpfprof")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
-    """bpfprof: eBPF profiles of CPU time (allocations, locks and off-CPU to come)."""
+    """bpfprof: eBPF profiles of CPU time, off-CPU time, lock contention and allocations."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="bpfprof: %(levelname)s: %(message)s")
 

@@ -144,7 +144,7 @@ class RecordConfig:
 
 
 def format_from_suffix(path: Path) -> str:
-    """The output format a file name implies (CONTRACT: by suffix)."""
+    """The output format a file name implies, by suffix (README.md, "Using it")."""
     name = path.name
     if name.endswith(".otlp.pb"):
         return "otlp"

@@ -1,8 +1,9 @@
 """The Python mirror of bpf/common.h, described once.
 
-tests/bpf/test_layout.py compares these sizes and offsets with the types BCC
-built from the C source, so a change on one side that is not made on the
-other fails a test instead of silently misreading the maps.
+tests/bpf/test_cpu_source.py and tests/bpf/test_profile_programs.py compare
+these sizes and offsets with the types BCC built from the C source, so a
+change on one side that is not made on the other fails a test instead of
+silently misreading the maps.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 /* Shared definitions for bpfprof's BPF programs.
  *
  * Every struct that user space reads is described here once and mirrored once
- * in agent/layout.py; tests/bpf/test_layout.py compares the two against what
- * BCC compiled.
+ * in agent/layout.py; tests/bpf/test_cpu_source.py and
+ * tests/bpf/test_profile_programs.py compare the two against what BCC
+ * compiled.
  *
  * Only BPF helpers and tracepoint arguments are used: the kernel headers BCC
  * compiles against may describe another kernel than the running one, so no

@@ -2,7 +2,7 @@
 
 Both take a serialized ExportProfilesServiceRequest (the bytes the spool
 keeps) and either return (with the server's partial-success message, if
-any) or raise ExportFailure saying whether a retry can help. Retryable, as
+any) or raise delivery.Failure saying whether a retry can help. Retryable, as
 the OTLP spec lists them: gRPC UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
 ABORTED, CANCELLED, DATA_LOSS; HTTP 429, 502, 503, 504 (with Retry-After
 honoured); and any connection error. Everything else (a 400, INVALID_ARGUMENT)

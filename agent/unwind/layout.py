@@ -1,6 +1,6 @@
 """The Python mirror of bpf/unwind.h, described once.
 
-tests/bpf/test_unwind_bpf.py compares these sizes with the types BCC built
+tests/bpf/test_unwind.py compares these sizes with the types BCC built
 from the C source, so the two sides cannot drift apart silently.
 """
 
