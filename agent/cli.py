@@ -257,7 +257,12 @@ def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
     help="TOML config (default: /etc/bpfprof/config.toml if present).",
 )
 @click.option("-i", "--interval", type=FINITE, help="Seconds per reported profile (default 10).")
-@click.option("-F", "--frequency", type=int, help="CPU samples per second per CPU (default 19).")
+@click.option(
+    "-F",
+    "--frequency",
+    type=int,
+    help=f"{registry.FREQUENCY.help.rstrip('.')} (default {registry.FREQUENCY.default}).",
+)
 @click.option("--endpoint", help="OTLP collector (default: none, write local pprof files).")
 @click.option("--protocol", help="OTLP transport: grpc (default) or http/protobuf.")
 @click.option("--insecure", is_flag=True, default=None, help="gRPC without TLS.")
