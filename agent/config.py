@@ -95,7 +95,8 @@ class RecordConfig:
 
     def _check_profile_options(self) -> None:
         """Every type's settings within the registry's bounds (click checks
-        most of them first; this is for callers that build a RecordConfig)."""
+        most of them first; this is for callers that build a RecordConfig),
+        and a target for a type that would cost every process on the host."""
         from agent.sources import registry
 
         for s in registry.record_settings():
@@ -110,11 +111,9 @@ class RecordConfig:
                     f"{name} must be between {s.low} and {s.high}{s.unit}, not {value}"
                 )
         targeted = bool(self.pids or self.command)
-        if self.profile_type == "alloc" and not targeted and not self.all_processes:
-            raise UsageError(
-                "allocation profiling needs --pid or a COMMAND; profiling every process "
-                "slows every allocation on the host: pass --all-processes to do it anyway"
-            )
+        host_wide = registry.get(self.profile_type).host_wide
+        if host_wide and not targeted and not self.all_processes:
+            raise UsageError(host_wide)
         if self.all_processes and targeted:
             raise UsageError("give --all-processes or a target (--pid, COMMAND), not both")
 

@@ -196,11 +196,9 @@ def summary(profile: Profile) -> str:
 
 
 def warn_all_processes(config: RecordConfig) -> None:
-    if config.profile_type == "alloc" and config.all_processes:
-        log.warning(
-            "--all-processes: probing the system's libc slows every allocation of every "
-            "process on this host by about a microsecond while the recording runs"
-        )
+    cost = registry.get(config.profile_type).host_wide_cost
+    if cost and config.all_processes:
+        log.warning("%s", cost)
 
 
 def report_counters(counters: dict[str, int], config: RecordConfig) -> None:

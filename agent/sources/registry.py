@@ -92,6 +92,11 @@ class ProfileType:
     enabled_by_default: bool = False
     fixed: Mapping[str, Any] = field(default_factory=dict)  # run's SourceOptions it fixes
     program: Callable[[SourceOptions], str] | None = None  # check --print-bpf; None: the source's
+    # What recording every process costs the host, for a type that costs
+    # every process something: record then needs a target or --all-processes
+    # (`host_wide`, the refusal) and warns when given it (`host_wide_cost`).
+    host_wide: str = ""
+    host_wide_cost: str = ""
 
     def options(self, settings: Mapping[str, Any], limits: BpfLimits) -> SourceOptions:
         """`bpfprof run`'s SourceOptions from this type's config section."""
@@ -394,5 +399,9 @@ register(
         counters=(TARGETS_FULL, PENDING_FULL, LIVE_FULL, SAMPLE_LOST, UNWIND_TRUNCATED),
         fixed={"all_processes": True},
         program=_alloc_program,
+        host_wide="allocation profiling needs --pid or a COMMAND; profiling every process "
+        "slows every allocation on the host: pass --all-processes to do it anyway",
+        host_wide_cost="--all-processes: probing the system's libc slows every allocation "
+        "of every process on this host by about a microsecond while the recording runs",
     )
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -178,3 +178,17 @@ def test_registering_a_name_twice_is_refused(faults: ProfileType) -> None:
         registry.register(faults)
     with pytest.raises(ValueError, match="unknown profile type"):
         registry.get("wall")
+
+
+def test_a_type_costly_host_wide_needs_a_target_or_all_processes(
+    faults: ProfileType, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry.unregister("faults")
+    registry.register(replace(faults, host_wide="faults need a target", host_wide_cost="slow"))
+    with pytest.raises(UsageError, match=r"^faults need a target$"):
+        RecordConfig(profile_type="faults")
+    config = RecordConfig(profile_type="faults", all_processes=True)
+    with caplog.at_level(logging.WARNING, "bpfprof.record"):
+        agent.record.warn_all_processes(config)
+        agent.record.warn_all_processes(RecordConfig(profile_type="cpu", all_processes=True))
+    assert caplog.messages == ["slow"]
