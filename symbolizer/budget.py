@@ -61,12 +61,6 @@ def cancel_all() -> None:
     _cancelled = True
 
 
-def reset_cancel() -> None:
-    """Undo cancel_all() (a new session in the same process, tests)."""
-    global _cancelled
-    _cancelled = False
-
-
 @dataclass
 class Budget:
     """What one file may still cost. Not thread-safe: one parser at a time."""

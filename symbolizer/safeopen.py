@@ -94,12 +94,6 @@ def open_in_root(
     return _wrap(fd, f"{root}{path}", owner)
 
 
-def open_no_symlinks(path: str, *, owner: int | None = None) -> BinaryIO:
-    """Open `path` refusing a symlink in any component (ELOOP)."""
-    fd = _openat2(-100, path, _OPEN_FLAGS, _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    return _wrap(fd, path, owner)
-
-
 def read_bounded(f: BinaryIO, limit: int) -> bytes:
     """At most `limit` bytes; OSError(EFBIG) if the file holds more."""
     data = f.read(limit + 1)

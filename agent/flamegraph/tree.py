@@ -61,10 +61,6 @@ class Tree:
             yield j
             j = self.end[j]
 
-    def self_value(self, column: int, i: int) -> int:
-        values = self.columns[column]
-        return values[i] - sum(values[j] for j in self.children(i))
-
     def label(self, i: int) -> str:
         return self.names[self.func_name[self.func[i]]]
 

@@ -22,13 +22,13 @@ import pytest
 from agent.config import BpfLimits, SourceOptions
 from agent.layout import AllocEvent, AllocFreeEvent, LockKey, SampleKey, WaitValue
 from agent.model import RawSample
-from agent.sampling import expected_error
 from agent.sources.alloc import AllocSource, alloc_cflags
 from agent.sources.bcc_loader import compile_program
 from agent.sources.lock import LockSource, classify, is_contention, plain_name
 from agent.sources.offcpu import OffCpuSource
 from agent.sources.waits import WaitSource
 from symbolizer import Symbolizer
+from tests.allocstats import expected_error
 from tests.conftest import PROGRAMS, compile_c
 
 pytestmark = pytest.mark.bpf

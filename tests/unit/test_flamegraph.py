@@ -14,12 +14,18 @@ from agent.flamegraph import diff_graph, output_format, plain_graph, render
 from agent.flamegraph.diff import format_diff, function_changes, matching_indices
 from agent.flamegraph.html import payload, render_html
 from agent.flamegraph.svg import PAD, WIDTH
-from agent.flamegraph.tree import MIXED_LINES, build_tree
+from agent.flamegraph.tree import MIXED_LINES, Tree, build_tree
 from agent.model import Frame, Location, Profile, Sample, ValueType
 from tests.fake_profiles import PERIOD, cpu_profile
 from tests.split_profiles import BINARY, split_profile
 
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+def self_value(tree: Tree, column: int, i: int) -> int:
+    """A node's own value: its total less its children's."""
+    values = tree.columns[column]
+    return values[i] - sum(values[j] for j in tree.children(i))
 
 
 # ---- the tree ---------------------------------------------------------------
@@ -35,7 +41,7 @@ def test_tree_merges_stacks_root_first_with_totals_per_sample_type() -> None:
     kernel = tree.find("main", "work", "inner", "[kernel.kallsyms]+0x1000")
     assert [tree.columns[0][n] for n in (main, work, inner, kernel)] == [6, 5, 5, 3]
     assert tree.columns[1][work] == 5 * PERIOD
-    assert (tree.self_value(0, inner), tree.self_value(0, work)) == (2, 0)
+    assert (self_value(tree, 0, inner), self_value(tree, 0, work)) == (2, 0)
     # The inlined callee is a frame of its own, marked; kinds and lines are kept.
     assert tree.inlined(inner) and not tree.inlined(work)
     assert (tree.kind(kernel), tree.kind(work)) == ("kernel", "native")

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from agent.sampling import expected_error, interval, log2_q16, probability, scaled, weight
+from agent.sampling import interval, log2_q16, probability, scaled, weight
+from tests.allocstats import expected_error
 
 
 @pytest.mark.parametrize("x", [1, 2, 3, 255, 256, 65535, 65536, 123456789, 2**31, 2**32 - 1])
