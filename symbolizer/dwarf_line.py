@@ -1,8 +1,9 @@
 """DWARF .debug_line: one compile unit's line program, versions 2 to 5.
 
 The state machine runs over the raw bytes in one function with its
-registers in locals: pyelftools builds an object per row, about ten times
-slower, and a big library has hundreds of thousands of rows.
+registers in locals: pyelftools builds an object per row, 14-16 times
+slower on libc's units (`bench/run.py symbolizer`, docs/performance.md),
+and a big library has hundreds of thousands of rows.
 
 File names follow llvm-symbolizer's rules, so paths compare equal:
 a relative name is prefixed with its include directory, and that with
