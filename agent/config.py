@@ -117,10 +117,6 @@ class RecordConfig:
         if self.all_processes and targeted:
             raise UsageError("give --all-processes or a target (--pid, COMMAND), not both")
 
-    @property
-    def period_nanos(self) -> int:
-        return 1_000_000_000 // self.frequency
-
     def source_options(self) -> SourceOptions:
         return SourceOptions(
             frequency=self.frequency,

@@ -67,11 +67,6 @@ class Spool:
         with self._lock:
             return len(self._files)
 
-    @property
-    def size_bytes(self) -> int:
-        with self._lock:
-            return sum(size for _, _, size in self._files)
-
     def put(self, payload: bytes) -> None:
         """Write atomically, then drop the oldest while over the cap."""
         if len(payload) > self.max_bytes:

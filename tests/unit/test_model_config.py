@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.builder import cpu_spec
 from agent.config import RecordConfig, format_from_suffix
 from agent.errors import InvalidProfile, UsageError
 from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
@@ -81,7 +82,7 @@ def test_bad_record_options_are_usage_errors(kwargs: dict[str, object], message:
 
 
 def test_period_from_frequency() -> None:
-    assert RecordConfig(frequency=99).period_nanos == 10_101_010
+    assert cpu_spec(99).period == 10_101_010
 
 
 @pytest.mark.parametrize(
