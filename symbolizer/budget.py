@@ -11,8 +11,12 @@ its CFI rows) draws on one `Budget`:
   *before* the read or the decompression is done, so a hostile size never
   costs more than what is left;
 - entries: symbols, FDEs, CFI rows, line-table rows, address ranges;
-- seconds: wall time since the parse (re)started, checked at coarse
-  points (per section, every few thousand entries), never per byte.
+- seconds: CPU time of the parsing thread since the parse (re)started,
+  checked at coarse points (per section, every few thousand entries),
+  never per byte. CPU time, not wall time: a busy host slows a legitimate
+  parse without making it more expensive, and a file must not lose its
+  symbols because the machine was loaded when it was first seen; what an
+  attacker can inflate (quadratic decoding, endless rows) is CPU.
 
 Running out raises BudgetExceeded, an ElfError naming what ran out: the
 caller counts it, remembers the file by identity and moves on.
@@ -68,7 +72,7 @@ class Budget:
     max_bytes: int = MAX_FILE_BYTES
     max_entries: int = MAX_FILE_ENTRIES
     max_seconds: float = MAX_FILE_SECONDS
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.thread_time
     used_bytes: int = 0
     used_entries: int = 0
     started: float = field(default=0.0)
