@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from agent.config import BpfLimits, RecordConfig, format_from_suffix
-from agent.errors import BpfprofError, InputError
+from agent.errors import BpfprofError, InputError, UsageError
 from agent.model import Profile
 from agent.sources import registry
 from agent.sources.registry import Setting
@@ -105,6 +105,24 @@ def type_setting_options(skip: tuple[str, ...]) -> Callable[[F], F]:
     return apply
 
 
+def output_options(f: F) -> F:
+    """`-o/--output` and `--format`, the same for every command that writes a profile."""
+    f = click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["pprof", "folded", "otlp"]),
+        help="Output format (overrides the suffix).",
+    )(f)
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path),
+        default=Path("profile.pb.gz"),
+        show_default=True,
+        help="Output file; the suffix picks the format.",
+    )(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bpfprof")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -126,20 +144,7 @@ def cli(verbose: int) -> None:
     help="Seconds to record (default: until Ctrl-C or COMMAND exits).",
 )
 @setting_option(registry.FREQUENCY)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=Path("profile.pb.gz"),
-    show_default=True,
-    help="Output file; the suffix picks the format.",
-)
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["pprof", "folded", "otlp"]),
-    help="Output format (overrides the suffix).",
-)
+@output_options
 @click.option(
     "--max-entries",
     type=click.IntRange(128, 1 << 22),
@@ -176,6 +181,17 @@ def cli(verbose: int) -> None:
     help="Executable mappings the kernel holds for all processes (32 bytes each).",
 )
 @type_setting_options(skip=(registry.FREQUENCY.flag,))
+@click.option(
+    "--capture",
+    "capture_dir",
+    type=click.Path(path_type=Path),
+    help="Also save the raw samples, maps and build IDs here, for `bpfprof replay`.",
+)
+@click.option(
+    "--capture-binaries",
+    is_flag=True,
+    help="With --capture: copy the mapped executables (up to 64 MiB each) too.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
     profile_type: str,
@@ -189,6 +205,8 @@ def record(
     unwind: str,
     unwind_rows: int,
     unwind_mappings: int,
+    capture_dir: Path | None,
+    capture_binaries: bool,
     command: tuple[str, ...],
     **settings: Any,
 ) -> None:
@@ -217,8 +235,28 @@ def record(
         unwind=unwind,
         **record_settings(settings),
     )
-    status = do_record(config)
+    capture = None
+    if capture_dir is not None:
+        from agent.capture import Capture
+
+        try:
+            capture = Capture(capture_dir, capture_binaries)
+        except OSError as exc:
+            raise UsageError(f"--capture {capture_dir}: {exc.strerror or exc}") from exc
+    status = do_record(config, capture)
     sys.exit(status)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@output_options
+def replay(directory: Path, output: Path, output_format: str | None) -> None:
+    """Replay a `record --capture` directory into a profile, without root."""
+    from agent.output import write_profile
+    from agent.replay import replay as do_replay
+
+    fmt = output_format or format_from_suffix(output)
+    write_profile(do_replay(directory), output, fmt)
 
 
 def record_settings(given: dict[str, Any]) -> dict[str, Any]:

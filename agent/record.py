@@ -20,6 +20,7 @@ from types import FrameType
 
 from agent.aggregate import Aggregator
 from agent.builder import build_profile
+from agent.capture import Capture
 from agent.command import HeldCommand
 from agent.config import RecordConfig
 from agent.errors import PrivilegeError, TargetError
@@ -74,13 +75,16 @@ class Stop:
         self.requested = True
 
 
-def record(config: RecordConfig) -> int:
+def record(config: RecordConfig, capture: Capture | None = None) -> int:
+    """Record one profile; with `capture`, also save what replays it (agent/capture.py)."""
     require_privileges()
     require_pids(config.pids)
     check_destination(config.output)  # not after minutes of recording
     started = time.time()
     child = HeldCommand(config.command) if config.command else None
     source = create_source(config.profile_type, config.source_options(), config.command)
+    if capture:
+        source = capture.wrap(source)
     warn_all_processes(config)
     symbolizer = Symbolizer()
     containers = ContainerIds()
@@ -90,7 +94,7 @@ def record(config: RecordConfig) -> int:
         source.start()
 
         def observe(pid: int) -> None:
-            symbolizer.observe(pid)
+            symbolizer.observe(pid, maps_text=capture.observe(pid) if capture else None)
             containers.observe(pid)
 
         for pid in config.pids:
@@ -103,7 +107,7 @@ def record(config: RecordConfig) -> int:
         raise
     counters = source.counters()
     source.close()
-    return finish(config, aggregator, symbolizer, containers, counters, started, child)
+    return finish(config, aggregator, symbolizer, containers, counters, started, child, capture)
 
 
 def run_loop(
@@ -155,6 +159,7 @@ def finish(
     counters: dict[str, int],
     started: float,
     child: HeldCommand | None,
+    capture: Capture | None = None,
 ) -> int:
     resolver = StackResolver(symbolizer)
 
@@ -172,6 +177,12 @@ def finish(
         container_id=containers.get,
     )
     size = write_profile(profile, config.output, config.output_format)
+    if capture:
+        options = config.source_options()
+        capture.save(
+            config.profile_type, options, profile.time_nanos, profile.duration_nanos,
+            counters, symbolizer, containers.get,
+        )  # fmt: skip
     pids = len({s.num_labels["pid"] for s in profile.samples})
     print(
         f"bpfprof: wrote {summary(profile)} from {pids} processes to {config.output} "

@@ -11,8 +11,9 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import IO
+from typing import IO, BinaryIO
 
 from symbolizer.budget import BudgetExceeded
 from symbolizer.cache import LruCache, build_id_key, file_key
@@ -41,6 +42,9 @@ from symbolizer.stats import SymbolizerStats
 
 MAX_ELF_ANSWERS = 1 << 16  # bounds resolve_elf's memo
 RECHECK_FILE_S = 1.0  # how long a stat'ed file is trusted unchanged
+
+# Opens the file behind a process's mapping (process.open_mapped's contract).
+Opener = Callable[[int, MapEntry], tuple[BinaryIO, Place]]
 
 
 def _start(entry: MapEntry) -> int:
@@ -85,9 +89,13 @@ class Symbolizer:
         max_snapshots: int = 8,
         debug_search: DebugSearch | None = None,
         cache_dir: str | None = None,
+        opener: Opener | None = None,
     ) -> None:
         """`debug_search` says where separate debug files are looked for;
-        `cache_dir`, if set, keeps parsed tables on disk by build ID."""
+        `cache_dir`, if set, keeps parsed tables on disk by build ID.
+        `opener` replaces open_mapped: a replay (agent/capture.py) serves
+        a mapping's file from a capture directory instead of /proc."""
+        self._opener = opener
         self.debug_search = debug_search or DebugSearch()
         self.disk_cache = SymbolCache(cache_dir) if cache_dir else None
         self._perf_maps: dict[int, PerfMapReader] = {}
@@ -346,7 +354,10 @@ class Symbolizer:
 
     def _table_for_mapping(self, pid: int, entry: MapEntry) -> ElfSymbols | None:
         try:
-            f, place = open_mapped(pid, entry, self.proc_root)
+            if self._opener is None:
+                f, place = open_mapped(pid, entry, self.proc_root)
+            else:
+                f, place = self._opener(pid, entry)
         except UnsafeFile as exc:
             self.stats.refused_files += 1
             self.stats.warn_once(f"refused:{entry.path}", f"refusing {entry.path}: {exc}")
