@@ -169,6 +169,8 @@ class Delivery:
             spent = time.monotonic() - started
             give_up = spent + wait > self._retry.max_elapsed
             if give_up or not self._healthy or self._stopping.is_set():
+                # a retryable failure, whoever retries it: the spool does
+                self.stats.retries += 1
                 self._mark_down(str(error))
                 self._overflow(label, payload)
                 return
@@ -194,6 +196,7 @@ class Delivery:
             if error is not None:
                 self.stats.failed += 1
         else:
+            self.stats.retries += 1  # it stays in the spool for the next probe
             self._mark_down(str(error))
 
     def _attempt(self, label: str, payload: bytes) -> Failure | None:

@@ -112,6 +112,25 @@ def test_outage_spools_then_everything_arrives_once(tmp_path: Path) -> None:
     d.close(1)
 
 
+def test_every_failed_attempt_is_counted_even_when_the_spool_retries_it(
+    tmp_path: Path,
+) -> None:
+    """A hostile collector must not make an attempt vanish from the counters:
+    a retryable failure that gives up into the spool, and a spooled request
+    whose resend fails again, each count as a retry."""
+    c = Collector()
+    c.up = False
+    d = delivery(c, Spool(tmp_path, 1 << 20))
+    d.submit("", b"x")
+    # every attempt so far (the request's own, then the spool's probes) failed
+    assert until(lambda: c.calls >= 3)
+    c.up = True
+    assert until(lambda: c.accepted == [b"x"])
+    d.close(1)
+    assert d.stats.failed == 0
+    assert d.stats.retries == c.calls - 1  # each call but the one that succeeded
+
+
 def test_close_spools_what_could_not_be_sent(tmp_path: Path) -> None:
     c = Collector()
     c.up = False
