@@ -50,13 +50,15 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from symbolizer.elf import ElfError, read_build_id
+from symbolizer.elffile import ElfFile
 from symbolizer.places import IN_ROOT, NO_SYMLINKS, Place, open_place
 
 _CRC_CHUNK = 1 << 20
 MAX_DEBUG_FILE = 1 << 30  # bytes a debuglink CRC may read (libLLVM's debug file: ~0.5 GiB)
+MAX_DEBUGLINK = 4096  # a file name (NAME_MAX is 255), padding and a CRC
 _ELF_MAGIC = b"\x7fELF"
 log = logging.getLogger("bpfprof.symbolizer")
 
@@ -98,11 +100,13 @@ def parse_debuglink(data: bytes, little_endian: bool = True) -> DebugLink | None
     return DebugLink(name, crc) if "/" not in name else None
 
 
-def read_debuglink(elf: Any) -> DebugLink | None:
-    sec = elf.get_section_by_name(".gnu_debuglink")
-    if sec is None or sec["sh_type"] == "SHT_NOBITS":
+def read_debuglink(elf: ElfFile) -> DebugLink | None:
+    """The .gnu_debuglink of a file, if it has a plausible one: a name and
+    a CRC, so a section claiming more than MAX_DEBUGLINK bytes is none."""
+    sec = elf.section(".gnu_debuglink")
+    if sec is None or sec.header.type == "SHT_NOBITS" or sec.header.size > MAX_DEBUGLINK:
         return None
-    return parse_debuglink(sec.data(), elf.little_endian)
+    return parse_debuglink(elf.read(sec), elf.little)
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """ELF files: function symbols, the GNU build ID, and file offset → vaddr.
 
-pyelftools locates the headers, segments and sections; the symbol entries
-themselves are unpacked with `struct`, because pyelftools builds one
-object per symbol (about 80 ms for libc's .dynsym, against a few ms here).
+symbolizer/elffile.py's `ElfFile` reads the headers, segments and section
+table with `struct`, as it does for the probes and unwind tables: one ELF
+reader for the whole agent (pyelftools builds one object per symbol and
+header field: about 80 ms for libc's .dynsym, against a few ms here).
 Everything is read eagerly and the file is not kept open: a table must
 outlive the process (and the file) it came from. Section contents are read
-through `sections.read_section` (never pyelftools' `data()`, which would
-decompress an SHF_COMPRESSED section whatever size it claims), paid for
-by the file's `Budget`, as is every symbol kept.
+through `sections.read_section`, which never decompresses more than an
+SHF_COMPRESSED section's budget allows, paid for by the file's `Budget`,
+as are its header tables and every symbol kept.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, TypeVar
-
-from elftools.elf.elffile import ELFFile
+from typing import IO, TypeVar
 
 from symbolizer.budget import CHECK_EVERY, Budget
 from symbolizer.budget import ElfError as ElfError  # defined there, known by all as elf's
 from symbolizer.dwarf import DwarfInfo
+from symbolizer.elffile import PT_NOTE, ElfFile
 from symbolizer.elffile import Segment as Segment  # one PT_LOAD type for every reader
-from symbolizer.sections import SHF_COMPRESSED, SectionHeader, read_section
+from symbolizer.sections import SHF_COMPRESSED
 from symbolizer.symtab import Candidate, Symbol, SymbolIndex
 
 T = TypeVar("T")
@@ -96,9 +96,10 @@ def load_elf(
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as f:
             return load_elf(f, budget)
-    elf = _open(source)
+    budget = budget or Budget()
+    elf = open_elf(source, budget)
     return _guarded(
-        lambda: ElfSymbols(_build_id(elf), _load_segments(elf), function_candidates(elf, budget))
+        lambda: ElfSymbols(_build_id(elf), elf.segments(), function_candidates(elf, budget))
     )
 
 
@@ -107,22 +108,20 @@ def read_build_id(stream: IO[bytes]) -> str:
 
     The agent asks this of every binary of every new process, so the common
     case (a 64-bit little-endian ELF with the note in a PT_NOTE segment) is
-    read with struct from the program headers: ~30 µs, where building
-    pyelftools' view of the file took ~6 ms. Anything else takes the
-    general path."""
+    read from the program headers alone: ~7 µs, where reading the section
+    table too (ElfFile) costs more. Anything else (ELF32, big-endian, a
+    note only in a section) takes the general path."""
     try:
         fast = _fast_build_id(stream)
     except (OSError, struct.error):
         fast = None
     if fast:
         return fast
-    elf = _open(stream)
-    return _guarded(lambda: _build_id(elf))
+    return build_id_of(open_elf(stream))
 
 
 _EHDR64 = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR64 = struct.Struct("<IIQQQQQQ")
-_PT_NOTE = 4
 _MAX_NOTE = 1 << 16
 
 
@@ -140,7 +139,7 @@ def _fast_build_id(stream: IO[bytes]) -> str | None:
     table = stream.read(phentsize * phnum)
     for i in range(len(table) // phentsize):
         p_type, _, offset, _, _, filesz, _, align = _PHDR64.unpack_from(table, i * phentsize)
-        if p_type == _PT_NOTE and 0 < filesz <= _MAX_NOTE:
+        if p_type == PT_NOTE and 0 < filesz <= _MAX_NOTE:
             stream.seek(offset)
             found = build_id_from_notes(stream.read(filesz), True, 8 if align == 8 else 4)
             if found:
@@ -148,18 +147,13 @@ def _fast_build_id(stream: IO[bytes]) -> str | None:
     return None
 
 
-def _open(stream: IO[bytes]) -> Any:
-    stream.seek(0)
-    return _guarded(lambda: ELFFile(stream))
-
-
 def _guarded(step: Callable[[], T]) -> T:
     """Run a parsing step, turning any failure into ElfError.
 
-    pyelftools reports a malformed file with many exception types
-    (ELFError, construct's field errors, struct.error, IndexError,
-    UnicodeDecodeError...), and reads may fail with OSError: to the caller
-    all of them mean the same thing, this file cannot be symbolized.
+    ElfFile turns a malformed header into ElfError, but a step reading
+    tables it points into may still meet struct.error, IndexError or
+    UnicodeDecodeError, and reads may fail with OSError: to the caller all
+    of them mean the same thing, this file cannot be symbolized.
     """
     try:
         return step()
@@ -204,84 +198,77 @@ def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-def open_elf(stream: IO[bytes]) -> Any:
-    """pyelftools' ELFFile, or ElfError."""
-    return _open(stream)
+def open_elf(stream: IO[bytes], budget: Budget | None = None) -> ElfFile:
+    """The file's headers (ElfFile), paid for by `budget`, or ElfError."""
+    return _guarded(lambda: ElfFile(stream, budget))
 
 
 def guarded(step: Callable[[], T]) -> T:
     return _guarded(step)
 
 
-def build_id_of(elf: Any) -> str:
+def build_id_of(elf: ElfFile) -> str:
     return _guarded(lambda: _build_id(elf))
 
 
-def load_segments(elf: Any) -> list[Segment]:
-    return _guarded(lambda: _load_segments(elf))
+def load_segments(elf: ElfFile) -> list[Segment]:
+    return list(elf.segments())
 
 
-def _build_id(elf: Any) -> str:
+def _build_id(elf: ElfFile) -> str:
     """From PT_NOTE segments, else SHT_NOTE sections (files without phdrs).
 
     Notes bigger than _MAX_NOTE, or compressed, are not read: a build ID
-    note is 36 bytes, and pyelftools' data() reads whatever size is claimed."""
+    note is 36 bytes, whatever size a header claims."""
     notes = [
-        (s.data(), s["p_align"])
-        for s in elf.iter_segments()
-        if s["p_type"] == "PT_NOTE" and s["p_filesz"] <= _MAX_NOTE
+        (_note_bytes(elf, p.offset, p.filesz), p.align)
+        for p in elf.program_headers
+        if p.type == PT_NOTE and p.filesz <= _MAX_NOTE
     ]
     if not notes:
         notes = [
-            (s.data(), s["sh_addralign"])
-            for s in elf.iter_sections()
-            if s["sh_type"] == "SHT_NOTE"
-            and s["sh_size"] <= _MAX_NOTE
-            and not s["sh_flags"] & SHF_COMPRESSED
+            (elf.read(s), s.align)
+            for s in elf.sections
+            if s.header.type == "SHT_NOTE"
+            and s.header.size <= _MAX_NOTE
+            and not s.header.flags & SHF_COMPRESSED
         ]
     for data, align in notes:
-        found = build_id_from_notes(data, elf.little_endian, 8 if align == 8 else 4)
+        found = build_id_from_notes(data, elf.little, 8 if align == 8 else 4)
         if found:
             return found
     return ""
 
 
-def _load_segments(elf: Any) -> list[Segment]:
-    return [
-        Segment(s["p_offset"], s["p_vaddr"], s["p_filesz"])
-        for s in elf.iter_segments()
-        if s["p_type"] == "PT_LOAD"
-    ]
+def _note_bytes(elf: ElfFile, offset: int, size: int) -> bytes:
+    """A note segment's bytes (what the file holds of them), paid for."""
+    elf.budget.take_bytes(size, "PT_NOTE")
+    elf.stream.seek(offset)
+    return elf.stream.read(size)
 
 
-def function_candidates(elf: Any, budget: Budget | None = None) -> list[Candidate]:
+def function_candidates(elf: ElfFile, budget: Budget | None = None) -> list[Candidate]:
     """Function symbols of .symtab and .dynsym; .symtab ones rank higher.
 
     Their bytes, and each symbol kept, are taken from `budget` (a fresh
     default one if None): BudgetExceeded when the file asks for more."""
     budget = budget or Budget()
-    sections = list(elf.iter_sections())
-    extents = [(s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in sections]
+    sections = elf.sections
+    extents = [(s.header.addr, s.header.addr + s.header.size) for s in sections]
     found: list[Candidate] = []
     for sec in sections:
-        if sec["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM"):
-            strtab = section_bytes(elf, sections[sec["sh_link"]], budget)
-            data = section_bytes(elf, sec, budget)
-            from_symtab = sec["sh_type"] == "SHT_SYMTAB"
+        if sec.header.type in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            if not 0 <= sec.link < len(sections):
+                raise ElfError(f"{sec.name}: string table {sec.link} does not exist")
+            strtab = elf.read(sections[sec.link], budget)
+            data = elf.read(sec, budget)
+            from_symtab = sec.header.type == "SHT_SYMTAB"
             found.extend(_unpack_symbols(elf, data, strtab, extents, from_symtab, budget))
     return found
 
 
-def section_bytes(elf: Any, sec: Any, budget: Budget) -> bytes:
-    """A pyelftools section's contents, decompressed, paid for by `budget`."""
-    header = SectionHeader(
-        sec.name, sec["sh_type"], sec["sh_flags"], sec["sh_offset"], sec["sh_size"], sec["sh_addr"]
-    )
-    return read_section(elf.stream, header, elf.elfclass, elf.little_endian, budget=budget)
-
-
 def _unpack_symbols(
-    elf: Any,
+    elf: ElfFile,
     data: bytes,
     strtab: bytes,
     extents: list[tuple[int, int]],
@@ -294,7 +281,7 @@ def _unpack_symbols(
     Every CHECK_EVERY entries read, the time and the symbols kept so far
     are checked against `budget`.
     """
-    order = "<" if elf.little_endian else ">"
+    order = "<" if elf.little else ">"
     is64 = elf.elfclass == 64
     layout = struct.Struct(order + ("IBBHQQ" if is64 else "IIIBBH"))
     usable = len(data) - len(data) % layout.size

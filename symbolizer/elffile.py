@@ -74,11 +74,12 @@ class ProgramHeader:
 
 @dataclass(frozen=True)
 class Section:
-    """A section header: what read_section needs, and its sh_link."""
+    """A section header: what read_section needs, its sh_link and sh_addralign."""
 
     header: SectionHeader
     link: int
     index: int
+    align: int = 0
 
     @property
     def name(self) -> str:
@@ -185,11 +186,11 @@ class ElfFile:
         if 0 < strndx < len(raw):
             names = self._contents(raw[strndx], f"section names ({strndx})")
         out = []
-        for i, (name, type_, flags, addr, off, size, link, *_) in enumerate(raw):
+        for i, (name, type_, flags, addr, off, size, link, _, align, _) in enumerate(raw):
             end = names.find(b"\0", name)
             text = names[name : end if end >= 0 else None].decode("utf-8", "replace")
             kind = _SECTION_TYPES.get(type_, f"SHT_{type_:#x}")
-            out.append(Section(SectionHeader(text, kind, flags, off, size, addr), link, i))
+            out.append(Section(SectionHeader(text, kind, flags, off, size, addr), link, i, align))
         return tuple(out)
 
     def _contents(self, fields: tuple[int, ...], what: str) -> bytes:
@@ -210,6 +211,15 @@ class ElfFile:
     def section(self, name: str) -> Section | None:
         """The first section of that name."""
         return next((s for s in self.sections if s.name == name), None)
+
+    def with_contents(self) -> dict[str, SectionHeader]:
+        """Name → header of every section with bytes in the file (the first
+        of each name): what the DWARF and MiniDebugInfo readers look up."""
+        found: dict[str, SectionHeader] = {}
+        for sec in self.sections:
+            if sec.header.type != "SHT_NOBITS" and sec.name not in found:
+                found[sec.name] = sec.header
+        return found
 
     def read(self, section: Section, budget: Budget | None = None) -> bytes:
         """A section's contents, decompressed, paid for by `budget` (the

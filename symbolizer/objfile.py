@@ -35,9 +35,11 @@ from symbolizer.elf import (
     guarded,
     load_segments,
     open_elf,
+    read_build_id,
 )
+from symbolizer.elffile import ElfFile
 from symbolizer.places import KERNEL, NO_SYMLINKS, Place, open_place
-from symbolizer.sections import MAX_SECTION_SIZE, SectionHeader, read_section, section_headers
+from symbolizer.sections import MAX_SECTION_SIZE, SectionHeader, read_section
 from symbolizer.symtab import Candidate
 
 Warn = Callable[[str], None]
@@ -66,11 +68,11 @@ def load_object(
     only costs its extras, with a warning.
     """
     budget = Budget()  # one for everything read for this binary (see budget.py)
-    elf = open_elf(f)
+    elf = open_elf(f, budget)
     build_id = build_id_of(elf)
     segments = load_segments(elf)
     candidates = guarded(lambda: function_candidates(elf, budget))
-    headers = guarded(lambda: section_headers(elf))
+    headers = elf.with_contents()
     place = opened if isinstance(opened, Place) else Place("", opened)
     binary = binary or place.path
     search = search or DebugSearch()
@@ -125,8 +127,7 @@ def _quietly(step: Callable[[], Any], default: Any) -> Any:
 
 def _symbols_of(f: IO[bytes], budget: Budget | None = None) -> list[Candidate]:
     """The function symbols of an open (debug) file."""
-    f.seek(0)
-    elf = open_elf(f)
+    elf = open_elf(f, budget)
     return guarded(lambda: function_candidates(elf, budget))
 
 
@@ -172,7 +173,7 @@ def dwarf_loader(
         for place in places:
             try:
                 with open_place(place) as f:
-                    if build_id and build_id_of(open_elf(f)) != build_id:
+                    if build_id and read_build_id(f) != build_id:
                         continue
                     if not build_id and (identity is None or _identity(f) != identity):
                         continue
@@ -191,27 +192,27 @@ def read_dwarf_sections(
     """The DWARF sections of an open file, paid for by `budget`, which the
     Sections keep: decoding their units later spends from it too."""
     budget = budget or Budget()
-    elf = open_elf(f)
-    if not elf.little_endian:
+    elf = open_elf(f, budget)
+    if not elf.little:
         raise ElfError("big-endian DWARF is not supported")
     sections = Sections(budget=budget)
-    for name, header in guarded(lambda: section_headers(elf)).items():
+    for name, header in elf.with_contents().items():
         field = SECTION_NAMES.get(name.replace(".zdebug_", ".debug_", 1))
         if field is not None and not getattr(sections, field):
-            data = read_section(f, header, elf.elfclass, elf.little_endian, max_size, budget)
+            data = read_section(f, header, elf.elfclass, elf.little, max_size, budget)
             setattr(sections, field, data)
     return sections
 
 
 def _mini_debuginfo(
-    f: IO[bytes], header: SectionHeader, elf: Any, budget: Budget | None = None
+    f: IO[bytes], header: SectionHeader, elf: ElfFile, budget: Budget | None = None
 ) -> list[Candidate]:
     """Function symbols of the xz-compressed ELF in .gnu_debugdata.
 
     The inner ELF is decompressed no further than the budget has left, and
     its own sections and symbols are paid for by the same budget."""
     budget = budget or Budget()
-    raw = read_section(f, header, elf.elfclass, elf.little_endian, budget=budget)
+    raw = read_section(f, header, elf.elfclass, elf.little, budget=budget)
     limit = min(MAX_MINI_DEBUGINFO, budget.bytes_left)
     dec = lzma.LZMADecompressor()
     data = dec.decompress(raw, max_length=limit)
@@ -222,4 +223,4 @@ def _mini_debuginfo(
             )
         raise ElfError(".gnu_debugdata is truncated")
     budget.take_bytes(len(data), ".gnu_debugdata: decompressing")
-    return function_candidates(open_elf(io.BytesIO(data)), budget)
+    return function_candidates(open_elf(io.BytesIO(data), budget), budget)

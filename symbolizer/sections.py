@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from symbolizer.budget import Budget, ElfError
 
@@ -44,23 +44,6 @@ class SectionHeader:
     offset: int
     size: int
     addr: int
-
-
-def section_headers(elf: Any) -> dict[str, SectionHeader]:
-    """Name → header of every section with contents (first of each name)."""
-    found: dict[str, SectionHeader] = {}
-    for sec in elf.iter_sections():
-        if sec["sh_type"] == "SHT_NOBITS" or sec.name in found:
-            continue
-        found[sec.name] = SectionHeader(
-            sec.name,
-            sec["sh_type"],
-            sec["sh_flags"],
-            sec["sh_offset"],
-            sec["sh_size"],
-            sec["sh_addr"],
-        )
-    return found
 
 
 def read_section(

@@ -13,6 +13,7 @@ import errno
 import io
 import os
 import shutil
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,6 +179,20 @@ def test_the_crc_read_is_bounded(tmp_path: Path) -> None:
         with pytest.raises(OSError) as err:
             debuginfo.file_crc32(f, 4999)
     assert err.value.errno == errno.EFBIG
+
+
+def test_a_debuglink_claiming_more_than_a_name_and_a_crc_is_none(built: Split) -> None:
+    """A .gnu_debuglink whose header claims 6 GB is not a link to follow,
+    and nothing of it is read (the binary's budget stays whole)."""
+    data = bytearray(built.stripped.read_bytes())
+    elf = open_elf(io.BytesIO(bytes(data)))
+    sec = elf.section(".gnu_debuglink")
+    assert sec is not None and read_debuglink(elf) is not None
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    struct.pack_into("<Q", data, shoff + sec.index * 64 + 0x20, 6 << 30)  # sh_size
+    lying = open_elf(io.BytesIO(bytes(data)))
+    spent = lying.budget.used_bytes
+    assert read_debuglink(lying) is None and lying.budget.used_bytes == spent
 
 
 def _build_id_path(root: Path, build_id: str) -> Path:

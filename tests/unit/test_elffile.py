@@ -8,6 +8,7 @@ headers, table-driven, must raise ElfError and nothing else.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import struct
 import subprocess
@@ -170,3 +171,18 @@ def test_reads_are_paid_for_by_the_budget(program: Path) -> None:
         list(ElfFile(io.BytesIO(program.read_bytes()), Budget(max_bytes=4096)).functions())
     with pytest.raises(BudgetExceeded):
         ElfFile(io.BytesIO(program.read_bytes()), Budget(max_bytes=100))
+
+
+def test_sections_with_contents_and_their_alignment_agree_with_readelf(program: Path) -> None:
+    """with_contents() leaves out SHT_NOBITS (.bss: no bytes in the file);
+    each section's sh_addralign is readelf's `Al` column."""
+    row = re.compile(r"^\s*\[\s*([1-9]\d*)\]\s+(\S+)\s+(\S+)\s.*\s(\d+)$", re.M)
+    rows = row.findall(run("readelf", "-SW", str(program)))
+    assert len(rows) > 10 and "NOBITS" in {kind for _, _, kind, _ in rows}
+    elf = elf_of(program)
+    for index, name, kind, align in rows:
+        sec = elf.sections[int(index)]
+        assert (sec.name, sec.align) == (name, int(align))
+        assert (name in elf.with_contents()) == (kind != "NOBITS"), name
+    text = elf.section(".text")
+    assert text is not None and elf.with_contents()[".text"] == text.header

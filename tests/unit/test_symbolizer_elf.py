@@ -20,6 +20,7 @@ from symbolizer.elf import (
     Segment,
     build_id_from_notes,
     load_elf,
+    open_elf,
     read_build_id,
 )
 from symbolizer.symtab import Candidate, Symbol, SymbolIndex
@@ -270,6 +271,22 @@ def test_garbled_symbol_table_loads_without_raising(programs: Programs, tmp_path
     for vaddr in range(0, 0x4000, 0x10):
         found = table.lookup(vaddr)
         assert found is None or found.start <= vaddr
+
+
+@needs_gcc
+def test_a_symbol_table_linked_to_no_string_table_raises_elf_error(
+    programs: Programs, tmp_path: Path
+) -> None:
+    data = bytearray(programs.lib.read_bytes())
+    with open(programs.lib, "rb") as f:
+        symtab = open_elf(f).section(".symtab")
+    assert symtab is not None
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    struct.pack_into("<I", data, shoff + symtab.index * 64 + 0x28, 9999)  # sh_link
+    path = tmp_path / "unlinked.so"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ElfError, match="string table 9999"):
+        load_elf(path)
 
 
 def _name(table: ElfSymbols, vaddr: int) -> str:
