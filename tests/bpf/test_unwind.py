@@ -258,7 +258,10 @@ def test_kernel_stacks_are_unchanged_and_dd_is_walked(unwind: str, tmp_path: Pat
     stacks = record_command(dd, unwind, tmp_path)
     in_kernel = [(s, n) for s, n in stacks if any(f.startswith("entry_SYSCALL_64") for f in s)]
     total = sum(n for _, n in stacks)
-    assert total >= MIN_SAMPLES and sum(n for _, n in in_kernel) >= 0.5 * total
+    # dd's kernel share is a property of the CPU: over half of its samples
+    # on the Intel Xeon VMs, 44-46 % on the AMD EPYC ones; a third is far
+    # above what a broken kernel stack (no syscall entry) would leave
+    assert total >= MIN_SAMPLES and sum(n for _, n in in_kernel) >= total / 3
     reached = sum(n for s, n in in_kernel if "__libc_start_call_main" in s)
     share = reached / sum(n for _, n in in_kernel)
     if unwind == "dwarf":

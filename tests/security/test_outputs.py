@@ -96,9 +96,18 @@ def test_agent_files_are_private(
     # with a world-readable profile in the output directory
     (root_dir / "profiles").mkdir(mode=0o755)
     os.chmod(root_dir / "profiles", 0o755)
-    # WHEN the agent runs and reports
-    agent = start_agent(state=root_dir)
-    agent.assert_healthy()
+    # WHEN the agent runs and reports while something burns CPU (an idle VM
+    # gives a 19 Hz sampler no sample, and so no profile file to check)
+    burner = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        agent = start_agent(state=root_dir)
+        agent.wait_for(
+            lambda: any((root_dir / "profiles").glob("*-cpu.pb.gz")), 60, "a cpu profile"
+        )
+        agent.assert_healthy()
+    finally:
+        burner.kill()
+        burner.wait()
     # THEN the directories were tightened, and what it wrote is root's alone
     # (agent.log is the test's capture of stderr, not the agent's)
     files = assert_private(root_dir, hostile, skip=("agent.log",))

@@ -103,7 +103,7 @@ def test_a_registered_type_is_a_cli_choice(
         main(["record", "--help"])
     assert "[cpu|offcpu|alloc|lock|faults]" in capsys.readouterr().out
     seen: list[RecordConfig] = []
-    monkeypatch.setattr(agent.record, "record", lambda c: seen.append(c) or 0)
+    monkeypatch.setattr(agent.record, "record", lambda c, *_: seen.append(c) or 0)
     with pytest.raises(SystemExit) as e:
         main(["record", "-t", "faults", "-p", "1"])
     assert e.value.code == 0 and seen[0].profile_type == "faults"
