@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 import click
 
+from agent import registry
 from agent.config import BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError, UsageError
 from agent.model import Profile
-from agent.sources import registry
-from agent.sources.registry import Setting
+from agent.registry import Setting
 
 log = logging.getLogger("bpfprof")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,7 +216,7 @@ def record(
     probes are attached, followed with its children until it exits), or
     neither for the whole system.
     """
-    from agent.record import record as do_record
+    from agent.record.recorder import record as do_record
 
     config = RecordConfig(
         profile_type=profile_type,
@@ -237,7 +237,7 @@ def record(
     )
     capture = None
     if capture_dir is not None:
-        from agent.capture import Capture
+        from agent.record.capture import Capture
 
         try:
             capture = Capture(capture_dir, capture_binaries)
@@ -252,8 +252,8 @@ def record(
 @output_options
 def replay(directory: Path, output: Path, output_format: str | None) -> None:
     """Replay a `record --capture` directory into a profile, without root."""
-    from agent.output import write_profile
-    from agent.replay import replay as do_replay
+    from agent.exporters.output import write_profile
+    from agent.record.replay import replay as do_replay
 
     fmt = output_format or format_from_suffix(output)
     write_profile(do_replay(directory), output, fmt)
@@ -280,7 +280,7 @@ def record_settings(given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--cum", is_flag=True, help="Sort by cumulative value instead of flat.")
 def top(file: Path, count: int, sample_index: str | None, cum: bool) -> None:
     """Top functions of a pprof file, flat and cumulative."""
-    from agent.report import format_top
+    from agent.tools.report import format_top
 
     profile = load_profile(file)
     click.echo(format_top(profile, sample_index=sample_index, count=count, by_cum=cum), nl=False)
@@ -320,8 +320,8 @@ def run(config_path: Path | None, **flags: object) -> None:
     Config: the TOML file, then the OTEL_EXPORTER_OTLP_* variables, then these
     flags. SIGHUP reloads the config; SIGTERM flushes the last interval and exits.
     """
-    from agent import runconfig
-    from agent.runner import run as do_run
+    from agent.daemon import runconfig
+    from agent.daemon.runner import run as do_run
 
     if logging.getLogger().level > logging.INFO:
         # One line per interval at info; per-binary symbolization problems are
@@ -345,7 +345,7 @@ def status(status_file: Path, as_json: bool) -> None:
     """Show the running agent's counters (from its status file)."""
     import json
 
-    from agent.telemetry import format_status, read_status
+    from agent.daemon.telemetry import format_status, read_status
 
     data = read_status(status_file)
     click.echo(
@@ -374,7 +374,7 @@ def flamegraph(
 ) -> None:
     """Flame graph of a pprof FILE, or with --diff of BASE NEW: what changed."""
     from agent.errors import UsageError
-    from agent.flamegraph import output_format, write_flamegraph
+    from agent.tools.flamegraph import output_format, write_flamegraph
 
     want = 2 if diff else 1
     if len(files) != want:
@@ -403,7 +403,7 @@ def flamegraph(
 @click.option("--cum", is_flag=True, help="Compare cumulative shares instead of flat ones.")
 def diff(base: Path, new: Path, count: int, sample_index: str | None, cum: bool) -> None:
     """The functions whose share changed most from BASE to NEW."""
-    from agent.flamegraph.diff import format_diff
+    from agent.tools.flamegraph.diff import format_diff
 
     before, after = load_profile(base), load_profile(new)
     click.echo(format_diff(before, after, sample_index, count=count, by_cum=cum), nl=False)
@@ -417,11 +417,11 @@ def diff(base: Path, new: Path, count: int, sample_index: str | None, cum: bool)
 def check(print_bpf: bool, profile_type: str) -> None:
     """Diagnose this host: kernel, BPF, BTF, headers, BCC, tracefs, capabilities."""
     if print_bpf:
-        from agent.sources import render_program
+        from agent.registry import render_program
 
         click.echo(render_program(profile_type, RecordConfig().source_options()))
         return
-    from agent.check import format_report, run_checks
+    from agent.tools.check import format_report, run_checks
 
     results = run_checks()
     click.echo(format_report(results), nl=False)
@@ -464,8 +464,8 @@ def symbolize(
     With --elf, addresses are the file's virtual addresses (as addr2line
     takes them); with --pid, addresses in the process.
     """
-    from agent.symbolize import SymbolizeRequest
-    from agent.symbolize import symbolize as do_symbolize
+    from agent.tools.symbolize import SymbolizeRequest
+    from agent.tools.symbolize import symbolize as do_symbolize
 
     req = SymbolizeRequest(elf, pid, addresses, as_json, debug_dirs, cache_dir)
     click.echo(do_symbolize(req), nl=False)

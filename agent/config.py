@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class RecordConfig:
     alloc_inuse: bool = True
 
     def __post_init__(self) -> None:
-        from agent.sources import registry  # it imports this module
+        from agent import registry  # it imports this module
 
         if self.profile_type not in registry.TYPES:
             raise UsageError(
@@ -97,7 +98,7 @@ class RecordConfig:
         """Every type's settings within the registry's bounds (click checks
         most of them first; this is for callers that build a RecordConfig),
         and a target for a type that would cost every process on the host."""
-        from agent.sources import registry
+        from agent import registry
 
         for s in registry.record_settings():
             value = getattr(self, s.field, None)
@@ -151,3 +152,17 @@ def format_from_suffix(path: Path) -> str:
         f"cannot tell the output format from {name!r}: use a .pb.gz, .pprof, .folded, "
         ".txt or .otlp.pb name, or --format"
     )
+
+
+def parse_key_values(text: str) -> dict[str, str]:
+    """`k1=v1,k2=v2` with percent-encoded values, as OTEL_EXPORTER_OTLP_HEADERS
+    and OTEL_RESOURCE_ATTRIBUTES are written (the W3C baggage format)."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value pairs separated by commas, not {item!r}")
+        out[key.strip()] = urllib.parse.unquote(value.strip())
+    return out

@@ -31,7 +31,7 @@ from typing import Any
 
 from agent import model
 from agent.exporters.pprof import decode, encode
-from agent.flamegraph import plain_graph, render
+from agent.tools.flamegraph import plain_graph, render
 
 PERIOD = 10_101_010
 KERNEL = model.Mapping(0xFFFFFFFF81000000, 0xFFFFFFFF83000000, 0, model.KERNEL_MAPPING_NAME)

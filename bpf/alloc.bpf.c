@@ -80,7 +80,7 @@ BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
  * below it as a fraction; log2(1 + f) ~ f + C*f*(1-f) with C = 0.3466 (a
  * parabola through both ends, max error 0.008 in log2, so each interval is
  * off by at most 0.6% of the rate and the mean by less than 0.4%). Q16 fixed point;
- * agent/sampling.py mirrors this and tests the mean and the error. */
+ * agent/sources/sampling.py mirrors this and tests the mean and the error. */
 static __always_inline u64 next_interval(void)
 {
     u64 x = bpf_get_prandom_u32() | 1;

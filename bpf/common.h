@@ -1,7 +1,7 @@
 /* Shared definitions for bpfprof's BPF programs.
  *
  * Every struct that user space reads is described here once and mirrored once
- * in agent/layout.py; tests/bpf/test_cpu_source.py and
+ * in agent/kernel/layout.py; tests/bpf/test_cpu_source.py and
  * tests/bpf/test_profile_programs.py compare the two against what BCC
  * compiled.
  *
@@ -26,7 +26,7 @@ struct unwind_regs {
     u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
 };
 
-/* Indices of the self-metrics array (mirrored by agent.layout.Counter). */
+/* Indices of the self-metrics array (mirrored by agent.kernel.layout.Counter). */
 enum counter {
     CTR_SAMPLES = 0,         /* samples taken (after filtering) */
     CTR_MAP_FULL = 1,        /* sample dropped: the counts map was full */

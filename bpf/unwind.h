@@ -15,7 +15,7 @@
  * The frame loop and the two binary searches are bounded loops (BCC 0.26
  * cannot relocate a bpf_loop() callback).
  *
- * BCC rewrites map calls in the main file only: agent/sources/bcc_loader.py
+ * BCC rewrites map calls in the main file only: agent/kernel/bcc_loader.py
  * pastes this header into the program text before compiling it.
  *
  * Options (-D): UNWIND_MAX_FRAMES (<= 127), UNWIND_ROWS (size of the rows

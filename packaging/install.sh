@@ -82,7 +82,7 @@ make_venv() {
     else
         "${pip[@]}" "$REPO_DIR"
     fi
-    "$venv/bin/python" -c 'import agent.runner' || die "the installed agent does not import"
+    "$venv/bin/python" -c 'import agent.daemon.runner' || die "the installed agent does not import"
 }
 
 install_files() {

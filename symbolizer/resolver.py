@@ -93,7 +93,7 @@ class Symbolizer:
     ) -> None:
         """`debug_search` says where separate debug files are looked for;
         `cache_dir`, if set, keeps parsed tables on disk by build ID.
-        `opener` replaces open_mapped: a replay (agent/capture.py) serves
+        `opener` replaces open_mapped: a replay (agent/record/capture.py) serves
         a mapping's file from a capture directory instead of /proc."""
         self._opener = opener
         self.debug_search = debug_search or DebugSearch()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from agent.sampling import probability
+from agent.sources.sampling import probability
 
 
 def expected_error(sizes_and_counts: list[tuple[int, int]], rate: int) -> float:

@@ -23,8 +23,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from agent import model, pprof_pb
+from agent import model
 from agent.errors import InputError
+from agent.exporters import pprof_pb
 
 _GZIP_MAGIC = b"\x1f\x8b"
 GZIP_LEVEL = 1

@@ -3,7 +3,7 @@
 The kernel samples allocations by bytes and sends each sampled one, with
 its stack, through a ring buffer; frees of sampled blocks follow the same
 way. Here each sample is scaled to the allocations it stands for
-(agent/sampling.py), summed per stack into alloc_* and remembered by address
+(agent/sources/sampling.py), summed per stack into alloc_* and remembered by address
 for inuse_* until its free, or its process's exit, arrives.
 
 Probes go only where they are asked for: into the target processes (uprobes
@@ -36,7 +36,8 @@ from typing import Any
 
 from agent.config import SourceOptions
 from agent.errors import TargetError
-from agent.layout import (
+from agent.kernel import sessions
+from agent.kernel.layout import (
     ALLOC_EVENT_ALLOC,
     ALLOC_EVENT_EXEC,
     ALLOC_EVENT_EXIT,
@@ -49,9 +50,8 @@ from agent.layout import (
     Counter,
 )
 from agent.model import RawKey, RawSample, RawStack
-from agent.sampling import scaled
-from agent.sources import sessions
 from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
+from agent.sources.sampling import scaled
 from agent.sources.unwinding import Walker, unwind_cflags, unwound_ips
 from agent.unwind.needed import needed_libraries, preloaded
 from symbolizer.cache import LruCache, file_key

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from agent import bpfsys
 from agent.config import BpfLimits, SourceOptions
+from agent.kernel import bcc_loader, bpfsys
 from agent.model import RawSample
-from agent.sources import bcc_loader
 from agent.sources.program import ProgramSource, StackCache, base_cflags, to_raw_key
 from agent.unwind.loader import UnwindLoader
 

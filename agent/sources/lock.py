@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import SourceOptions
-from agent.layout import LOCK_KIND_CONDVAR, LOCK_KIND_KERNEL, LOCK_KIND_MUTEX, LOCK_KIND_WAIT
+from agent.kernel import bcc_loader
+from agent.kernel.layout import LOCK_KIND_CONDVAR, LOCK_KIND_KERNEL, LOCK_KIND_MUTEX, LOCK_KIND_WAIT
 from agent.model import Location, RawKey, RawSample
-from agent.sources import bcc_loader
 from agent.sources.program import to_raw_key
 from agent.sources.waits import WaitSource
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.config import BpfLimits, SourceOptions
-from agent.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
+from agent.kernel import bcc_loader
+from agent.kernel.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
+from agent.kernel.loaded import BpfProgram
 from agent.model import RawKey, RawStack
-from agent.sources import bcc_loader
-from agent.sources.loaded import BpfProgram
 from agent.sources.unwinding import Walker, read_unwound, unwind_cflags
 
 

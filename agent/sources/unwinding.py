@@ -23,9 +23,9 @@ from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
-from agent.sources import bcc_loader
-from agent.sources.loaded import BpfProgram
-from agent.sources.unwind_maps import BccUnwindMaps
+from agent.kernel import bcc_loader
+from agent.kernel.loaded import BpfProgram
+from agent.kernel.unwind_maps import BccUnwindMaps
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 from agent.unwind.loader import UnwindLoader, default_cache_dir
 from agent.unwind.needed import needed_libraries

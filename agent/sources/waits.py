@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
+from agent.kernel import bcc_loader
 from agent.model import RawSample
-from agent.sources import bcc_loader
 from agent.sources.program import ProgramSource, StackCache, base_cflags
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import BpfLimits, RecordConfig, SourceOptions
-from agent.layout import ProcessEvent, SampleKey
-from agent.sources.bcc_loader import compile_program, render
+from agent.kernel.bcc_loader import compile_program, render
+from agent.kernel.layout import ProcessEvent, SampleKey
 from agent.sources.cpu import CpuSource, bpf_cflags, cflags_for
 
 pytestmark = pytest.mark.bpf

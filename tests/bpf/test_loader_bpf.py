@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import bpf
-from agent import bpfsys
-from agent.sources.bcc_loader import compile_program
-from agent.sources.loaded import LoadedProgram
+from agent.kernel import bpfsys
+from agent.kernel.bcc_loader import compile_program
+from agent.kernel.loaded import LoadedProgram
 from tests.conftest import compile_c
 
 pytestmark = pytest.mark.bpf

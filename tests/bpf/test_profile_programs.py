@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import BpfLimits, SourceOptions
-from agent.layout import AllocEvent, AllocFreeEvent, LockKey, SampleKey, WaitValue
+from agent.kernel.bcc_loader import compile_program
+from agent.kernel.layout import AllocEvent, AllocFreeEvent, LockKey, SampleKey, WaitValue
 from agent.model import RawSample
 from agent.sources.alloc import AllocSource, alloc_cflags
-from agent.sources.bcc_loader import compile_program
 from agent.sources.lock import LockSource, classify, is_contention, plain_name
 from agent.sources.offcpu import OffCpuSource
 from agent.sources.waits import WaitSource

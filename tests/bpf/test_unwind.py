@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import BpfLimits, SourceOptions
+from agent.kernel.bcc_loader import compile_program, render
 from agent.model import RawSample
-from agent.resolve import StackResolver
-from agent.sources.bcc_loader import compile_program, render
+from agent.pipeline.resolve import StackResolver
 from agent.sources.cpu import CpuSource, bpf_cflags, cflags_for
 from agent.unwind.layout import MAX_FRAMES, UnwindMapping, UnwindProc, UnwindRow, UnwindStat
 from symbolizer import Symbolizer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.exporters import folded
-from agent.replay import replay
+from agent.record.replay import replay
 
 pytestmark = [pytest.mark.bpf, pytest.mark.e2e]
 

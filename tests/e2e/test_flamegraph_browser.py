@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.flamegraph import diff_graph, plain_graph, render
+from agent.tools.flamegraph import diff_graph, plain_graph, render
 from bench.flamegraph import synthetic_profile
 from tests.browser import CHROMIUM, Browser, png_pixels
 from tests.split_profiles import split_profile

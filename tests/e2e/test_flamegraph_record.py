@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.exporters.pprof import decode
-from agent.flamegraph.diff import function_changes
+from agent.tools.flamegraph.diff import function_changes
 from tests.conftest import PROGRAMS, compile_c
 from tests.unit.test_flamegraph import frames
 

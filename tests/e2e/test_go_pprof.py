@@ -18,7 +18,7 @@ import pytest
 
 from agent.exporters.pprof import decode, encode
 from agent.model import Location, Mapping, Profile, Sample, ValueType
-from agent.report import format_top
+from agent.tools.report import format_top
 from tests.fake_profiles import cpu_profile
 
 pytestmark = [

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import SourceOptions
-from agent.layout import ALLOC_EVENT_EXEC, ALLOC_EVENT_FORK, AllocFreeEvent
-from agent.sources import uprobes
+from agent.kernel import uprobes
+from agent.kernel.layout import ALLOC_EVENT_EXEC, ALLOC_EVENT_FORK, AllocFreeEvent
 from agent.sources.alloc import (
     AllocSource,
     _file_entry_points,

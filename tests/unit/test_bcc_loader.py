@@ -8,7 +8,7 @@ import pytest
 
 import bpf
 from agent.errors import SetupError
-from agent.sources import bcc_loader
+from agent.kernel import bcc_loader
 
 
 def test_headers_dir_needs_an_include_tree(tmp_path: Path) -> None:

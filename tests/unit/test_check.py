@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import check
-from agent.check import CheckResult, Level
+from agent.kernel import privileges, probe
+from agent.tools import check
+from agent.tools.check import CheckResult, Level
 
 RELEASE = "6.18.44-fc-v595"
 CAPS_ROOT = 0x000001FFFEFFFFFF  # CapEff of root on the CI hosts
-CAPS_BPF_PERFMON = 1 << check.CAP_BPF | 1 << check.CAP_PERFMON
+CAPS_BPF_PERFMON = 1 << privileges.CAP_BPF | 1 << privileges.CAP_PERFMON
 
 MOUNTS_TRACEFS = """\
 sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
@@ -215,20 +216,20 @@ def test_perf_paranoid(value: int | None, privileged: bool, level: Level, in_det
     [
         pytest.param("Name:\tx\nCapEff:\t000001fffeffffff\n", CAPS_ROOT, id="root"),
         pytest.param("CapEff:\t0000000000000000\n", 0, id="none"),
-        pytest.param("Name:\tx\n", 0, id="absent"),
+        pytest.param("Name:\tx\n", None, id="absent"),
     ],
 )
-def test_parse_cap_eff(status: str, expected: int) -> None:
-    assert check.parse_cap_eff(status) == expected
+def test_parse_cap_eff(status: str, expected: int | None) -> None:
+    assert privileges.parse_cap_eff(status) == expected
 
 
 @pytest.mark.parametrize(
     ("cap_eff", "euid", "level", "in_text"),
     [
         pytest.param(CAPS_ROOT, 0, Level.PASS, "root, holding CAP_SYS_ADMIN", id="root"),
-        pytest.param(1 << check.CAP_SYS_ADMIN, 0, Level.PASS, "CAP_SYS_ADMIN", id="sys-admin"),
+        pytest.param(1 << privileges.CAP_SYS_ADMIN, 0, Level.PASS, "CAP_SYS_ADMIN", id="sys-admin"),
         pytest.param(CAPS_BPF_PERFMON, 1000, Level.WARN, "BPF loads", id="user-bpf-perfmon"),
-        pytest.param(1 << check.CAP_BPF, 1000, Level.FAIL, "sudo", id="user-bpf-only"),
+        pytest.param(1 << privileges.CAP_BPF, 1000, Level.FAIL, "sudo", id="user-bpf-only"),
         pytest.param(0, 1000, Level.FAIL, "sudo", id="not-root"),
         pytest.param(0, 0, Level.FAIL, "container", id="root-without-caps"),
     ],
@@ -239,24 +240,24 @@ def test_capabilities(cap_eff: int, euid: int, level: Level, in_text: str) -> No
     assert in_text in result.detail + result.fix
 
 
-def test_import_bcc_reports_a_missing_module(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bcc_status_reports_a_missing_module(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "bcc", None)  # makes `import bcc` raise ImportError
-    version, error = check.import_bcc()
+    version, error = probe.bcc_status()
     assert version is None
     assert error is not None and error.startswith("ModuleNotFoundError")
 
 
-def test_import_bcc_rejects_the_unrelated_pypi_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bcc_status_rejects_the_unrelated_pypi_package(monkeypatch: pytest.MonkeyPatch) -> None:
     impostor = types.ModuleType("bcc")
     impostor.__file__ = "/venv/site-packages/bcc/__init__.py"
     monkeypatch.setitem(sys.modules, "bcc", impostor)
-    version, error = check.import_bcc()
+    version, error = probe.bcc_status()
     assert version is None
     assert error is not None and "not BCC" in error
 
 
 def test_bpf_map_create_is_not_tried_on_an_unknown_architecture() -> None:
-    assert check.bpf_map_create_errno("riscv64") is None
+    assert probe.bpf_map_create_errno("riscv64") is None
 
 
 def test_readers_turn_unreadable_files_into_empty_values(tmp_path: Path) -> None:

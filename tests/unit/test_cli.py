@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import agent.report
+import agent.tools.report
 from agent.cli import main
 from tests.fake_profiles import cpu_profile
 
@@ -56,7 +56,7 @@ def test_a_bug_is_one_line_with_a_hint(
     def broken(*args: object, **kwargs: object) -> str:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(agent.report, "format_top", broken)
+    monkeypatch.setattr(agent.tools.report, "format_top", broken)
     code, _, err = run(["top", str(profile_file)], capsys)
     assert code == 70
     assert err == "bpfprof: internal error: RuntimeError: boom (run with -vv for details)\n"
@@ -68,7 +68,7 @@ def test_interrupt_is_one_line(
     def interrupted(*args: object, **kwargs: object) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(agent.report, "format_top", interrupted)
+    monkeypatch.setattr(agent.tools.report, "format_top", interrupted)
     code, _, err = run(["top", str(profile_file)], capsys)
     assert (code, err.strip()) == (130, "bpfprof: interrupted")  # click adds a newline after ^C
 

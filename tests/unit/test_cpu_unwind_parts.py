@@ -10,8 +10,8 @@ import pytest
 
 from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
-from agent.layout import SampleKey
-from agent.sources import bcc_loader
+from agent.kernel import bcc_loader
+from agent.kernel.layout import SampleKey
 from agent.sources.cpu import CpuSource, bpf_cflags, read_samples
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 

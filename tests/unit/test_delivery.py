@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import DecodeError
 
-from agent.delivery import IDLE_POLL_S, Delivery, Failure
+from agent.daemon.delivery import IDLE_POLL_S, Delivery, Failure
+from agent.daemon.rolling import RollingFiles, file_name
+from agent.daemon.runconfig import RetryPolicy
+from agent.daemon.spool import MAX_CORRUPT, Spool
 from agent.errors import ConfigError
-from agent.rolling import RollingFiles, file_name
-from agent.runconfig import RetryPolicy
-from agent.spool import MAX_CORRUPT, Spool
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.04, max_elapsed=0.3)
 

@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 
 from agent.errors import InvalidProfile, UsageError
-from agent.flamegraph import diff_graph, output_format, plain_graph, render
-from agent.flamegraph.diff import format_diff, function_changes, matching_indices
-from agent.flamegraph.html import payload, render_html
-from agent.flamegraph.svg import PAD, WIDTH
-from agent.flamegraph.tree import MIXED_LINES, Tree, build_tree
 from agent.model import Frame, Location, Profile, Sample, ValueType
+from agent.tools.flamegraph import diff_graph, output_format, plain_graph, render
+from agent.tools.flamegraph.diff import format_diff, function_changes, matching_indices
+from agent.tools.flamegraph.html import payload, render_html
+from agent.tools.flamegraph.svg import PAD, WIDTH
+from agent.tools.flamegraph.tree import MIXED_LINES, Tree, build_tree
 from tests.fake_profiles import PERIOD, cpu_profile
 from tests.split_profiles import BINARY, split_profile
 

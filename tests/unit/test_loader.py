@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from agent import bpfsys
 from agent.errors import SetupError
-from agent.sources import bcc_loader, handoff, loaded, loader_child, typedesc, uprobes
+from agent.kernel import bcc_loader, bpfsys, handoff, loaded, loader_child, typedesc, uprobes
 
 # -- JSON type descriptions --------------------------------------------------
 
@@ -147,7 +146,7 @@ def test_a_loader_that_dies_gives_its_last_words(monkeypatch: pytest.MonkeyPatch
 
 def test_an_error_reply_is_raised_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
     script = (
-        "import socket, sys; from agent.sources import handoff; "
+        "import socket, sys; from agent.kernel import handoff; "
         "s = socket.socket(fileno=int(sys.argv[1])); r = handoff.recv_json(s); "
         "handoff.send_reply(s, {'error': 'cannot compile ' + r['name'] + ': x', "
         "'output': 'x'}, [])"

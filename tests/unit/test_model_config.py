@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.builder import cpu_spec
 from agent.config import RecordConfig, format_from_suffix
 from agent.errors import InvalidProfile, UsageError
 from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
+from agent.pipeline.builder import cpu_spec
 
 CPU = (ValueType("samples", "count"), ValueType("cpu", "nanoseconds"))
 M = Mapping(0x1000, 0x2000, 0, "/bin/x")

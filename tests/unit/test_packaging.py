@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.configschema import schema
-from agent.runconfig import load
+from agent.daemon.configschema import schema
+from agent.daemon.runconfig import load
 
 REPO = Path(__file__).parent.parent.parent
 CONFIG = REPO / "packaging" / "config.toml"

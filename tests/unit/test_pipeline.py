@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.aggregate import Aggregator
-from agent.builder import build_profile, cpu_spec
-from agent.layout import EEXIST, EFAULT
+from agent.kernel.layout import EEXIST, EFAULT
 from agent.model import KERNEL_MAPPING_NAME, RawKey, RawSample, RawStack, ValueType
-from agent.resolve import KERNEL_START, StackResolver
+from agent.pipeline.aggregate import Aggregator
+from agent.pipeline.builder import build_profile, cpu_spec
+from agent.pipeline.resolve import KERNEL_START, StackResolver
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent import pprof_pb
 from agent.errors import InputError, InvalidProfile
+from agent.exporters import pprof_pb
 from agent.exporters.pprof import decode, encode
 from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
 from tests.fake_profiles import KERNEL, SYSCALL, cpu_profile

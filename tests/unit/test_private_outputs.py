@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.daemon.rolling import RollingFiles, file_name
+from agent.daemon.telemetry import check_status_dir, read_status, write_status
 from agent.errors import ConfigError, InputError, UsageError
-from agent.output import check_destination, trusted_owners, write_atomically
-from agent.rolling import RollingFiles, file_name
-from agent.telemetry import check_status_dir, read_status, write_status
+from agent.exporters.output import check_destination, trusted_owners, write_atomically
 from agent.unwind.table import TableCache, UnwindTable
 from symbolizer.diskcache import SymbolCache
 

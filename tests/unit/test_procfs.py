@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.procfs import ContainerIds, parse_container_id
+from agent.pipeline.procfs import ContainerIds, parse_container_id
 
 CID = "3f4e" * 16
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.filters import ProcessFilter
-from agent.procinfo import (
+from agent.daemon.filters import ProcessFilter
+from agent.daemon.runconfig import FilterConfig
+from agent.pipeline.procinfo import (
     ProcessFacts,
     ProcessTable,
     otel_identity,
@@ -19,7 +20,6 @@ from agent.procinfo import (
     process_resource,
     read_facts,
 )
-from agent.runconfig import FilterConfig
 
 CID = "4f" * 32
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.builder import build_profile
 from agent.config import BpfLimits, SourceOptions
-from agent.layout import (
+from agent.kernel.layout import (
     ALLOC_EVENT_ALLOC,
     ALLOC_EVENT_EXIT,
     ALLOC_EVENT_FREE,
@@ -22,15 +21,15 @@ from agent.layout import (
     AllocFreeEvent,
 )
 from agent.model import Frame, Location, RawKey, RawSample, RawStack
-from agent.record import summary
-from agent.sampling import scaled
-from agent.sources import create_source
+from agent.pipeline.builder import build_profile
+from agent.record.recorder import summary
+from agent.registry import create_source, spec_for
 from agent.sources.alloc import AllocSource, alloc_cflags, executable_files
 from agent.sources.allocators import find_entry_points
 from agent.sources.lock import classify, is_contention, lock_cflags, lock_labels
 from agent.sources.offcpu import offcpu_cflags
 from agent.sources.probepoint import probe_offset
-from agent.sources.registry import spec_for
+from agent.sources.sampling import scaled
 from agent.sources.waits import common_cflags
 
 PROGRAMS = Path(__file__).parent.parent / "programs"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.command import HeldCommand
 from agent.errors import TargetError, UsageError
+from agent.exporters.output import write_profile
+from agent.kernel.privileges import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, has_bpf_privileges
 from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
-from agent.output import write_profile
-from agent.record import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, has_bpf_privileges, require_pids
+from agent.record.command import HeldCommand
+from agent.record.recorder import require_pids
 
 
 def status(caps: int) -> str:
@@ -99,7 +100,7 @@ def test_counters_become_one_warning_each_naming_what_to_raise(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from agent.config import BpfLimits, RecordConfig
-    from agent.record import report_counters
+    from agent.record.recorder import report_counters
 
     counters = {"samples": 100, "map_full": 2, "kernel_collision": 3, "targets_full": 1}
     config = RecordConfig(limits=BpfLimits(max_entries=512))

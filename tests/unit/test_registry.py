@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-import agent.record
-from agent import runner
-from agent.builder import ProfileSpec, offcpu_spec
+import agent.record.recorder
+from agent import registry
 from agent.cli import main
 from agent.config import BpfLimits, RecordConfig, SourceOptions
+from agent.daemon import runner
+from agent.daemon.runconfig import load
+from agent.daemon.telemetry import SelfUsage
 from agent.errors import ConfigError, UsageError
 from agent.model import RawKey, RawSample, RawStack
-from agent.runconfig import load
-from agent.sources import create_source, registry
+from agent.pipeline.builder import ProfileSpec, offcpu_spec
+from agent.registry import LOST_SAMPLES, CounterMeaning, ProfileType, Setting, create_source
 from agent.sources.base import SampleSource
-from agent.sources.registry import LOST_SAMPLES, CounterMeaning, ProfileType, Setting
-from agent.telemetry import SelfUsage
 
 
 @dataclass
@@ -103,7 +103,7 @@ def test_a_registered_type_is_a_cli_choice(
         main(["record", "--help"])
     assert "[cpu|offcpu|alloc|lock|faults]" in capsys.readouterr().out
     seen: list[RecordConfig] = []
-    monkeypatch.setattr(agent.record, "record", lambda c, *_: seen.append(c) or 0)
+    monkeypatch.setattr(agent.record.recorder, "record", lambda c, *_: seen.append(c) or 0)
     with pytest.raises(SystemExit) as e:
         main(["record", "-t", "faults", "-p", "1"])
     assert e.value.code == 0 and seen[0].profile_type == "faults"
@@ -147,7 +147,7 @@ def test_record_warns_about_a_registered_type_s_counters(
     faults: ProfileType, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, "bpfprof.record"):
-        agent.record.report_counters(
+        agent.record.recorder.report_counters(
             {"faults_lost": 4, "map_full": 9}, RecordConfig(profile_type="faults", pids=(1,))
         )
     # map_full is not one of this type's counters: it cannot have lost anything
@@ -189,6 +189,8 @@ def test_a_type_costly_host_wide_needs_a_target_or_all_processes(
         RecordConfig(profile_type="faults")
     config = RecordConfig(profile_type="faults", all_processes=True)
     with caplog.at_level(logging.WARNING, "bpfprof.record"):
-        agent.record.warn_all_processes(config)
-        agent.record.warn_all_processes(RecordConfig(profile_type="cpu", all_processes=True))
+        agent.record.recorder.warn_all_processes(config)
+        agent.record.recorder.warn_all_processes(
+            RecordConfig(profile_type="cpu", all_processes=True)
+        )
     assert caplog.messages == ["slow"]

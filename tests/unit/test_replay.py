@@ -1,4 +1,4 @@
-"""Record and replay (agent/capture.py, agent/sources/replay.py, agent/replay.py):
+"""Record and replay (agent/record/: capture.py, replaysource.py, replay.py):
 a capture runs through resolve -> build without root or the original host,
 and the committed captures of real programs replay to their folded goldens."""
 
@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.aggregate import Aggregator
-from agent.builder import build_profile
-from agent.capture import Capture
+from agent import registry
 from agent.cli import main
 from agent.config import SourceOptions
 from agent.errors import UsageError
 from agent.exporters import folded
 from agent.model import RawKey, RawSample, RawStack
-from agent.replay import replay
-from agent.resolve import StackResolver
-from agent.sources import registry
+from agent.pipeline.aggregate import Aggregator
+from agent.pipeline.builder import build_profile
+from agent.pipeline.resolve import StackResolver
+from agent.record.capture import Capture
+from agent.record.replay import replay
+from agent.record.replaysource import ReplaySource, load
 from agent.sources.base import SnapshotSource
-from agent.sources.replay import ReplaySource, load
 from symbolizer import Symbolizer, parse_maps
 
 CAPTURES = Path(__file__).parents[1] / "captures"

@@ -6,7 +6,7 @@ import pytest
 
 from agent.errors import InvalidProfile
 from agent.model import Frame, Location, Profile, Sample, ValueType
-from agent.report import format_top, percentage, scaled_label
+from agent.tools.report import format_top, percentage, scaled_label
 from tests.fake_profiles import cpu_profile
 
 TOP_CPU = """\

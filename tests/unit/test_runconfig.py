@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.configschema import Override, parse_key_values
+from agent.config import parse_key_values
+from agent.daemon.configschema import Override
+from agent.daemon.runconfig import ExportConfig, flag_overrides, load
 from agent.errors import ConfigError
-from agent.runconfig import ExportConfig, flag_overrides, load
-from agent.sources.registry import TYPES
+from agent.registry import TYPES
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -20,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("agent.runconfig.DEFAULT_CONFIG", tmp_path / "absent.toml")
+    monkeypatch.setattr("agent.daemon.runconfig.DEFAULT_CONFIG", tmp_path / "absent.toml")
     c = load(None, env={})
     assert c.interval == 10.0
     assert c.type_settings("cpu") == {"frequency": 19}
@@ -32,7 +33,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_the_default_file_is_read_when_present(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.runconfig.DEFAULT_CONFIG", write(tmp_path, "interval = 3\n"))
+    monkeypatch.setattr("agent.daemon.runconfig.DEFAULT_CONFIG", write(tmp_path, "interval = 3\n"))
     assert load(None, env={}).interval == 3.0
 
 

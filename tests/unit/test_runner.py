@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import runner
-from agent.builder import cpu_spec
-from agent.configschema import Override
+from agent.daemon import runner
+from agent.daemon.configschema import Override
+from agent.daemon.runconfig import RunConfig, load
+from agent.daemon.telemetry import SelfUsage
 from agent.errors import ConfigError
 from agent.exporters.pprof import decode
 from agent.model import RawKey, RawSample, RawStack
-from agent.runconfig import RunConfig, load
-from agent.telemetry import SelfUsage
+from agent.pipeline.builder import cpu_spec
 from tests.otlp_receiver import HttpReceiver
 
 ME = os.getpid()
@@ -273,9 +273,9 @@ def test_allocation_ring_buffer_drops_count_as_lost_samples(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The allocation source reports its ring-buffer drops as `sample_lost`
-    (bpf/alloc.bpf.c CTR_SAMPLE_LOST, read under agent/layout.py's names)."""
-    from agent.builder import alloc_spec
-    from agent.layout import Counter
+    (bpf/alloc.bpf.c CTR_SAMPLE_LOST, read under agent/kernel/layout.py's names)."""
+    from agent.kernel.layout import Counter
+    from agent.pipeline.builder import alloc_spec
 
     class AllocLike(FakeSource):
         def counters(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agent.sampling import interval, log2_q16, probability, scaled, weight
+from agent.sources.sampling import interval, log2_q16, probability, scaled, weight
 from tests.allocstats import expected_error
 
 

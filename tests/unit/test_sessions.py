@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from agent.config import SourceOptions
-from agent.sources import sessions
+from agent.kernel import sessions
 from agent.sources.alloc import SESSIONS, alloc_cflags, use_sessions
 from agent.sources.allocators import ROLES
 

@@ -13,7 +13,8 @@ import pytest
 
 from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
-from agent.layout import (
+from agent.kernel import bcc_loader
+from agent.kernel.layout import (
     ALLOC_EVENT_ALLOC,
     ALLOC_EVENT_EXEC,
     ALLOC_EVENT_MAPS_CHANGED,
@@ -21,7 +22,7 @@ from agent.layout import (
     AllocFreeEvent,
     SampleKey,
 )
-from agent.sources import bcc_loader, create_source, render_program
+from agent.registry import create_source, render_program
 from agent.sources.alloc import AllocSource, alloc_cflags
 from agent.sources.program import StackCache, to_raw_key
 from agent.sources.unwinding import Walker

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as svc
 
-from agent.delivery import Failure
-from agent.errors import InputError
-from agent.exporters.transport import (
+from agent.daemon.delivery import Failure
+from agent.daemon.runconfig import ExportConfig
+from agent.daemon.telemetry import format_status, log_line, read_status, write_status
+from agent.daemon.transport import (
     GrpcTransport,
     HttpTransport,
     check_request,
@@ -23,8 +24,7 @@ from agent.exporters.transport import (
     parse_retry_after,
     partial_success,
 )
-from agent.runconfig import ExportConfig
-from agent.telemetry import format_status, log_line, read_status, write_status
+from agent.errors import InputError
 from agent.untrusted import printable
 from tests.otlp_receiver import (
     GrpcReceiver,

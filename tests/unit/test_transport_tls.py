@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as svc
 
-from agent.delivery import Failure
+from agent.daemon.delivery import Failure
+from agent.daemon.runconfig import ExportConfig, RunConfig, load
+from agent.daemon.transport import make_transport
 from agent.errors import ConfigError
-from agent.exporters.transport import make_transport
-from agent.runconfig import ExportConfig, RunConfig, load
 from tests.otlp_receiver import GrpcReceiver, HttpReceiver
 from tests.tls_certs import Pki, make_pki
 

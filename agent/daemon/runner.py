@@ -1,0 +1,390 @@
+"""`bpfprof run`: the continuous agent, the one hub that wires every stage.
+
+Each interval: poll the sources for new processes (their facts and maps are
+captured at once, while they live), drain each source, drop the samples of
+processes the filters exclude, resolve and build one Profile per type,
+encode (one OTLP request for all types, or one pprof file per type) and hand
+it to the Delivery worker, which never makes this loop wait. Then forget the
+processes that are gone, so memory follows the live process count.
+
+SIGTERM/SIGINT: finish the interval in progress, give the worker a few
+seconds to send (the rest goes to the spool), exit 0. SIGHUP: load the
+config again; a bad one is logged and the old one kept; a good one restarts
+the pipeline with it after flushing the current interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from agent import registry
+from agent.daemon.delivery import Delivery, Send
+from agent.daemon.filters import ProcessFilter
+from agent.daemon.rolling import RollingFiles, file_name
+from agent.daemon.runconfig import RunConfig
+from agent.daemon.spool import Spool
+from agent.daemon.telemetry import SelfUsage, check_status_dir, log_line, write_status
+from agent.daemon.transport import Transport, check_request, make_transport
+from agent.errors import ConfigError
+from agent.exporters import pprof
+from agent.exporters.otlp import RequestBuilder
+from agent.kernel.privileges import require_privileges
+from agent.model import Profile, RawKey, RawSample, Sample
+from agent.pipeline.builder import ProfileSpec, build_profile
+from agent.pipeline.procinfo import ProcessTable, process_resource
+from agent.pipeline.resolve import StackResolver
+from agent.sources.base import SampleSource, SnapshotSource
+from symbolizer import Symbolizer, read_maps
+from symbolizer.budget import cancel_all
+
+log = logging.getLogger("bpfprof.run")
+
+FLUSH_SECONDS = 4.0  # SIGTERM to exit: systemd's default stop timeout is 90 s
+POLL_MS = 200
+
+
+class Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the loop checks the flags."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._reload)
+
+    def _stop(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stop = True
+        cancel_all()  # a file being parsed gives up at its next budget check
+
+    def _reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload = True
+
+
+def release_compiler_memory() -> None:
+    """Give the heap LLVM used to compile the BPF programs back to the kernel.
+
+    glibc keeps freed memory in its arenas; BCC's compile leaves tens of MiB
+    there that an agent living for months would otherwise hold as RSS."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def make_sources(config: RunConfig) -> dict[str, tuple[SampleSource, ProfileSpec]]:
+    """One source and spec per enabled type: the only place types are built."""
+    out = {}
+    for name, _ in config.profiles:
+        t, settings = registry.get(name), config.type_settings(name)
+        out[name] = (t.make_source(settings, config.limits), t.make_spec(settings, config.limits))
+    return out
+
+
+def lost(deltas: dict[str, float]) -> dict[str, float]:
+    """lost_samples, lost_stacks and lost_events of an interval: each
+    counter's delta added where the registry says it belongs."""
+    out: dict[str, float] = dict.fromkeys(registry.LOSS_KINDS, 0)
+    for name, meaning in registry.counter_meanings().items():
+        if meaning.account:
+            out[meaning.account] += deltas.get(name, 0)
+    return out
+
+
+def make_delivery(config: RunConfig) -> tuple[Delivery, Transport | None, Spool | None]:
+    if not config.export.endpoint:
+        files = RollingFiles(config.output_dir, config.output_max_files, config.output_max_bytes)
+        return Delivery(files.send, config.export.retry, config.export.queue_size), None, None
+    try:
+        transport = make_transport(config.export)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"export: cannot set up TLS: {e}") from None
+    spool = Spool(config.spool_dir, config.spool_max_bytes, check_request)
+
+    def send(_label: str, payload: bytes) -> str:
+        return transport.send(payload)
+
+    sink: Send = send
+    return Delivery(sink, config.export.retry, config.export.queue_size, spool), transport, spool
+
+
+class Session:
+    """One configuration's pipeline, from start to its last flushed interval."""
+
+    def __init__(self, config: RunConfig, usage: SelfUsage) -> None:
+        self.config = config
+        self.usage = usage
+        check_status_dir(config.status_file)  # a ConfigError before anything starts
+        self.symbolizer = Symbolizer()
+        self.processes = ProcessTable()
+        # one for the session: a stack seen every interval is symbolized once
+        self.resolver = StackResolver(self.symbolizer)
+        self.maps_seen: dict[int, tuple[int, int]] = {}  # pid -> its maps' (length, hash)
+        self.filter = ProcessFilter(config.filter)
+        self.sources: dict[str, tuple[SampleSource, ProfileSpec]] = {}
+        self.delivery, self.transport, self.spool = make_delivery(config)
+        self.last_counters: dict[str, dict[str, int]] = {}
+        self.totals: dict[str, float] = {}
+        self.intervals = 0
+        self.started = time.time()
+        self.window_start = time.time_ns()
+
+    def start(self) -> None:
+        try:
+            self.sources = make_sources(self.config)
+            for source, _ in self.sources.values():
+                source.start()
+        except BaseException:
+            self.close_sources()
+            raise
+        release_compiler_memory()
+        self.delivery.start()
+        self.window_start = time.time_ns()
+        where = self.config.export.endpoint or f"files in {self.config.output_dir}"
+        log.info(
+            "profiling %s every %gs to %s",
+            ", ".join(self.sources),
+            self.config.interval,
+            where,
+        )
+
+    def on_new_process(self, pid: int) -> None:
+        """A source saw `pid` for the first time (or after an exec or dlopen).
+
+        Every source announces every process it sees, so with several types
+        the same process comes several times: when its maps are what they
+        were at the last announcement, nothing about it changed (an exec or
+        a dlopen changes them), and its facts are not read again."""
+        try:
+            text = read_maps(pid, self.processes.proc_root)
+        except OSError:  # gone already: record what can still be read
+            text = None
+        digest = (len(text), hash(text)) if text is not None else None
+        if digest is not None and self.maps_seen.get(pid) == digest:
+            return
+        if digest is not None:
+            self.maps_seen[pid] = digest
+        facts = self.processes.observe(pid)
+        self.resolver.forget(pid)  # exec or dlopen: its addresses may mean something else now
+        self.filter.forget(pid)
+        if self.filter.wants(facts):
+            self.symbolizer.observe(pid, text)
+
+    def poll(self) -> None:
+        timeout = POLL_MS
+        for source, _ in self.sources.values():
+            source.poll(timeout, self.on_new_process)
+            timeout = 0
+
+    def wanted(self, samples: list[RawSample]) -> list[RawSample]:
+        if not self.filter.active:
+            return samples
+        return [s for s in samples if self.filter.wants(self.processes.get(s.key.pid))]
+
+    def report(self, final: bool = False) -> None:
+        """Close the interval: drain, build, encode, submit, account."""
+        now = time.time_ns()
+        start, self.window_start = self.window_start, now
+        resolver = self.resolver
+        resolver.start_interval()
+        profiles: dict[str, Profile] = {}
+        drained = 0
+        for name, (source, spec) in self.sources.items():
+            raw = source.drain()
+            if final:  # the other half of the double buffer
+                raw += source.drain()
+            if isinstance(source, SnapshotSource):
+                raw += source.live_heap()  # inuse_*: what is still allocated now
+            drained += sum(s.values[0] for s in raw if s.values)
+            try:
+                profiles[name] = self.build(self.wanted(raw), spec, resolver, start, now - start)
+            except Exception:  # a bug must cost one profile, not the agent
+                log.exception("could not build the %s profile of this interval", name)
+        self.submit(profiles, now)
+        self.forget_gone(profiles)
+        self.account(drained, resolver.misses)
+
+    def build(
+        self,
+        raw: list[RawSample],
+        spec: ProfileSpec,
+        resolver: StackResolver,
+        start: int,
+        duration: int,
+    ) -> Profile:
+        def process_name(key: RawKey) -> str:
+            return self.processes.get(key.pid).exe_name
+
+        return build_profile(
+            raw,
+            spec,
+            resolver,
+            process_name,
+            time_nanos=start,
+            duration_nanos=duration,
+            container_id=lambda pid: self.processes.get(pid).container_id,
+        )
+
+    def submit(self, profiles: dict[str, Profile], now: int) -> None:
+        if not any(p.samples for p in profiles.values()):
+            return
+        if not self.config.export.endpoint:
+            for name, profile in profiles.items():
+                if profile.samples:
+                    self.delivery.submit(file_name(name, now / 1e9), pprof.encode(profile))
+            return
+        builder = RequestBuilder()
+        for profile in profiles.values():
+            builder.add(profile, self.resource_of)
+        self.delivery.submit("interval", builder.request().SerializeToString())
+
+    def resource_of(self, s: Sample) -> tuple[tuple[str, str | int], ...]:
+        r = self.config.resource
+        return process_resource(
+            self.processes.get(int(s.num_labels["pid"])),
+            r.host_name,
+            r.attributes,
+            r.service_name,
+            r.command_line,
+        )
+
+    def forget_gone(self, profiles: dict[str, Profile]) -> None:
+        keep = {int(s.num_labels["pid"]) for p in profiles.values() for s in p.samples}
+        for pid in self.processes.prune(keep):
+            self.symbolizer.forget(pid)
+            self.resolver.forget(pid)
+            self.maps_seen.pop(pid, None)
+            self.filter.forget(pid)
+
+    def account(self, drained: int, misses: int) -> None:
+        deltas: dict[str, float] = {"symbolization_misses": misses}
+        for name, (source, _) in self.sources.items():
+            now = source.counters()
+            before = self.last_counters.get(name, {})
+            self.last_counters[name] = now
+            for k, v in now.items():
+                deltas[k] = deltas.get(k, 0) + v - before.get(k, 0)
+        last: dict[str, Any] = {"samples": deltas.get("samples", drained), **lost(deltas)}
+        last["map_full"] = deltas.get("map_full", 0)
+        last["symbolization_misses"] = misses
+        for k, v in last.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        stats = self.delivery.stats
+        cpu, rss = self.usage.sample()
+        gauges = {
+            "processes": len(self.processes),
+            "export_ok": stats.sent,
+            "export_failed": stats.failed,
+            "export_retries": stats.retries,
+            "queue": self.delivery.queued,
+            "spool": len(self.spool) if self.spool else 0,
+            # `is not None`: an empty Spool is falsy (it has a length)
+            "spool_dropped": self.spool.dropped if self.spool is not None else 0,
+            "spool_corrupt": self.spool.corrupt if self.spool is not None else 0,
+            "cpu_percent": cpu,
+            "rss_mib": rss,
+            # pids whose /tmp/perf-PID.map was refused or cut (symbolizer/perfmap.py)
+            "perf_map_refused": self.symbolizer.stats.perf_map_refused,
+            "perf_map_truncated": self.symbolizer.stats.perf_map_truncated,
+            # files over their per-file budget (symbolizer/budget.py): bombs
+            "elf_budget_exceeded": self.symbolizer.stats.budget_exceeded,
+            "unwind_budget_exceeded": sum(
+                c.get("unwind_budget_exceeded", 0) for c in self.last_counters.values()
+            ),
+        }
+        last.update(gauges)
+        self.intervals += 1
+        log.info("interval %d: %s", self.intervals, log_line(last))
+        self.write_status("running", last, gauges)
+
+    def write_status(self, state: str, last: dict[str, Any], gauges: dict[str, Any]) -> None:
+        write_status(
+            self.config.status_file,
+            {
+                "state": state,
+                "pid": os.getpid(),
+                "updated": time.time(),
+                "started": self.started,
+                "interval": self.config.interval,
+                "intervals": self.intervals,
+                "config": self.config.source,
+                "exporting_to": self.config.export.endpoint or str(self.config.output_dir),
+                "profiles": ",".join(self.sources),
+                "last_interval": last,
+                "totals": {**self.totals, **gauges, "cpu_seconds": self.usage.total_cpu_seconds},
+            },
+        )
+
+    def close_sources(self) -> None:
+        for source, _ in self.sources.values():
+            source.close()
+
+    def finish(self, state: str = "stopped") -> None:
+        """Flush the interval in progress, then stop everything."""
+        try:
+            self.report(final=True)
+        finally:
+            self.close_sources()
+            self.delivery.close(FLUSH_SECONDS)
+            if self.transport:
+                self.transport.close()
+        self.write_status(state, {}, {"queue": self.delivery.queued})
+
+
+def run(load: Callable[[], RunConfig]) -> int:
+    """Run until SIGTERM/SIGINT; `load` builds the config (again on SIGHUP)."""
+    require_privileges("run")
+    config = load()
+    signals = Signals()
+    signals.install()
+    usage = SelfUsage()
+    session = Session(config, usage)
+    session.start()
+    while True:
+        next_report = time.monotonic() + session.config.interval
+        while not (signals.stop or signals.reload):
+            session.poll()
+            if time.monotonic() >= next_report:
+                session.report()
+                next_report += session.config.interval
+                if next_report < time.monotonic():  # fell behind: do not burst
+                    next_report = time.monotonic() + session.config.interval
+        if signals.stop:
+            session.finish()
+            log.info("stopped after %d intervals", session.intervals)
+            return 0
+        signals.reload = False
+        replacement = reload_session(load, session, usage)
+        if replacement is not None:
+            session.finish("reloading")
+            session = replacement
+            session.start()
+
+
+def reload_session(load: Callable[[], RunConfig], old: Session, usage: SelfUsage) -> Session | None:
+    """A session for the new config if it is valid and different; None keeps
+    the running one. Everything that can reject a config (values, TLS files,
+    directories) is checked here, before the running pipeline is stopped."""
+    try:
+        new = load()
+        if new == old.config:
+            log.info("config reloaded: no change")
+            return None
+        session = Session(new, usage)
+    except ConfigError as e:
+        log.error("config reload failed, keeping the running config: %s", e)
+        return None
+    except OSError as e:
+        log.error("config reload failed, keeping the running config: %s", e)
+        return None
+    log.info("config reloaded from %s: restarting the pipeline", new.source)
+    return session

@@ -1,0 +1,197 @@
+"""`bpfprof record`: one profile of a command, some pids or the whole system.
+
+The runner wires the stages on a clock: the source polls for new processes
+(whose maps the symbolizer captures at once, so processes that exit during
+the recording still resolve) and is drained every window into the
+aggregator; at the end the samples are resolved, built into one validated
+Profile and written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from agent import registry
+from agent.config import RecordConfig
+from agent.errors import TargetError
+from agent.exporters.output import check_destination, write_profile
+from agent.kernel.privileges import require_privileges
+from agent.model import Profile, RawKey
+from agent.pipeline.aggregate import Aggregator
+from agent.pipeline.builder import build_profile
+from agent.pipeline.procfs import ContainerIds
+from agent.pipeline.resolve import StackResolver
+from agent.record.capture import Capture
+from agent.record.command import HeldCommand
+from agent.registry import create_source
+from agent.sources.base import SampleSource, SnapshotSource
+from symbolizer import Symbolizer
+
+log = logging.getLogger("bpfprof.record")
+
+
+def require_pids(pids: tuple[int, ...], proc_root: str = "/proc") -> None:
+    for pid in pids:
+        if not os.path.isdir(f"{proc_root}/{pid}"):
+            raise TargetError(f"no process with pid {pid}")
+
+
+class Stop:
+    """Set by SIGINT/SIGTERM: ends the recording cleanly, the file still written."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def record(config: RecordConfig, capture: Capture | None = None) -> int:
+    """Record one profile; with `capture`, also save what replays it (agent/record/capture.py)."""
+    require_privileges("record")
+    require_pids(config.pids)
+    check_destination(config.output)  # not after minutes of recording
+    started = time.time()
+    child = HeldCommand(config.command) if config.command else None
+    source = create_source(config.profile_type, config.source_options(), config.command)
+    if capture:
+        source = capture.wrap(source)
+    warn_all_processes(config)
+    symbolizer = Symbolizer()
+    containers = ContainerIds()
+    try:
+        targets = (child.pid,) if child else config.pids
+        source.add_targets(targets)
+        source.start()
+
+        def observe(pid: int) -> None:
+            symbolizer.observe(pid, maps_text=capture.observe(pid) if capture else None)
+            containers.observe(pid)
+
+        for pid in config.pids:
+            observe(pid)
+        aggregator = run_loop(config, source, observe, child, started)
+    except BaseException:
+        if child:
+            child.abandon()
+        source.close()
+        raise
+    counters = source.counters()
+    source.close()
+    return finish(config, aggregator, symbolizer, containers, counters, started, child, capture)
+
+
+def run_loop(
+    config: RecordConfig,
+    source: SampleSource,
+    observe: Callable[[int], None],
+    child: HeldCommand | None,
+    started: float,
+) -> Aggregator:
+    stop = Stop()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    aggregator = Aggregator()
+    target = "the whole system"
+    if child:
+        child.release()
+        target = " ".join(config.command)
+    elif config.pids:
+        target = "pid " + ", ".join(map(str, config.pids))
+    until = f" for {config.duration:g}s" if config.duration else " (Ctrl-C to stop)"
+    print(f"bpfprof: recording {config.profile_type} of {target}{until}", file=sys.stderr)
+    deadline = started + config.duration if config.duration else None
+    next_drain = time.monotonic() + config.window
+    try:
+        while not stop.requested:
+            source.poll(100, observe)
+            if child and child.poll() is not None:
+                break
+            if deadline and time.time() >= deadline:
+                break
+            if time.monotonic() >= next_drain:
+                aggregator.add(source.drain())
+                next_drain += config.window
+        source.poll(0, observe)
+        aggregator.add(source.drain())
+        aggregator.add(source.drain())  # the other half of the double buffer
+        if isinstance(source, SnapshotSource):
+            aggregator.add(source.live_heap())  # inuse_*: what is still allocated now
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return aggregator
+
+
+def finish(
+    config: RecordConfig,
+    aggregator: Aggregator,
+    symbolizer: Symbolizer,
+    containers: ContainerIds,
+    counters: dict[str, int],
+    started: float,
+    child: HeldCommand | None,
+    capture: Capture | None = None,
+) -> int:
+    resolver = StackResolver(symbolizer)
+
+    def process_name(key: RawKey) -> str:
+        return symbolizer.process_name(key.pid)
+
+    duration = time.time() - started
+    profile = build_profile(
+        aggregator.take(),
+        registry.spec_for(config.profile_type, config.source_options()),
+        resolver,
+        process_name,
+        time_nanos=int(started * 1e9),
+        duration_nanos=int(duration * 1e9),
+        container_id=containers.get,
+    )
+    size = write_profile(profile, config.output, config.output_format)
+    if capture:
+        options = config.source_options()
+        capture.save(
+            config.profile_type, options, profile.time_nanos, profile.duration_nanos,
+            counters, symbolizer, containers.get,
+        )  # fmt: skip
+    pids = len({s.num_labels["pid"] for s in profile.samples})
+    print(
+        f"bpfprof: wrote {summary(profile)} from {pids} processes to {config.output} "
+        f"({size} bytes, {duration:.1f}s)",
+        file=sys.stderr,
+    )
+    report_counters(counters, config)
+    if child and child.status is not None and child.status != 0:
+        print(f"bpfprof: note: the command exited with status {child.status}", file=sys.stderr)
+    return 0
+
+
+def summary(profile: Profile) -> str:
+    """What a profile holds, in its own terms: samples, or stacks and a total."""
+    first = profile.sample_types[0]
+    if first.type == "samples":
+        return f"{sum(s.values[0] for s in profile.samples)} samples"
+    index = profile.sample_index(None)
+    total = sum(s.values[index] for s in profile.samples)
+    kind = profile.sample_types[index]
+    return f"{len(profile.samples)} stacks ({kind.type} {total} {kind.unit})"
+
+
+def warn_all_processes(config: RecordConfig) -> None:
+    cost = registry.get(config.profile_type).host_wide_cost
+    if cost and config.all_processes:
+        log.warning("%s", cost)
+
+
+def report_counters(counters: dict[str, int], config: RecordConfig) -> None:
+    """One warning per kind of loss the type's counters report, naming the
+    option to raise (agent/registry.py says what each one means)."""
+    for meaning in registry.get(config.profile_type).counters:
+        if counters.get(meaning.name):
+            log.warning("%d %s", counters[meaning.name], meaning.warning(config.limits))
