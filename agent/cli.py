@@ -18,6 +18,7 @@ import click
 from agent import registry
 from agent.config import BpfLimits, RecordConfig, format_from_suffix
 from agent.errors import BpfprofError, InputError, UsageError
+from agent.exporters import FORMATS
 from agent.model import Profile
 from agent.registry import Setting
 
@@ -110,7 +111,7 @@ def output_options(f: F) -> F:
     f = click.option(
         "--format",
         "output_format",
-        type=click.Choice(["pprof", "folded", "otlp"]),
+        type=click.Choice(FORMATS),
         help="Output format (overrides the suffix).",
     )(f)
     return click.option(

@@ -62,3 +62,16 @@ def bpfprof_cmd() -> list[str]:
     """How to run the installed command (the venv's entry point)."""
     exe = shutil.which("bpfprof") or str(REPO / ".venv" / "bin" / "bpfprof")
     return [exe]
+
+
+from tests.pyroots import RootFactory, root_for  # noqa: E402  (the fixture below only)
+
+
+@pytest.fixture(scope="session")
+def python_root() -> RootFactory:
+    """root_for: the chroot of a Debian CPython ("3.13", "3.14"), built on
+    first use and cached (tests/pyroots.py). Skipped only without root, which
+    chroot needs: on CI (root) a failed build is an error, never a skip."""
+    if not is_root():
+        pytest.skip("needs root to chroot into the Debian Python roots (CI runs as root)")
+    return root_for

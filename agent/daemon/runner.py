@@ -35,15 +35,13 @@ from agent.daemon.spool import Spool
 from agent.daemon.telemetry import SelfUsage, check_status_dir, log_line, write_status
 from agent.daemon.transport import Transport, check_request, make_transport
 from agent.errors import ConfigError
-from agent.exporters import pprof
+from agent.exporters import encode
 from agent.exporters.otlp import RequestBuilder
 from agent.kernel.privileges import require_privileges
-from agent.model import Profile, RawKey, RawSample, Sample
-from agent.pipeline.builder import ProfileSpec, build_profile
-from agent.pipeline.procinfo import ProcessTable, process_resource
-from agent.pipeline.resolve import StackResolver
-from agent.sources.base import SampleSource, SnapshotSource
-from symbolizer import Symbolizer, read_maps
+from agent.model import Profile, RawSample
+from agent.pipeline.builder import ProfileSpec
+from agent.pipeline.core import Collection
+from agent.sources.base import SampleSource
 from symbolizer.budget import cancel_all
 
 log = logging.getLogger("bpfprof.run")
@@ -124,13 +122,8 @@ class Session:
         self.config = config
         self.usage = usage
         check_status_dir(config.status_file)  # a ConfigError before anything starts
-        self.symbolizer = Symbolizer()
-        self.processes = ProcessTable()
-        # one for the session: a stack seen every interval is symbolized once
-        self.resolver = StackResolver(self.symbolizer)
-        self.maps_seen: dict[int, tuple[int, int]] = {}  # pid -> its maps' (length, hash)
         self.filter = ProcessFilter(config.filter)
-        self.sources: dict[str, tuple[SampleSource, ProfileSpec]] = {}
+        self.collection: Collection | None = None
         self.delivery, self.transport, self.spool = make_delivery(config)
         self.last_counters: dict[str, dict[str, int]] = {}
         self.totals: dict[str, float] = {}
@@ -138,13 +131,22 @@ class Session:
         self.started = time.time()
         self.window_start = time.time_ns()
 
+    @property
+    def core(self) -> Collection:
+        assert self.collection is not None, "start() first"
+        return self.collection
+
     def start(self) -> None:
+        streams: dict[str, tuple[SampleSource, ProfileSpec]] = {}
         try:
-            self.sources = make_sources(self.config)
-            for source, _ in self.sources.values():
-                source.start()
+            streams = make_sources(self.config)
+            self.collection = Collection(
+                streams, wants=self.filter.wants, forgetters=(self.filter,)
+            )
+            self.collection.start()
         except BaseException:
-            self.close_sources()
+            for source, _ in streams.values():
+                source.close()
             raise
         release_compiler_memory()
         self.delivery.start()
@@ -152,87 +154,39 @@ class Session:
         where = self.config.export.endpoint or f"files in {self.config.output_dir}"
         log.info(
             "profiling %s every %gs to %s",
-            ", ".join(self.sources),
+            ", ".join(self.core.streams),
             self.config.interval,
             where,
         )
 
-    def on_new_process(self, pid: int) -> None:
-        """A source saw `pid` for the first time (or after an exec or dlopen).
-
-        Every source announces every process it sees, so with several types
-        the same process comes several times: when its maps are what they
-        were at the last announcement, nothing about it changed (an exec or
-        a dlopen changes them), and its facts are not read again."""
-        try:
-            text = read_maps(pid, self.processes.proc_root)
-        except OSError:  # gone already: record what can still be read
-            text = None
-        digest = (len(text), hash(text)) if text is not None else None
-        if digest is not None and self.maps_seen.get(pid) == digest:
-            return
-        if digest is not None:
-            self.maps_seen[pid] = digest
-        facts = self.processes.observe(pid)
-        self.resolver.forget(pid)  # exec or dlopen: its addresses may mean something else now
-        self.filter.forget(pid)
-        if self.filter.wants(facts):
-            self.symbolizer.observe(pid, text)
-
     def poll(self) -> None:
-        timeout = POLL_MS
-        for source, _ in self.sources.values():
-            source.poll(timeout, self.on_new_process)
-            timeout = 0
+        self.core.poll(POLL_MS)
 
     def wanted(self, samples: list[RawSample]) -> list[RawSample]:
         if not self.filter.active:
             return samples
-        return [s for s in samples if self.filter.wants(self.processes.get(s.key.pid))]
+        return [s for s in samples if self.filter.wants(self.core.processes.get(s.key.pid))]
 
     def report(self, final: bool = False) -> None:
         """Close the interval: drain, build, encode, submit, account."""
+        core = self.core
         now = time.time_ns()
         start, self.window_start = self.window_start, now
-        resolver = self.resolver
-        resolver.start_interval()
+        core.resolver.start_interval()
+        drains = core.drain(final)
+        for name, live in core.live_heap().items():
+            drains[name] += live  # inuse_*: what is still allocated now
         profiles: dict[str, Profile] = {}
         drained = 0
-        for name, (source, spec) in self.sources.items():
-            raw = source.drain()
-            if final:  # the other half of the double buffer
-                raw += source.drain()
-            if isinstance(source, SnapshotSource):
-                raw += source.live_heap()  # inuse_*: what is still allocated now
+        for name, raw in drains.items():
             drained += sum(s.values[0] for s in raw if s.values)
             try:
-                profiles[name] = self.build(self.wanted(raw), spec, resolver, start, now - start)
+                profiles[name] = core.build(name, self.wanted(raw), start, now - start)
             except Exception:  # a bug must cost one profile, not the agent
                 log.exception("could not build the %s profile of this interval", name)
         self.submit(profiles, now)
-        self.forget_gone(profiles)
-        self.account(drained, resolver.misses)
-
-    def build(
-        self,
-        raw: list[RawSample],
-        spec: ProfileSpec,
-        resolver: StackResolver,
-        start: int,
-        duration: int,
-    ) -> Profile:
-        def process_name(key: RawKey) -> str:
-            return self.processes.get(key.pid).exe_name
-
-        return build_profile(
-            raw,
-            spec,
-            resolver,
-            process_name,
-            time_nanos=start,
-            duration_nanos=duration,
-            container_id=lambda pid: self.processes.get(pid).container_id,
-        )
+        core.forget_gone({int(s.num_labels["pid"]) for p in profiles.values() for s in p.samples})
+        self.account(drained, core.resolver.misses)
 
     def submit(self, profiles: dict[str, Profile], now: int) -> None:
         if not any(p.samples for p in profiles.values()):
@@ -240,35 +194,18 @@ class Session:
         if not self.config.export.endpoint:
             for name, profile in profiles.items():
                 if profile.samples:
-                    self.delivery.submit(file_name(name, now / 1e9), pprof.encode(profile))
+                    self.delivery.submit(file_name(name, now / 1e9), encode(profile, "pprof"))
             return
+        r = self.config.resource
+        resource = self.core.resource(r.host_name, r.attributes, r.service_name, r.command_line)
         builder = RequestBuilder()
         for profile in profiles.values():
-            builder.add(profile, self.resource_of)
+            builder.add(profile, resource)
         self.delivery.submit("interval", builder.request().SerializeToString())
-
-    def resource_of(self, s: Sample) -> tuple[tuple[str, str | int], ...]:
-        r = self.config.resource
-        return process_resource(
-            self.processes.get(int(s.num_labels["pid"])),
-            r.host_name,
-            r.attributes,
-            r.service_name,
-            r.command_line,
-        )
-
-    def forget_gone(self, profiles: dict[str, Profile]) -> None:
-        keep = {int(s.num_labels["pid"]) for p in profiles.values() for s in p.samples}
-        for pid in self.processes.prune(keep):
-            self.symbolizer.forget(pid)
-            self.resolver.forget(pid)
-            self.maps_seen.pop(pid, None)
-            self.filter.forget(pid)
 
     def account(self, drained: int, misses: int) -> None:
         deltas: dict[str, float] = {"symbolization_misses": misses}
-        for name, (source, _) in self.sources.items():
-            now = source.counters()
+        for name, now in self.core.counters().items():
             before = self.last_counters.get(name, {})
             self.last_counters[name] = now
             for k, v in now.items():
@@ -281,7 +218,7 @@ class Session:
         stats = self.delivery.stats
         cpu, rss = self.usage.sample()
         gauges = {
-            "processes": len(self.processes),
+            "processes": len(self.core.processes),
             "export_ok": stats.sent,
             "export_failed": stats.failed,
             "export_retries": stats.retries,
@@ -293,10 +230,10 @@ class Session:
             "cpu_percent": cpu,
             "rss_mib": rss,
             # pids whose /tmp/perf-PID.map was refused or cut (symbolizer/perfmap.py)
-            "perf_map_refused": self.symbolizer.stats.perf_map_refused,
-            "perf_map_truncated": self.symbolizer.stats.perf_map_truncated,
+            "perf_map_refused": self.core.symbolizer.stats.perf_map_refused,
+            "perf_map_truncated": self.core.symbolizer.stats.perf_map_truncated,
             # files over their per-file budget (symbolizer/budget.py): bombs
-            "elf_budget_exceeded": self.symbolizer.stats.budget_exceeded,
+            "elf_budget_exceeded": self.core.symbolizer.stats.budget_exceeded,
             "unwind_budget_exceeded": sum(
                 c.get("unwind_budget_exceeded", 0) for c in self.last_counters.values()
             ),
@@ -318,15 +255,18 @@ class Session:
                 "intervals": self.intervals,
                 "config": self.config.source,
                 "exporting_to": self.config.export.endpoint or str(self.config.output_dir),
-                "profiles": ",".join(self.sources),
+                "profiles": ",".join(self.config_types()),
                 "last_interval": last,
                 "totals": {**self.totals, **gauges, "cpu_seconds": self.usage.total_cpu_seconds},
             },
         )
 
+    def config_types(self) -> list[str]:
+        return [name for name, _ in self.config.profiles]
+
     def close_sources(self) -> None:
-        for source, _ in self.sources.values():
-            source.close()
+        if self.collection is not None:
+            self.collection.close()
 
     def finish(self, state: str = "stopped") -> None:
         """Flush the interval in progress, then stop everything."""

@@ -140,11 +140,16 @@ def resource_from_labels(host_name: str) -> Callable[[Sample], Attributes]:
     return resource_of
 
 
-def encode(profile: Profile, host_name: str | None = None) -> bytes:
-    """A ProfilesData message (the `.otlp.pb` file format) for one profile."""
+def encode(
+    profile: Profile,
+    host_name: str | None = None,
+    resource: Callable[[Sample], Attributes] | None = None,
+) -> bytes:
+    """A ProfilesData message (the `.otlp.pb` file format) for one profile;
+    `resource` gives each sample's resource, else it is made from its labels."""
     import socket
 
     builder = RequestBuilder()
-    builder.add(profile, resource_from_labels(host_name or socket.gethostname()))
+    builder.add(profile, resource or resource_from_labels(host_name or socket.gethostname()))
     data: bytes = builder.profiles_data().SerializeToString()
     return data

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.errors import UsageError
+from agent.exporters import ResourceOf, encode
 from agent.model import Profile
 from agent.safewrite import write_atomic
 
@@ -32,27 +33,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROBE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def encode(profile: Profile, fmt: str) -> bytes:
-    if fmt == "pprof":
-        from agent.exporters import pprof
-
-        return pprof.encode(profile)
-    if fmt == "folded":
-        from agent.exporters import folded
-
-        # Folded stacks carry one number: the first sample type (for CPU, the
-        # sample count), which is what flame graph tools expect.
-        return folded.encode(profile, sample_index=0).encode()
-    if fmt == "otlp":
-        from agent.exporters import otlp
-
-        return otlp.encode(profile)  # an OTLP ProfilesData message
-    raise UsageError(f"unknown output format {fmt!r}")
-
-
-def write_profile(profile: Profile, path: Path, fmt: str) -> int:
+def write_profile(
+    profile: Profile, path: Path, fmt: str, resource: ResourceOf | None = None
+) -> int:
     """Encode and write; returns the number of bytes written."""
-    return write_atomically(path, encode(profile, fmt))
+    return write_atomically(path, encode(profile, fmt, resource))
 
 
 def write_atomically(path: Path, data: bytes) -> int:

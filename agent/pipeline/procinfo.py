@@ -10,10 +10,27 @@ inline input.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from agent.config import parse_key_values
-from agent.pipeline.procfs import parse_container_id
+
+# A container runtime names the cgroup of a container after its 64-hex id:
+# /docker/<id> (cgroup v1), docker-<id>.scope, cri-containerd-<id>.scope,
+# crio-<id>.scope, libpod-<id>.scope (systemd cgroup driver).
+_CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
+
+
+def parse_container_id(cgroup_text: str) -> str:
+    """The container id in a /proc/PID/cgroup text, or "" for none."""
+    for line in cgroup_text.splitlines():
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            m = _CONTAINER.search(part)
+            if m:
+                return m.group(1)
+    return ""
+
 
 ENVIRON_LIMIT = 1 << 20  # a process's environment is bounded by ARG_MAX; read no more
 
@@ -114,6 +131,9 @@ class ProcessTable:
 
     def __len__(self) -> int:
         return len(self._facts)
+
+    def forget(self, pid: int) -> None:
+        self._facts.pop(pid, None)
 
     def prune(self, keep: set[int]) -> list[int]:
         """Forget pids that no longer exist and are not in `keep`; returns them."""

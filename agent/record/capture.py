@@ -35,7 +35,7 @@ from typing import Any
 from agent.config import SourceOptions
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources.base import SampleSource, SnapshotSource
-from symbolizer import MapEntry, Symbolizer, parse_maps, read_build_id, read_maps
+from symbolizer import MapEntry, Symbolizer, parse_maps, read_build_id
 from symbolizer.elf import ElfError
 from symbolizer.process import open_mapped
 from symbolizer.safeopen import read_bounded
@@ -106,20 +106,14 @@ class Capture:
         if binaries:
             private_dir(directory / "files")
 
-    def observe(self, pid: int) -> str | None:
-        """Read `pid`'s maps once for both the capture and the symbolizer
-        (Symbolizer.observe(pid, maps_text=...)); None if it is gone."""
-        try:
-            text = read_maps(pid)
-        except OSError:
-            return None
+    def note_maps(self, pid: int, text: str) -> None:
+        """Keep a maps text the collection read for `pid` (each distinct one)."""
         snapshots = self._maps.setdefault(pid, [])
         if not snapshots or snapshots[-1] != text:
             snapshots.append(text)
             for entry in parse_maps(text):
                 if entry.is_exec and entry.is_file:
                     self._note_file(pid, entry)
-        return text
 
     def _note_file(self, pid: int, entry: MapEntry) -> None:
         """A mapped file's build ID, and its copy if asked and small. Opened

@@ -1,10 +1,10 @@
 """`bpfprof record`: one profile of a command, some pids or the whole system.
 
-The runner wires the stages on a clock: the source polls for new processes
-(whose maps the symbolizer captures at once, so processes that exit during
-the recording still resolve) and is drained every window into the
-aggregator; at the end the samples are resolved, built into one validated
-Profile and written.
+The collection core (agent/pipeline/core.py) with one source: it polls for
+new processes (whose maps and facts are captured at once, so processes that
+exit during the recording still resolve) and is drained every window into
+the aggregator; at the end the samples are resolved, built into one
+validated Profile and written.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
 from types import FrameType
 
 from agent import registry
@@ -22,16 +22,11 @@ from agent.config import RecordConfig
 from agent.errors import TargetError
 from agent.exporters.output import check_destination, write_profile
 from agent.kernel.privileges import require_privileges
-from agent.model import Profile, RawKey
+from agent.model import Profile
 from agent.pipeline.aggregate import Aggregator
-from agent.pipeline.builder import build_profile
-from agent.pipeline.procfs import ContainerIds
-from agent.pipeline.resolve import StackResolver
+from agent.pipeline.core import Collection
 from agent.record.capture import Capture
 from agent.record.command import HeldCommand
-from agent.registry import create_source
-from agent.sources.base import SampleSource, SnapshotSource
-from symbolizer import Symbolizer
 
 log = logging.getLogger("bpfprof.record")
 
@@ -59,40 +54,33 @@ def record(config: RecordConfig, capture: Capture | None = None) -> int:
     check_destination(config.output)  # not after minutes of recording
     started = time.time()
     child = HeldCommand(config.command) if config.command else None
-    source = create_source(config.profile_type, config.source_options(), config.command)
+    options = config.source_options()
+    source = registry.create_source(config.profile_type, options, config.command)
     if capture:
         source = capture.wrap(source)
     warn_all_processes(config)
-    symbolizer = Symbolizer()
-    containers = ContainerIds()
+    spec = registry.spec_for(config.profile_type, options)
+    collection = Collection(
+        {config.profile_type: (source, spec)}, on_maps=capture.note_maps if capture else None
+    )
     try:
-        targets = (child.pid,) if child else config.pids
-        source.add_targets(targets)
-        source.start()
-
-        def observe(pid: int) -> None:
-            symbolizer.observe(pid, maps_text=capture.observe(pid) if capture else None)
-            containers.observe(pid)
-
+        source.add_targets((child.pid,) if child else config.pids)
+        collection.start()
         for pid in config.pids:
-            observe(pid)
-        aggregator = run_loop(config, source, observe, child, started)
+            collection.on_new_process(pid)
+        aggregator = run_loop(config, collection, child, started)
     except BaseException:
         if child:
             child.abandon()
-        source.close()
+        collection.close()
         raise
-    counters = source.counters()
-    source.close()
-    return finish(config, aggregator, symbolizer, containers, counters, started, child, capture)
+    counters = collection.counters()[config.profile_type]
+    collection.close()
+    return finish(config, aggregator, collection, counters, started, child, capture)
 
 
 def run_loop(
-    config: RecordConfig,
-    source: SampleSource,
-    observe: Callable[[int], None],
-    child: HeldCommand | None,
-    started: float,
+    config: RecordConfig, collection: Collection, child: HeldCommand | None, started: float
 ) -> Aggregator:
     stop = Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -107,21 +95,20 @@ def run_loop(
     print(f"bpfprof: recording {config.profile_type} of {target}{until}", file=sys.stderr)
     deadline = started + config.duration if config.duration else None
     next_drain = time.monotonic() + config.window
+    name = config.profile_type
     try:
         while not stop.requested:
-            source.poll(100, observe)
+            collection.poll(100)
             if child and child.poll() is not None:
                 break
             if deadline and time.time() >= deadline:
                 break
             if time.monotonic() >= next_drain:
-                aggregator.add(source.drain())
+                aggregator.add(collection.drain()[name])
                 next_drain += config.window
-        source.poll(0, observe)
-        aggregator.add(source.drain())
-        aggregator.add(source.drain())  # the other half of the double buffer
-        if isinstance(source, SnapshotSource):
-            aggregator.add(source.live_heap())  # inuse_*: what is still allocated now
+        collection.poll(0)
+        aggregator.add(collection.drain(final=True)[name])
+        aggregator.add(collection.live_heap().get(name, ()))  # inuse_*: still allocated now
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -131,34 +118,23 @@ def run_loop(
 def finish(
     config: RecordConfig,
     aggregator: Aggregator,
-    symbolizer: Symbolizer,
-    containers: ContainerIds,
+    collection: Collection,
     counters: dict[str, int],
     started: float,
     child: HeldCommand | None,
     capture: Capture | None = None,
 ) -> int:
-    resolver = StackResolver(symbolizer)
-
-    def process_name(key: RawKey) -> str:
-        return symbolizer.process_name(key.pid)
-
     duration = time.time() - started
-    profile = build_profile(
-        aggregator.take(),
-        registry.spec_for(config.profile_type, config.source_options()),
-        resolver,
-        process_name,
-        time_nanos=int(started * 1e9),
-        duration_nanos=int(duration * 1e9),
-        container_id=containers.get,
+    profile = collection.build(
+        config.profile_type, aggregator.take(), int(started * 1e9), int(duration * 1e9)
     )
-    size = write_profile(profile, config.output, config.output_format)
+    resource = collection.resource(socket.gethostname())
+    size = write_profile(profile, config.output, config.output_format, resource)
     if capture:
         options = config.source_options()
         capture.save(
             config.profile_type, options, profile.time_nanos, profile.duration_nanos,
-            counters, symbolizer, containers.get,
+            counters, collection.symbolizer, collection.container_id,
         )  # fmt: skip
     pids = len({s.num_labels["pid"] for s in profile.samples})
     print(

@@ -84,7 +84,8 @@ def test_vocabulary_imports_no_stage() -> None:
         f"{name}.py: {module}"
         for name in VOCABULARY
         for module in imported_modules(AGENT / f"{name}.py")
-        if module.startswith("agent.") and stage_of(module) not in VOCABULARY
+        if module.startswith("agent.")
+        and stage_of(module) not in VOCABULARY
         # config checks a type's settings against the registry, lazily
         and not (name == "config" and module == "agent.registry")
     }

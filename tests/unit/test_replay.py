@@ -26,7 +26,7 @@ from agent.record.capture import Capture
 from agent.record.replay import replay
 from agent.record.replaysource import ReplaySource, load
 from agent.sources.base import SnapshotSource
-from symbolizer import Symbolizer, parse_maps
+from symbolizer import Symbolizer, parse_maps, read_maps
 
 CAPTURES = Path(__file__).parents[1] / "captures"
 KALLSYMS = "ffffffff81000000 T _stext\nffffffff81001000 T do_work\nffffffff81002000 T irq_exit\n"
@@ -120,7 +120,9 @@ def test_a_capture_replays_as_the_live_pipeline_built_it(sleeper: int, tmp_path:
     ]
     live = Symbolizer(kallsyms_path=str(kallsyms))
     capture = Capture(tmp_path / "cap", binaries=True)
-    live.observe(sleeper, maps_text=capture.observe(sleeper))
+    text = read_maps(sleeper)
+    capture.note_maps(sleeper, text)
+    live.observe(sleeper, maps_text=text)
     source = capture.wrap(FakeSource(list(samples)))
     aggregator = Aggregator()
     aggregator.add(source.drain())
@@ -158,7 +160,7 @@ def test_without_binaries_the_build_ids_are_kept_and_frames_stay_addresses(
 ) -> None:
     start, _ = libc_text(sleeper)
     capture = Capture(tmp_path / "cap")
-    capture.observe(sleeper)
+    capture.note_maps(sleeper, read_maps(sleeper))
     sample = RawSample(RawKey(sleeper, sleeper, "sleep", RawStack(user=(start + 0x100,))), (1,))
     capture.wrap(FakeSource([sample])).drain()
     capture.save("cpu", SourceOptions(), 0, 0, {}, Symbolizer(), lambda pid: "")
@@ -183,9 +185,12 @@ def libc_offset(pid: int, address: int) -> int:
     return address - entry.start + entry.offset
 
 
-def test_a_gone_process_is_left_to_the_symbolizer(tmp_path: Path) -> None:
+def test_each_distinct_maps_text_is_kept_once(tmp_path: Path) -> None:
     capture = Capture(tmp_path / "cap")
-    assert capture.observe(2**22 + 1) is None  # above pid_max: never a process
+    for text in ("a\n", "a\n", "b\n", "b\n"):
+        capture.note_maps(7, text)
+    capture.save("cpu", SourceOptions(), 0, 0, {}, Symbolizer(), lambda pid: "")
+    assert sorted(p.read_text() for p in (tmp_path / "cap" / "maps").iterdir()) == ["a\n", "b\n"]
 
 
 def test_the_live_heap_is_captured_and_replayed_apart(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from agent.daemon.telemetry import SelfUsage
 from agent.errors import ConfigError
 from agent.exporters.pprof import decode
 from agent.model import RawKey, RawSample, RawStack
+from agent.pipeline import core
 from agent.pipeline.builder import cpu_spec
+from agent.pipeline.resolve import StackResolver
 from tests.otlp_receiver import HttpReceiver
 
 ME = os.getpid()
@@ -158,7 +160,8 @@ def test_a_profile_that_cannot_be_built_costs_that_profile_not_the_agent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     session = runner.Session(config(tmp_path), SelfUsage())
-    real_build = session.build
+    session.start()
+    real_build = session.core.build
     calls = []
 
     def build_once_broken(*args: object, **kwargs: object) -> object:
@@ -167,8 +170,7 @@ def test_a_profile_that_cannot_be_built_costs_that_profile_not_the_agent(
             raise RuntimeError("a bug in one interval")
         return real_build(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(session, "build", build_once_broken)
-    session.start()
+    monkeypatch.setattr(session.core, "build", build_once_broken)
     session.report()  # the broken interval: logged, skipped
     session.report()
     session.finish()
@@ -209,15 +211,15 @@ def test_a_stack_is_symbolized_once_across_intervals_until_its_process_is_seen_a
     monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
     session = runner.Session(config(tmp_path), SelfUsage())
     sym = CountingSymbolizer()
-    session.resolver = runner.StackResolver(sym)  # type: ignore[arg-type]
     session.start()
+    session.core.resolver = StackResolver(sym)  # type: ignore[arg-type]
     # WHEN two intervals pass
     session.report()
     session.report()
     # THEN it was symbolized once
     assert sym.asked == [(ME, 0x1234)]
     # WHEN the process is announced again with other maps (an exec, a dlopen)
-    monkeypatch.setattr(runner, "read_maps", lambda pid, root: "after an exec\n")
+    monkeypatch.setattr(core, "read_maps", lambda pid, root: "after an exec\n")
     fake.seen = [ME]
     session.poll()
     session.report()
@@ -233,18 +235,18 @@ def test_a_process_announced_again_unchanged_is_not_read_again(
 ) -> None:
     # GIVEN several sources announcing the same process, whose maps change once
     maps = iter(["text before\n", "text before\n", "text after exec\n"])
-    monkeypatch.setattr(runner, "read_maps", lambda pid, root: next(maps))
+    monkeypatch.setattr(core, "read_maps", lambda pid, root: next(maps))
     fake = FakeSource([], seen=[ME, ME, ME])
     monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
     session = runner.Session(config(tmp_path), SelfUsage())
+    session.start()
     observed: list[int] = []
-    real_observe = session.processes.observe
+    real_observe = session.core.processes.observe
     monkeypatch.setattr(
-        session.processes, "observe", lambda pid: observed.append(pid) or real_observe(pid)
+        session.core.processes, "observe", lambda pid: observed.append(pid) or real_observe(pid)
     )
     forgotten: list[int] = []
-    monkeypatch.setattr(session.resolver, "forget", forgotten.append)
-    session.start()
+    monkeypatch.setattr(session.core.resolver, "forget", forgotten.append)
     # WHEN the announcements arrive
     session.poll()
     # THEN the process is read at first sight and after its maps changed only
@@ -258,14 +260,14 @@ def test_a_process_gone_before_its_announcement_is_still_recorded(
     def gone(pid: int, root: str) -> str:
         raise FileNotFoundError(pid)
 
-    monkeypatch.setattr(runner, "read_maps", gone)
+    monkeypatch.setattr(core, "read_maps", gone)
     fake = FakeSource([], seen=[ME, ME])
     monkeypatch.setattr(runner, "make_sources", lambda c: {"cpu": (fake, cpu_spec(19))})
     session = runner.Session(config(tmp_path), SelfUsage())
     session.start()
     session.poll()
     # its facts are read each time (nothing tells "unchanged"), and kept
-    assert session.processes.get(ME).pid == ME and ME not in session.maps_seen
+    assert session.core.processes.get(ME).pid == ME and ME not in session.core.maps_seen
     session.finish()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.pipeline.procfs import ContainerIds, parse_container_id
+from agent.pipeline.procinfo import ProcessTable, parse_container_id
 
 CID = "3f4e" * 16
 
@@ -36,8 +36,10 @@ def test_parse_container_id(text: str, expected: str) -> None:
 def test_container_ids_are_remembered_after_the_process_is_gone(tmp_path: Path) -> None:
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "cgroup").write_text(f"0::/docker/{CID}\n")
-    ids = ContainerIds(proc_root=str(tmp_path))
-    ids.observe(7)
+    table = ProcessTable(proc_root=str(tmp_path))
+    table.observe(7)
     (tmp_path / "7" / "cgroup").unlink()
-    assert ids.get(7) == CID
-    assert ids.get(8) == ""  # never existed: no label, no error
+    assert table.get(7).container_id == CID
+    assert table.get(8).container_id == ""  # never existed: no label, no error
+    table.forget(7)
+    assert table.get(7).container_id == ""  # forgotten: read again, and gone
