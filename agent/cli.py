@@ -94,6 +94,17 @@ def setting_option(s: Setting) -> Callable[[F], F]:
     return click.option(*decls, s.field, type=kind, default=default, show_default=True, help=s.help)
 
 
+def limit_option(limit: registry.Limit) -> Callable[[F], F]:
+    """A map size as a `record` flag, with the bounds `run`'s config has too."""
+    return click.option(
+        limit.flag,
+        type=click.IntRange(limit.low, limit.high),
+        default=limit.default,
+        show_default=True,
+        help=limit.help,
+    )
+
+
 def type_setting_options(skip: tuple[str, ...]) -> Callable[[F], F]:
     """Every type's record flags but `skip` (placed by hand), in help order."""
     flags = {s.flag: s for s in registry.record_settings() if s.flag not in skip}
@@ -146,20 +157,8 @@ def cli(verbose: int) -> None:
 )
 @setting_option(registry.FREQUENCY)
 @output_options
-@click.option(
-    "--max-entries",
-    type=click.IntRange(128, 1 << 22),
-    default=BpfLimits.max_entries,
-    show_default=True,
-    help="Distinct (thread, stack) entries the kernel counts per window.",
-)
-@click.option(
-    "--stack-storage-size",
-    type=click.IntRange(128, 1 << 22),
-    default=BpfLimits.stack_entries,
-    show_default=True,
-    help="Stack-map buckets per window; raise it when stacks are lost to collisions.",
-)
+@limit_option(registry.LIMITS[0])
+@limit_option(registry.LIMITS[1])
 @click.option(
     "--unwind",
     type=click.Choice(["dwarf", "fp"]),

@@ -55,6 +55,44 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A kernel map size every type shares: its `bpfprof run` config key,
+    the BpfLimits field it sets, its `bpfprof record` flag, bounds and help."""
+
+    key: str
+    field: str
+    flag: str
+    low: int
+    high: int
+    help: str
+
+    @property
+    def default(self) -> int:
+        value: int = getattr(BpfLimits(), self.field)
+        return value
+
+
+LIMITS = (
+    Limit(
+        "limits.max_entries",
+        "max_entries",
+        "--max-entries",
+        128,
+        1 << 22,
+        "Distinct (thread, stack) entries the kernel counts per window.",
+    ),
+    Limit(
+        "limits.stack_storage_size",
+        "stack_entries",
+        "--stack-storage-size",
+        128,
+        1 << 22,
+        "Stack-map buckets per window; raise it when stacks are lost to collisions.",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class CounterMeaning:
     """A self-metric counter a source reports: what a non-zero value means
     (record's warning), what it adds to in run's status (`account`: one of

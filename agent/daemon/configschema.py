@@ -47,8 +47,7 @@ MiB = 1 << 20
 SCHEMA: dict[str, Key] = {
     "interval": Key("float", 10.0, 0.2, 3600),
     "status_file": Key("str", "/run/bpfprof/status.json"),
-    "limits.max_entries": Key("int", 16384, 128, 1 << 22),
-    "limits.stack_storage_size": Key("int", 16384, 128, 1 << 22),
+    **{lim.key: Key("int", lim.default, lim.low, lim.high) for lim in registry.LIMITS},
     "export.endpoint": Key("str", ""),
     "export.protocol": Key("choice", "grpc", choices=("grpc", "http/protobuf")),
     "export.compression": Key("choice", "gzip", choices=("gzip", "none")),
@@ -138,9 +137,14 @@ def coerce(o: Override) -> Any:
 
 def _check_range(o: Override, value: float, spec: Key) -> None:
     if spec.low is not None and value < spec.low:
-        raise ConfigError(f"{o.origin}: must be at least {spec.low:g}, not {value:g}")
+        raise ConfigError(f"{o.origin}: must be at least {_num(spec.low)}, not {_num(value)}")
     if spec.high is not None and value > spec.high:
-        raise ConfigError(f"{o.origin}: must be at most {spec.high:g}, not {value:g}")
+        raise ConfigError(f"{o.origin}: must be at most {_num(spec.high)}, not {_num(value)}")
+
+
+def _num(x: float) -> str:
+    """Integers in full (4194304, not 4.1943e+06), other numbers short."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _int(v: Any, _s: Key) -> int:

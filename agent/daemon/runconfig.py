@@ -206,9 +206,7 @@ def build(v: dict[str, Any], source: str) -> RunConfig:
     return RunConfig(
         interval=v["interval"],
         profiles=enabled,
-        limits=BpfLimits(
-            max_entries=v["limits.max_entries"], stack_entries=v["limits.stack_storage_size"]
-        ),
+        limits=BpfLimits(**{lim.field: v[lim.key] for lim in registry.LIMITS}),
         export=export,
         spool_dir=Path(v["spool.dir"]),
         spool_max_bytes=v["spool.max_bytes"],

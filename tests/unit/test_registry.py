@@ -194,3 +194,18 @@ def test_a_type_costly_host_wide_needs_a_target_or_all_processes(
             RecordConfig(profile_type="cpu", all_processes=True)
         )
     assert caplog.messages == ["slow"]
+
+
+@pytest.mark.parametrize("limit", registry.LIMITS, ids=lambda lim: lim.key)
+def test_a_map_size_has_the_same_bounds_as_a_flag_and_as_a_config_key(
+    limit: registry.Limit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["record", limit.flag, str(limit.high + 1), "-p", "1"])
+    assert e.value.code == 2 and f"{limit.low}<=x<={limit.high}" in capsys.readouterr().err
+    section, key = limit.key.split(".")
+    with pytest.raises(ConfigError, match=f"{limit.key}: must be at most {limit.high}"):
+        load(write(tmp_path, f"[{section}]\n{key} = {limit.high + 1}\n"), env={})
+    c = load(write(tmp_path, f"[{section}]\n{key} = {limit.low}\n"), env={})
+    assert getattr(c.limits, limit.field) == limit.low
+    assert getattr(BpfLimits(), limit.field) == limit.default
