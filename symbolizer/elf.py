@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeVar
 
-from symbolizer.budget import CHECK_EVERY, Budget
+from symbolizer.budget import Budget
 from symbolizer.budget import ElfError as ElfError  # defined there, known by all as elf's
 from symbolizer.dwarf import DwarfInfo
 from symbolizer.elffile import PT_NOTE, ElfFile
@@ -29,8 +29,8 @@ from symbolizer.symtab import Candidate, Symbol, SymbolIndex
 T = TypeVar("T")
 
 NT_GNU_BUILD_ID = 3
-_STT_FUNC, _STT_GNU_IFUNC = 2, 10
-_SHN_UNDEF, _SHN_LORESERVE = 0, 0xFF00
+
+_SHN_LORESERVE = 0xFF00
 _BINDING_RANK = {1: 2, 2: 1}  # GLOBAL over WEAK over LOCAL (and the rest)
 
 
@@ -251,58 +251,22 @@ def function_candidates(elf: ElfFile, budget: Budget | None = None) -> list[Cand
     """Function symbols of .symtab and .dynsym; .symtab ones rank higher.
 
     Their bytes, and each symbol kept, are taken from `budget` (a fresh
-    default one if None): BudgetExceeded when the file asks for more."""
+    default one if None): BudgetExceeded when the file asks for more. A
+    zero-size symbol extends at most to the end of its section (`limit`)."""
     budget = budget or Budget()
     sections = elf.sections
     extents = [(s.header.addr, s.header.addr + s.header.size) for s in sections]
     found: list[Candidate] = []
     for sec in sections:
-        if sec.header.type in ("SHT_SYMTAB", "SHT_DYNSYM"):
-            if not 0 <= sec.link < len(sections):
-                raise ElfError(f"{sec.name}: string table {sec.link} does not exist")
-            strtab = elf.read(sections[sec.link], budget)
-            data = elf.read(sec, budget)
-            from_symtab = sec.header.type == "SHT_SYMTAB"
-            found.extend(_unpack_symbols(elf, data, strtab, extents, from_symtab, budget))
+        if sec.header.type not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            continue
+        from_symtab = sec.header.type == "SHT_SYMTAB"
+        for raw, info, shndx, value, size in elf.function_entries(sec, budget):
+            if shndx >= min(_SHN_LORESERVE, len(extents)):
+                continue
+            name = raw.decode("utf-8", "replace")
+            plainness = len(name.lstrip("_")) - len(name)
+            rank = (from_symtab, size > 0, plainness, _BINDING_RANK.get(info >> 4, 0))
+            limit = value + size if size else extents[shndx][1]
+            found.append(Candidate(value, size, name, limit, rank))
     return found
-
-
-def _unpack_symbols(
-    elf: ElfFile,
-    data: bytes,
-    strtab: bytes,
-    extents: list[tuple[int, int]],
-    from_symtab: bool,
-    budget: Budget,
-) -> Iterator[Candidate]:
-    """Defined STT_FUNC/STT_GNU_IFUNC entries of one symbol table section.
-
-    A zero-size symbol extends at most to the end of its section (`limit`).
-    Every CHECK_EVERY entries read, the time and the symbols kept so far
-    are checked against `budget`.
-    """
-    order = "<" if elf.little else ">"
-    is64 = elf.elfclass == 64
-    layout = struct.Struct(order + ("IBBHQQ" if is64 else "IIIBBH"))
-    usable = len(data) - len(data) % layout.size
-    kept = 0
-    for i, fields in enumerate(layout.iter_unpack(data[:usable])):
-        if i % CHECK_EVERY == CHECK_EVERY - 1:
-            budget.take_entries(kept, "symbols")
-            kept = 0
-        if is64:
-            name_off, info, _, shndx, value, size = fields
-        else:
-            name_off, value, size, info, _, shndx = fields
-        if info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC):
-            continue
-        if shndx == _SHN_UNDEF or shndx >= min(_SHN_LORESERVE, len(extents)):
-            continue
-        end = strtab.find(b"\0", name_off)
-        name = strtab[name_off : end if end >= 0 else None].decode("utf-8", "replace")
-        plainness = len(name.lstrip("_")) - len(name)
-        rank = (from_symtab, size > 0, plainness, _BINDING_RANK.get(info >> 4, 0))
-        limit = value + size if size else extents[shndx][1]
-        kept += 1
-        yield Candidate(value, size, name, limit, rank)
-    budget.take_entries(kept, "symbols")

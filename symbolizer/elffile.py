@@ -248,36 +248,44 @@ class ElfFile:
             sec = self.section(table)
             if sec is None or sec.header.type not in ("SHT_DYNSYM", "SHT_SYMTAB"):
                 continue
-            if not 0 <= sec.link < len(self.sections):
-                raise ElfError(f"{table}: string table {sec.link} does not exist")
-            strtab = self.read(self.sections[sec.link])
-            yield from self._unpack(self.read(sec), strtab, table, names)
+            for raw, info, _shndx, value, size in self.function_entries(sec):
+                if not value:
+                    continue
+                name = raw.split(b"@", 1)[0].decode("utf-8", "replace")
+                if names is None or name in names:
+                    yield FunctionSymbol(name, value, size, info & 0xF == STT_GNU_IFUNC, table)
 
-    def _unpack(
-        self, data: bytes, strtab: bytes, table: str, names: Collection[str] | None
-    ) -> Iterator[FunctionSymbol]:
+    def function_entries(
+        self, sec: Section, budget: Budget | None = None
+    ) -> Iterator[tuple[bytes, int, int, int, int]]:
+        """(name, st_info, st_shndx, st_value, st_size) of each defined
+        STT_FUNC/STT_GNU_IFUNC entry of a symbol table section, in table
+        order: the one reader of symbol tables (the symbolizer's candidates
+        and the probes' lookups by name both go through it). The section and
+        its string table are read through `budget` (the file's if None), and
+        every CHECK_EVERY entries the ones yielded are paid to it."""
+        budget = budget or self.budget
+        if not 0 <= sec.link < len(self.sections):
+            raise ElfError(f"{sec.name}: string table {sec.link} does not exist")
+        strtab = self.read(self.sections[sec.link], budget)
+        data = self.read(sec, budget)
         is64 = self.elfclass == 64
         usable = len(data) - len(data) % self._sym.size
         kept = 0
         for i, fields in enumerate(self._sym.iter_unpack(data[:usable])):
             if i % CHECK_EVERY == CHECK_EVERY - 1:
-                self.budget.take_entries(kept, "symbols")
+                budget.take_entries(kept, "symbols")
                 kept = 0
             if is64:
                 name_off, info, _, shndx, value, size = fields
             else:
                 name_off, value, size, info, _, shndx = fields
-            kind = info & 0xF
-            if kind not in (STT_FUNC, STT_GNU_IFUNC) or shndx == _SHN_UNDEF or not value:
+            if info & 0xF not in (STT_FUNC, STT_GNU_IFUNC) or shndx == _SHN_UNDEF:
                 continue
             end = strtab.find(b"\0", name_off)
-            raw = strtab[name_off : end if end >= 0 else None]
-            name = raw.split(b"@", 1)[0].decode("utf-8", "replace")
-            if names is not None and name not in names:
-                continue
             kept += 1
-            yield FunctionSymbol(name, value, size, kind == STT_GNU_IFUNC, table)
-        self.budget.take_entries(kept, "symbols")
+            yield strtab[name_off : end if end >= 0 else None], info, shndx, value, size
+        budget.take_entries(kept, "symbols")
 
     def dynamic(self) -> Dynamic:
         """DT_NEEDED, DT_RPATH and DT_RUNPATH of the .dynamic section (a
