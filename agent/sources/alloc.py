@@ -32,7 +32,6 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from agent.config import SourceOptions
 from agent.errors import TargetError
@@ -49,6 +48,7 @@ from agent.kernel.layout import (
     AllocFreeEvent,
     Counter,
 )
+from agent.kernel.loaded import BpfProgram
 from agent.model import RawKey, RawSample, RawStack
 from agent.sources.allocators import ROLES, EntryPoint, find_entry_points
 from agent.sources.sampling import scaled
@@ -244,7 +244,7 @@ class AllocSource:
         self._rate = options.alloc_rate
         self.sessions = use_sessions(options, sessions.supported())
         self._targets: list[int] = []
-        self._bpf: Any = None
+        self._bpf: BpfProgram | None = None
         self._on_new: Callable[[int], None] | None = None
         self._seen: set[int] = set()
         self._allocs: dict[RawKey, _Totals] = {}
@@ -258,6 +258,13 @@ class AllocSource:
         self._to_follow: list[tuple[int, int]] = []
         self._exec_planned: set[int] = set()  # held COMMANDs: probed before their exec
 
+    @property
+    def bpf(self) -> BpfProgram:
+        """The loaded program: there from start() to close()."""
+        if self._bpf is None:
+            raise RuntimeError("the allocation program is not loaded: start() first")
+        return self._bpf
+
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
         if self._bpf is not None:
@@ -267,10 +274,10 @@ class AllocSource:
         self._bpf = self._compile()
         # a held COMMAND has not exec'd yet: its tables load after the exec
         self._walker.start([] if self._command else self._targets)
-        table = self._bpf["targets"]
+        table = self.bpf["targets"]
         for pid in self._targets:
             table[table.Key(pid)] = table.Leaf(1)
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self.bpf["events"].open_ring_buffer(self._on_event)
         if self._command:
             self._exec_planned.update(self._targets)
         for pid, point in self._plan():
@@ -278,7 +285,7 @@ class AllocSource:
         if not self.probes:
             raise TargetError("found no allocator (malloc, jemalloc, tcmalloc, mimalloc) to probe")
 
-    def _compile(self) -> Any:
+    def _compile(self) -> BpfProgram:
         """The walker's build if wanted and accepted, else the frame-pointer one."""
         functions = dict.fromkeys(SESSIONS.values(), "uprobe_session") if self.sessions else None
         return self._walker.compile(
@@ -309,11 +316,11 @@ class AllocSource:
         sym = point.symbol.encode()
         if ret and self.sessions:
             # one program at the entry and, for sampled calls only, the return
-            self._bpf.attach_uprobe_session(
+            self.bpf.attach_uprobe_session(
                 name=point.path.encode(), sym=sym, fn_name=SESSIONS[point.role], pid=pid
             )
         else:
-            self._bpf.attach_uprobe(
+            self.bpf.attach_uprobe(
                 name=point.path.encode(),
                 sym=sym,
                 sym_off=point.probe_offset,
@@ -321,7 +328,7 @@ class AllocSource:
                 pid=pid,
             )
             if ret and self._options.alloc_inuse:
-                self._bpf.attach_uretprobe(name=point.path.encode(), sym=sym, fn_name=ret, pid=pid)
+                self.bpf.attach_uretprobe(name=point.path.encode(), sym=sym, fn_name=ret, pid=pid)
         self.probes.append((pid, point))
         self._probed.add(_probe_id(pid, point))
 
@@ -415,7 +422,7 @@ class AllocSource:
     def _process_exited(self, pid: int) -> None:
         """Everything the process held is gone: here and in the kernel."""
         gone = [k for k in self._live if k[0] == pid]
-        live = self._bpf["live"] if self._bpf is not None else None
+        live = self.bpf["live"] if self._bpf is not None else None
         for k in gone:
             del self._live[k]
             if live is not None:
@@ -426,12 +433,12 @@ class AllocSource:
 
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
-        self._bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_poll(timeout_ms)
         self._follow_pending()
 
     def drain(self) -> list[RawSample]:
         """Allocations since the last drain (inuse is a snapshot: see live_heap)."""
-        self._bpf.ring_buffer_consume()
+        self.bpf.ring_buffer_consume()
         self._follow_pending()
         out = [
             RawSample(k, (round(t.objects), round(t.space), 0, 0)) for k, t in self._allocs.items()
@@ -441,7 +448,7 @@ class AllocSource:
 
     def live_heap(self) -> list[RawSample]:
         """What the sampled blocks still allocated stand for, per stack."""
-        self._bpf.ring_buffer_consume()
+        self.bpf.ring_buffer_consume()
         sums: dict[RawKey, _Totals] = {}
         for key, objects, space in self._live.values():
             t = sums.setdefault(key, _Totals())
@@ -450,7 +457,7 @@ class AllocSource:
         return [RawSample(k, (0, 0, round(t.objects), round(t.space))) for k, t in sums.items()]
 
     def counters(self) -> dict[str, int]:
-        table = self._bpf["counters"]
+        table = self.bpf["counters"]
         out = {c.name.lower(): int(table.sum(c.value).value) for c in Counter}
         out["live_blocks"] = len(self._live)
         out["probes"] = len(self.probes)
