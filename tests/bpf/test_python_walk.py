@@ -33,9 +33,10 @@ import bpf
 from agent.unwind import pyframes, taskbtf
 from agent.unwind.pyframes import PyFrame, PyStat
 from symbolizer.budget import Budget
-from symbolizer.cpython.layout import inspect_file
+from symbolizer.cpython.layout import WalkLayout, inspect_file
 from symbolizer.elffile import ElfFile
 from symbolizer.procmaps import parse_maps, read_maps
+from tests.pyroots import install_script, python_in
 
 PROGRAMS = Path(__file__).parent.parent / "programs"
 PYTHON = Path("/usr/bin/python3.11")
@@ -185,29 +186,33 @@ def program_text() -> str:
 class Child:
     proc: subprocess.Popen[str]
     truth: dict[str, dict[str, int]]
+    binary: Path  # the interpreter, as this process sees it
 
     def code(self, name: str) -> int:
         return self.truth["codes"][name]
 
+    def layout(self) -> WalkLayout:
+        found = inspect_file(self.binary)
+        assert found is not None
+        return found[1]
 
-def start_child(*args: str) -> Child:
-    proc = subprocess.Popen(
-        [str(PYTHON), str(PROGRAMS / "pychain.py"), *args], stdout=subprocess.PIPE, text=True
-    )
+
+def start_child(argv: list[str], binary: Path, *args: str) -> Child:
+    proc = subprocess.Popen([*argv, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    return Child(proc, json.loads(proc.stdout.readline()))
+    return Child(proc, json.loads(proc.stdout.readline()), binary)
 
 
-def runtime_addresses(pid: int) -> tuple[int, int]:
+def runtime_addresses(pid: int, binary: Path) -> tuple[int, int]:
     """_PyRuntime and PyCode_Type in the child: load bias + st_value."""
-    found = inspect_file(PYTHON)
+    found = inspect_file(binary)
     assert found is not None
     interp = found[0]
-    with PYTHON.open("rb") as f:
+    with binary.open("rb") as f:
         low = min(s.vaddr for s in ElfFile(f, Budget()).segments()) & ~0xFFF
-    real = PYTHON.resolve()
+    inode = binary.stat().st_ino  # a chroot'ed child's maps name the file from its root
     first = min(
-        (m for m in parse_maps(read_maps(pid)) if m.path == str(real) and m.offset == 0),
+        (m for m in parse_maps(read_maps(pid)) if m.inode == inode and m.offset == 0),
         key=lambda m: m.start,
     )
     bias = first.start - low
@@ -223,9 +228,12 @@ class Walker:
         table = self.bpf["python_stats"]  # type: ignore[index]
         return {s: sum(table[ctypes.c_int(s)]) for s in PyStat}
 
-    def mark(self, pid: int, layout: object, index: int = 0) -> None:
-        """Load `layout` into slot 0 and point process `pid` at slot `index`."""
-        runtime, code = runtime_addresses(pid)
+    def mark(self, child: Child, layout: object = None, index: int = 0) -> None:
+        """Load `layout` (by default the child's) into slot 0 and point the
+        child's entry at slot `index`."""
+        pid = child.proc.pid
+        runtime, code = runtime_addresses(pid, child.binary)
+        layout = layout or child.layout()
         layouts = self.bpf["python_layouts"]  # type: ignore[index]
         packed = bytes(pyframes.pack_layout(layout))
         layouts[ctypes.c_int(0)] = layouts.Leaf.from_buffer_copy(packed)
@@ -278,11 +286,19 @@ def walker() -> Iterator[Walker]:
 
 
 @pytest.fixture
-def child() -> Iterator[Callable[..., Child]]:
+def child(request: pytest.FixtureRequest) -> Iterator[Callable[..., Child]]:
+    """Start programs/pychain.py under a CPython version: the host's 3.11,
+    or 3.13/3.14 chroot'ed in tests/pyroots.py's roots."""
     started: list[Child] = []
 
-    def start(*args: str) -> Child:
-        c = start_child(*args)
+    def start(*args: str, version: str = "3.11") -> Child:
+        if version == "3.11":
+            argv, binary = [str(PYTHON), str(PROGRAMS / "pychain.py")], PYTHON
+        else:
+            root = request.getfixturevalue("python_root")(version)
+            script = install_script(root, (PROGRAMS / "pychain.py").read_text())
+            argv, binary = [*python_in(root, version), script], root / f"usr/bin/python{version}"
+        c = start_child(argv, binary, *args)
         started.append(c)
         return c
 
@@ -290,12 +306,6 @@ def child() -> Iterator[Callable[..., Child]]:
     for c in started:
         c.proc.kill()
         c.proc.wait()
-
-
-def layout_311() -> object:
-    found = inspect_file(PYTHON)
-    assert found is not None and found[0].version == (3, 11)
-    return found[1]
 
 
 def python_part(r: WalkRecord) -> tuple[PyFrame, ...]:
@@ -325,31 +335,38 @@ def test_python_mirror_matches_what_bcc_compiled(walker: Walker) -> None:
     assert ips.size == WalkRecord.ips.size  # the record holds a whole stack
 
 
+MAIN = ("inner", "middle", "outer", "<module>")
+SECOND = ("beta", "alpha", "run", "_bootstrap_inner", "_bootstrap")
+# Which frames start a C-level activation. A Python-to-Python call stays in
+# its caller's activation (3.11+); <module> and Thread._bootstrap are called
+# from C. Thread.run calls its target with CALL_FUNCTION_EX: through C in
+# 3.11 (alpha starts one), inlined in 3.13; in 3.14 the interpreter's shim
+# sits between alpha and run, so run ends an activation.
+ENTRIES = {
+    "3.11": ((False, False, False, True), (False, True, False, False, True)),
+    "3.13": ((False, False, False, True), (False, False, False, False, True)),
+    "3.14": ((False, False, False, True), (False, False, True, False, True)),
+}
+
+
 @pytest.mark.bpf
+@pytest.mark.parametrize("version", sorted(ENTRIES))
 def test_each_thread_gets_its_own_chain_with_entry_frames(
-    walker: Walker, child: Callable[..., Child]
+    walker: Walker, child: Callable[..., Child], version: str
 ) -> None:
-    c = child("chain", str(SECONDS + 3))
-    walker.mark(c.proc.pid, layout_311())
-    records = walker.collect(SECONDS)
+    c = child("chain", str(SECONDS + 3), version=version)
+    before = walker.stats()
+    walker.mark(c)
+    records = [r for r in walker.collect(SECONDS) if r.pid == c.proc.pid]
+    after = walker.stats()
     got = chains(records, c)
     threads = c.truth["threads"]
-    main: tuple[str, ...] = ("inner", "middle", "outer", "<module>")
-    second: tuple[str, ...] = ("beta", "alpha", "run", "_bootstrap_inner", "_bootstrap")
-    for ident, chain in ((threads["main"], main), (threads["second"], second)):
+    for ident, chain in ((threads["main"], MAIN), (threads["second"], SECOND)):
         total = sum(n for (fs, _), n in got.items() if fs == ident)
         assert total >= 50, got  # enough samples for a 90% share to mean something
         assert got[(ident, chain)] / total >= 0.9, got
-    assert {fs for fs, _ in got} == {threads["main"], threads["second"]}, (
-        "FS base != pthread_self()"
-    )
-    # 3.11: a Python-to-Python call stays in its caller's C activation; the
-    # module and Thread._bootstrap start one from C, and so does the thread's
-    # target, which Thread.run calls with CALL_FUNCTION_EX
-    entries = {
-        main: (False, False, False, True),
-        second: (False, True, False, False, True),
-    }
+    assert {fs for fs, _ in got} == {threads["main"], threads["second"]}, "FS base != thread ident"
+    entries = dict(zip((MAIN, SECOND), ENTRIES[version], strict=True))
     units = c.truth["units"]
     names = {code: name for name, code in c.truth["codes"].items()}
     for r in records:
@@ -359,13 +376,13 @@ def test_each_thread_gets_its_own_chain_with_entry_frames(
             assert tuple(f.entry for f in frames) == entries[chain]
             assert all(0 < f.offset < units[n] for f, n in zip(frames, chain, strict=True)), frames
             assert r.flags & pyframes.STACK_PYTHON and not r.flags & pyframes.STACK_PY_TRUNCATED
-            assert (
-                r.native_len >= 1
-                and len(pyframes.split(list(r.ips[: r.len])).native) == r.native_len
-            )
-    stats = walker.stats()
-    assert stats[PyStat.FRAMES] >= 4 * sum(got.values()) * 0.9
-    assert stats[PyStat.CACHED] > 0 and stats[PyStat.BAD_CODE] == 0
+            native = pyframes.split(list(r.ips[: r.len])).native
+            assert r.native_len >= 1 and len(native) == r.native_len
+    delta = {s: after[s] - before[s] for s in PyStat}
+    assert delta[PyStat.STACKS] == len(records)
+    assert delta[PyStat.FRAMES] == sum(len(python_part(r)) for r in records)
+    assert delta[PyStat.CACHED] >= len(records) - 4  # a search per thread, then the cache
+    assert delta[PyStat.BAD_CODE] == delta[PyStat.READ_ERROR] == delta[PyStat.NO_TSTATE] == 0
 
 
 @pytest.mark.bpf
@@ -384,7 +401,7 @@ def test_a_wrong_layout_gives_no_frames_and_a_counted_error(
 ) -> None:
     c = child("chain", str(SECONDS + 3))
     fields = {k: v for k, v in change.items() if k != "index"}
-    walker.mark(c.proc.pid, replace(layout_311(), **fields), change.get("index", 0))  # type: ignore[type-var]
+    walker.mark(c, replace(c.layout(), **fields), change.get("index", 0))  # type: ignore[type-var]
     before = walker.stats()
     records = [r for r in walker.collect(SECONDS) if r.pid == c.proc.pid]
     after = walker.stats()
@@ -423,7 +440,7 @@ def ns_per_sample(c: Child, *cflags: str) -> tuple[float, list[WalkRecord]]:
     walkers = make_walker(*cflags, pid=c.proc.pid)
     walker = next(walkers)
     try:
-        walker.mark(c.proc.pid, layout_311())
+        walker.mark(c)
         with run_time_stats():
             ns0, n0 = run_time(walker)
             records = walker.collect(SECONDS)
@@ -435,9 +452,12 @@ def ns_per_sample(c: Child, *cflags: str) -> tuple[float, list[WalkRecord]]:
 
 
 @pytest.mark.bpf
-def test_a_20_deep_stack_is_walked_within_the_time_budget(child: Callable[..., Child]) -> None:
+@pytest.mark.parametrize("version", sorted(ENTRIES))
+def test_a_20_deep_stack_is_walked_within_the_time_budget(
+    child: Callable[..., Child], version: str
+) -> None:
     depth = 20
-    c = child("deep", str(2 * SECONDS + 10), str(depth))
+    c = child("deep", str(2 * SECONDS + 10), str(depth), version=version)
     with_python, records = ns_per_sample(c)
     native_only, _ = ns_per_sample(c, "-DNO_PYTHON")
     got = chains(records, c)
@@ -445,7 +465,7 @@ def test_a_20_deep_stack_is_walked_within_the_time_budget(child: Callable[..., C
     assert got[(c.truth["threads"]["main"], want)] / sum(got.values()) >= 0.9, got
     walk_ns = with_python - native_only
     print(
-        f"BPF run time per sample: {with_python:.0f} ns with the Python walk of "
+        f"{version}: BPF run time per sample: {with_python:.0f} ns with the Python walk of "
         f"{depth + 1} frames, {native_only:.0f} ns without: {walk_ns:.0f} ns for the walk"
     )
     assert walk_ns <= 15_000
@@ -457,7 +477,7 @@ def test_a_chain_longer_than_the_limit_is_flagged_truncated(child: Callable[...,
     walkers = make_walker(pid=c.proc.pid, max_frames=8)
     walker = next(walkers)
     try:
-        walker.mark(c.proc.pid, layout_311())
+        walker.mark(c)
         records = walker.collect(SECONDS)
         stats = walker.stats()
     finally:
