@@ -84,10 +84,7 @@ def walk_frames(mem: ProcessMemory, layout: WalkLayout, tstate: int) -> list[PyF
     for _ in range(MAX_FRAMES):
         if not frame:
             break
-        if (
-            layout.owner_skip_from < 0
-            or mem.u8(frame + layout.frame_owner) < layout.owner_skip_from
-        ):
+        if _is_python(mem, layout, frame):
             code = mem.pointer(frame + layout.frame_code) & ~layout.code_tag_mask
             out.append(PyFrame(code, _offset(mem, layout, frame, code)))
         frame = mem.pointer(frame + layout.frame_previous)

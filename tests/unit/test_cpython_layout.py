@@ -234,3 +234,11 @@ def test_debug_offsets_that_do_not_fit_their_struct_are_refused() -> None:
     struct.pack_into("<Q", raw, 24 + 8 * 2, 1 << 40)  # runtime_state.interpreters_head
     with pytest.raises(UnsupportedInterpreter, match="runtime_state do not fit"):
         parse_debug_offsets(bytes(raw), (3, 13))
+
+
+def test_cpython_built_for_another_machine_is_unsupported() -> None:
+    _, binary = available((3, 11))
+    data = bytearray(binary.read_bytes())
+    struct.pack_into("<H", data, 18, 183)  # e_machine = EM_AARCH64
+    with pytest.raises(UnsupportedInterpreter, match="not x86_64"):
+        find_interpreter(ElfFile(io.BytesIO(bytes(data)), Budget()))

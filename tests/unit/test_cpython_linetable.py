@@ -11,6 +11,7 @@ Hand-built tables check the documented formats' corners.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from symbolizer.cpython.linetable import (
     lnotab_line,
     location_line,
 )
+from tests.pyroots import RootFactory, install_script, python_in
 
 PYENV = Path("/root/.pyenv/versions")
 INTERPRETERS = {
@@ -103,25 +105,41 @@ print(json.dumps(out))
 """
 
 
-def dumped(python: Path, tmp_path: Path) -> list[dict[str, object]]:
-    sample, dump = tmp_path / "sample.py", tmp_path / "dump.py"
-    sample.write_text(SAMPLE)
-    dump.write_text(DUMP)
-    done = subprocess.run(
-        [str(python), str(dump), str(sample)], capture_output=True, text=True, check=True
-    )
+def dumped(argv: list[str], dump: str, sample: str) -> list[dict[str, object]]:
+    done = subprocess.run([*argv, dump, sample], capture_output=True, text=True, check=True)
     result: list[dict[str, object]] = json.loads(done.stdout)
     return result
 
 
-@pytest.mark.parametrize("version", sorted(INTERPRETERS))
-def test_every_offset_has_the_interpreters_own_line(
-    version: tuple[int, int], tmp_path: Path
-) -> None:
+def host_dump(version: tuple[int, int], tmp_path: Path) -> list[dict[str, object]]:
     python = INTERPRETERS[version]
     if not python.is_file():
         pytest.skip(f"no CPython {version[0]}.{version[1]} on this host")
-    codes = dumped(python, tmp_path)
+    sample, dump = tmp_path / "sample.py", tmp_path / "dump.py"
+    sample.write_text(SAMPLE)
+    dump.write_text(DUMP)
+    return dumped([str(python)], str(dump), str(sample))
+
+
+def root_dump(root: Path, version: str) -> list[dict[str, object]]:
+    dump, sample = install_script(root, DUMP), install_script(root, SAMPLE)
+    try:
+        return dumped(python_in(root, version), dump, sample)
+    finally:
+        for path in (dump, sample):
+            os.unlink(root / path.lstrip("/"))
+
+
+@pytest.mark.parametrize("version", [*sorted(INTERPRETERS), "root-3.13", "root-3.14"])
+def test_every_offset_has_the_interpreters_own_line(
+    version: tuple[int, int] | str, tmp_path: Path, python_root: RootFactory
+) -> None:
+    if isinstance(version, str):
+        name = version.removeprefix("root-")
+        codes = root_dump(python_root(name), name)
+        version = (3, int(name.split(".")[1]))
+    else:
+        codes = host_dump(version, tmp_path)
     assert {c["name"] for c in codes} >= {"simple", "method", "far", "gen"}
     checked = 0
     for code in codes:

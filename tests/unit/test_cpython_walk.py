@@ -14,11 +14,13 @@ blocking call's, marked in the script).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +31,14 @@ from symbolizer.cpython.interp import Interpreter
 from symbolizer.cpython.layout import WalkLayout, inspect_file
 from symbolizer.cpython.memory import ProcessMemory
 from symbolizer.cpython.walk import find_thread, load_bias, thread_states, walk_frames
-from symbolizer.elffile import ElfFile
+from symbolizer.elffile import ElfFile, Segment
 from symbolizer.procmaps import parse_maps
 from tests.pyroots import RootFactory, install_script, python_in
 
 PYENV = Path("/root/.pyenv/versions")
 FUTEX = 202  # x86_64
+PTRACE_GETREGS, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 12, 17, 0x4206, 0x4207
+WALL = 0x40000000  # __WALL: wait for a thread of another process
 HOST = {
     "3.11": (["/usr/bin/python3.11"], Path("/usr/bin/python3.11")),
     "3.8": ([str(PYENV / "3.8.18/bin/python3.8")], PYENV / "3.8.18/lib/libpython3.8.so.1.0"),
@@ -52,6 +56,16 @@ HOST = {
         PYENV / "3.13.0/lib/libpython3.13.so.1.0",
     ),
 }
+
+STATIC_311 = Path("/usr/lib/python3.11/config-3.11-x86_64-linux-gnu")
+EMBED_C = r"""
+#include <Python.h>
+int main(int argc, char **argv) {
+    Py_Initialize();
+    FILE *f = fopen(argv[1], "r");
+    return f ? PyRun_SimpleFile(f, argv[1]) : 2;
+}
+"""
 
 SCRIPT = """
 import json, os, sys, threading, time
@@ -152,24 +166,56 @@ def start(argv: list[str], binary: Path, script: str) -> Iterator[Child]:
         proc.wait()
 
 
-@pytest.fixture(params=[*sorted(HOST), "root-3.13", "root-3.14"])
+def embedding_binary(out: Path) -> Path:
+    """A program that is not called python and links CPython 3.11 in
+    statically (its symbols only in .symtab), running the script."""
+    if not (STATIC_311 / "libpython3.11-pic.a").is_file():
+        pytest.skip("no static libpython3.11 (python3.11-dev)")
+    src = out / "embed.c"
+    src.write_text(EMBED_C)
+    exe = out / "myapp"
+    cmd = ["gcc", "-O1", "-I/usr/include/python3.11", "-o", str(exe), str(src)]
+    cmd += [str(STATIC_311 / "libpython3.11-pic.a"), "-lm", "-lexpat", "-lz"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return exe
+
+
+@pytest.fixture(params=[*sorted(HOST), "embed-3.11", "root-3.13", "root-3.14"])
 def child(
     request: pytest.FixtureRequest, tmp_path: Path, python_root: RootFactory
 ) -> Iterator[Child]:
     name: str = request.param
+    if name == "embed-3.11":
+        exe = embedding_binary(tmp_path)
+        path = tmp_path / "child.py"
+        path.write_text(SCRIPT)
+        yield from start([str(exe)], exe, str(path))
+        return
+    with interpreter_run(name, SCRIPT, tmp_path, python_root) as (argv, binary, script):
+        yield from start(argv, binary, script)
+
+
+@contextmanager
+def interpreter_run(
+    name: str, text: str, tmp_path: Path, python_root: RootFactory
+) -> Iterator[tuple[list[str], Path, str]]:
+    """argv, interpreter ELF file and script path (as the child sees it) to
+    run `text` with interpreter `name`: a HOST key or "root-3.13"/"root-3.14"."""
     if name.startswith("root-"):
         version = name.removeprefix("root-")
         root = python_root(version)
-        script = install_script(root, SCRIPT)
-        yield from start(python_in(root, version), root / f"usr/bin/python{version}", script)
-        os.unlink(root / script.lstrip("/"))
+        script = install_script(root, text)
+        try:
+            yield python_in(root, version), root / f"usr/bin/python{version}", script
+        finally:
+            os.unlink(root / script.lstrip("/"))
         return
     argv, binary = HOST[name]
     if not binary.is_file():
         pytest.skip(f"no CPython {name} on this host")
     path = tmp_path / "child.py"
-    path.write_text(SCRIPT)
-    yield from start(argv, binary, str(path))
+    path.write_text(text, encoding="utf-8")
+    yield argv, binary, str(path)
 
 
 def outside_view(child: Child, tid: int) -> list[list[object]]:
@@ -206,3 +252,46 @@ def test_walk_finds_each_threads_own_frames(child: Child) -> None:
 def test_a_thread_id_that_is_not_pythons_finds_nothing(child: Child) -> None:
     mem = ProcessMemory(child.proc.pid)
     assert find_thread(mem, child.layout, child.runtime, 0x1234) == 0
+
+
+def fs_base(tid: int) -> int:
+    """The thread's fs base, from its registers (ptrace: seize, interrupt,
+    PTRACE_GETREGS, detach); user_regs_struct.fs_base is the 22nd u64."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    regs = (ctypes.c_ulonglong * 27)()
+    assert libc.ptrace(PTRACE_SEIZE, tid, None, None) == 0, ctypes.get_errno()
+    try:
+        assert libc.ptrace(PTRACE_INTERRUPT, tid, None, None) == 0, ctypes.get_errno()
+        os.waitpid(tid, WALL)
+        assert libc.ptrace(PTRACE_GETREGS, tid, None, ctypes.byref(regs)) == 0
+    finally:
+        libc.ptrace(PTRACE_DETACH, tid, None, None)
+    return int(regs[21])
+
+
+def test_thread_id_is_the_threads_fs_base(child: Child) -> None:
+    """What BPF compares with: the thread state's thread_id (pthread_self)
+    is the fs base the kernel holds for that thread."""
+    mem = ProcessMemory(child.proc.pid)
+    for report in child.reports:
+        tid = int(str(report["tid"]))
+        tstate = find_thread(mem, child.layout, child.runtime, tid)
+        assert mem.u64(tstate + child.layout.tstate_thread_id) == tid
+        assert fs_base(int(str(report["native"]))) == tid
+
+
+def test_load_bias_from_any_mapping_of_the_file() -> None:
+    # GIVEN a PIE's two PT_LOADs and the kernel's maps of it at 0x5600_0000_0000
+    segments = [Segment(0, 0, 0x2000), Segment(0x2000, 0x3000, 0x500)]
+    maps = parse_maps(
+        "560000000000-560000002000 r--p 00000000 08:01 42 /opt/app/bin/myapp\n"
+        "560000003000-560000004000 r-xp 00002000 08:01 42 /opt/app/bin/myapp\n"
+    )
+    assert load_bias(maps, "/opt/app/bin/myapp", segments) == 0x560000000000
+    assert load_bias(maps[1:], "/opt/app/bin/myapp", segments) == 0x560000000000
+    # a non-PIE executable is mapped at its link-time addresses: no bias
+    fixed = parse_maps("400000-402000 r-xp 00000000 08:01 7 /usr/bin/old\n")
+    assert load_bias(fixed, "/usr/bin/old", [Segment(0, 0x400000, 0x2000)]) == 0
+    assert load_bias(maps, "/usr/bin/other", segments) is None
