@@ -40,6 +40,7 @@ from tests.pyroots import install_script, python_in
 
 PROGRAMS = Path(__file__).parent.parent / "programs"
 PYTHON = Path("/usr/bin/python3.11")
+PYENV = Path("/root/.pyenv/versions")
 HZ = 499
 SECONDS = 2.0
 _INCLUDE = re.compile(r'^#include "([\w.]+)"$', re.MULTILINE)
@@ -285,6 +286,15 @@ def walker() -> Iterator[Walker]:
     yield from make_walker()
 
 
+def pyenv_home(version: str) -> Path:
+    """A pyenv build of `version` (3.8-3.10, 3.12: the host has no Debian
+    package of them); CPython is in its libpython, not in the executable."""
+    for home in sorted(PYENV.glob(f"{version}.*")):
+        if (home / f"lib/libpython{version}.so.1.0").is_file():
+            return home
+    pytest.skip(f"no pyenv build of CPython {version} with a shared libpython in {PYENV}")
+
+
 @pytest.fixture
 def child(request: pytest.FixtureRequest) -> Iterator[Callable[..., Child]]:
     """Start programs/pychain.py under a CPython version: the host's 3.11,
@@ -292,12 +302,17 @@ def child(request: pytest.FixtureRequest) -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
     def start(*args: str, version: str = "3.11") -> Child:
+        script = str(PROGRAMS / "pychain.py")
         if version == "3.11":
-            argv, binary = [str(PYTHON), str(PROGRAMS / "pychain.py")], PYTHON
-        else:
+            argv, binary = [str(PYTHON), script], PYTHON
+        elif version in ("3.13", "3.14"):
             root = request.getfixturevalue("python_root")(version)
             script = install_script(root, (PROGRAMS / "pychain.py").read_text())
             argv, binary = [*python_in(root, version), script], root / f"usr/bin/python{version}"
+        else:
+            home = pyenv_home(version)
+            argv = [str(home / f"bin/python{version}"), script]
+            binary = home / f"lib/libpython{version}.so.1.0"
         c = start_child(argv, binary, *args)
         started.append(c)
         return c
@@ -335,22 +350,29 @@ def test_python_mirror_matches_what_bcc_compiled(walker: Walker) -> None:
     assert ips.size == WalkRecord.ips.size  # the record holds a whole stack
 
 
-MAIN = ("inner", "middle", "outer", "<module>")
-SECOND = ("beta", "alpha", "run", "_bootstrap_inner", "_bootstrap")
-# Which frames start a C-level activation. A Python-to-Python call stays in
-# its caller's activation (3.11+); <module> and Thread._bootstrap are called
-# from C. Thread.run calls its target with CALL_FUNCTION_EX: through C in
-# 3.11 (alpha starts one), inlined in 3.13; in 3.14 the interpreter's shim
-# sits between alpha and run, so run ends an activation.
+MAIN: tuple[str, ...] = ("inner", "middle", "outer", "<module>")
+SECOND: tuple[str, ...] = ("beta", "alpha", "run", "_bootstrap_inner", "_bootstrap")
+# Which frames start a C-level activation. Up to 3.10 every Python call is
+# a C call of the eval loop. From 3.11 a Python-to-Python call stays in its
+# caller's activation; <module> and Thread._bootstrap are called from C.
+# Thread.run calls its target with CALL_FUNCTION_EX: through C in 3.11
+# (alpha starts an activation), inlined in 3.12 and 3.13; in 3.14 the
+# interpreter's shim sits between alpha and run again, so run ends one.
+_EVERY = ((True,) * 4, (True,) * 5)
+_INLINED = ((False, False, False, True), (False, False, False, False, True))
 ENTRIES = {
+    "3.8": _EVERY,
+    "3.9": _EVERY,
+    "3.10": _EVERY,
     "3.11": ((False, False, False, True), (False, True, False, False, True)),
-    "3.13": ((False, False, False, True), (False, False, False, False, True)),
+    "3.12": _INLINED,
+    "3.13": _INLINED,
     "3.14": ((False, False, False, True), (False, False, True, False, True)),
 }
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("version", sorted(ENTRIES))
+@pytest.mark.parametrize("version", list(ENTRIES))
 def test_each_thread_gets_its_own_chain_with_entry_frames(
     walker: Walker, child: Callable[..., Child], version: str
 ) -> None:
@@ -371,10 +393,10 @@ def test_each_thread_gets_its_own_chain_with_entry_frames(
     names = {code: name for name, code in c.truth["codes"].items()}
     for r in records:
         frames = python_part(r)
-        chain = tuple(names.get(f.code, "?") for f in frames)
-        if chain in entries:
-            assert tuple(f.entry for f in frames) == entries[chain]
-            assert all(0 < f.offset < units[n] for f, n in zip(frames, chain, strict=True)), frames
+        seen = tuple(names.get(f.code, "?") for f in frames)
+        if seen in entries:
+            assert tuple(f.entry for f in frames) == entries[seen]
+            assert all(0 < f.offset < units[n] for f, n in zip(frames, seen, strict=True)), frames
             assert r.flags & pyframes.STACK_PYTHON and not r.flags & pyframes.STACK_PY_TRUNCATED
             native = pyframes.split(list(r.ips[: r.len])).native
             assert r.native_len >= 1 and len(native) == r.native_len
@@ -401,7 +423,7 @@ def test_a_wrong_layout_gives_no_frames_and_a_counted_error(
 ) -> None:
     c = child("chain", str(SECONDS + 3))
     fields = {k: v for k, v in change.items() if k != "index"}
-    walker.mark(c, replace(c.layout(), **fields), change.get("index", 0))  # type: ignore[type-var]
+    walker.mark(c, replace(c.layout(), **fields), change.get("index", 0))
     before = walker.stats()
     records = [r for r in walker.collect(SECONDS) if r.pid == c.proc.pid]
     after = walker.stats()
@@ -452,7 +474,7 @@ def ns_per_sample(c: Child, *cflags: str) -> tuple[float, list[WalkRecord]]:
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("version", sorted(ENTRIES))
+@pytest.mark.parametrize("version", list(ENTRIES))
 def test_a_20_deep_stack_is_walked_within_the_time_budget(
     child: Callable[..., Child], version: str
 ) -> None:
