@@ -36,8 +36,9 @@ from symbolizer.budget import ElfError
 from symbolizer.elffile import EM_X86_64, ElfFile
 
 RUNTIME, EVAL = "_PyRuntime", "_PyEval_EvalFrameDefault"
+EVAL_COLD = EVAL + ".cold"  # GCC's hot/cold split, a local symbol in .symtab
 _MARKERS = {"Py_BytesMain": 8, "PyFrame_GetCode": 9, "Py_NewRef": 10}
-_WANTED = (RUNTIME, EVAL, "Py_Version", "PyCode_Type", *_MARKERS)
+_WANTED = (RUNTIME, EVAL, EVAL_COLD, "Py_Version", "PyCode_Type", *_MARKERS)
 SUPPORTED = tuple((3, minor) for minor in range(8, 15))
 DEBUG_COOKIE = b"xdebugpy"
 _SYM64 = struct.Struct("<IBBHQQ")  # name, info, other, shndx, value, size
@@ -59,6 +60,10 @@ class Interpreter:
     eval_end: int
     code_type: int  # st_value of PyCode_Type: the type every code object points to
     hexversion: int = 0  # PY_VERSION_HEX where the file holds it (3.11+), else 0
+    # [start, end) of every part of the loop: the symbol's, and its .cold part
+    # when .symtab names it (a stripped file's split-off part is unnamed:
+    # docs/python.md, "Known limits")
+    eval_ranges: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,13 @@ def find_interpreter(elf: ElfFile) -> Interpreter | None:
         ev.value + ev.size,
         syms["PyCode_Type"].value,
         hexversion,
+        _eval_ranges(syms),
     )
+
+
+def _eval_ranges(syms: dict[str, ElfSymbol]) -> tuple[tuple[int, int], ...]:
+    parts = [syms[name] for name in (EVAL, EVAL_COLD) if name in syms]
+    return tuple((p.value, p.value + p.size) for p in parts)
 
 
 def _version_from_api(syms: Collection[str]) -> tuple[int, int]:

@@ -242,3 +242,18 @@ def test_cpython_built_for_another_machine_is_unsupported() -> None:
     struct.pack_into("<H", data, 18, 183)  # e_machine = EM_AARCH64
     with pytest.raises(UnsupportedInterpreter, match="not x86_64"):
         find_interpreter(ElfFile(io.BytesIO(bytes(data)), Budget()))
+
+
+@pytest.mark.parametrize("version", sorted(BUILDS))
+def test_eval_ranges_hold_the_symbol_and_its_cold_part(version: tuple[int, int]) -> None:
+    _, binary = available(version)
+    got = inspect_file(binary)
+    assert got is not None
+    interp = got[0]
+    assert interp.eval_ranges[0] == (interp.eval_start, interp.eval_end)
+    text = subprocess.run(["readelf", "-Ws", str(binary)], capture_output=True, text=True).stdout
+    if " _PyEval_EvalFrameDefault.cold" in text:
+        start, size = readelf_symbol(binary, r"_PyEval_EvalFrameDefault\.cold")
+        assert interp.eval_ranges[1:] == ((start, start + size),)
+    else:
+        assert len(interp.eval_ranges) == 1
