@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from symbolizer.cpython.code import (
 from symbolizer.cpython.codecache import CodeCache
 from symbolizer.cpython.layout import WalkLayout, inspect_file
 from symbolizer.cpython.memory import MAX_READ, MemoryReadError, ProcessMemory
+from tests.conftest import REPO, is_root
 from tests.pyroots import RootFactory
 from tests.unit.test_cpython_walk import HOST, interpreter_run
 
@@ -211,6 +213,35 @@ def test_dead_process_is_esrch() -> None:
     with pytest.raises(MemoryReadError) as gone:
         ProcessMemory(proc.pid).read(0x400000, 8)
     assert gone.value.errno == errno.ESRCH
+
+
+def test_a_process_the_reader_may_not_trace_is_eperm() -> None:
+    """An unprivileged reader (uid 65534) of root's process: EPERM."""
+    if not is_root():
+        pytest.skip("needs root to run a reader as another user")
+    target = subprocess.Popen(["sleep", "60"])
+    probe = (
+        "from symbolizer.cpython.memory import MemoryReadError, ProcessMemory\n"
+        "try:\n"
+        f"    ProcessMemory({target.pid}).read(0x400000, 8)\n"
+        "except MemoryReadError as e:\n"
+        "    print(e.errno)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            env={"PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        target.kill()
+        target.wait()
+    assert done.stdout.strip() == str(errno.EPERM)
 
 
 def test_cache_hits_and_sees_another_code_object_at_a_reused_address(child: Child) -> None:
