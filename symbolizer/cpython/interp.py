@@ -113,12 +113,15 @@ def file_bytes(elf: ElfFile, vaddr: int, size: int) -> bytes:
 
 
 def find_interpreter(elf: ElfFile) -> Interpreter | None:
-    """The file's CPython facts; None if it holds no CPython at all."""
+    """The file's CPython facts; None if it holds no CPython at all (or is
+    not a 64-bit little-endian file: the only symbol layout read here)."""
+    if elf.elfclass != 64 or not elf.little:
+        return None
     syms = elf_symbols(elf, _WANTED)
     if RUNTIME not in syms or EVAL not in syms:
         return None
-    if elf.elfclass != 64 or not elf.little or elf.machine != EM_X86_64:
-        raise UnsupportedInterpreter("CPython in a file that is not x86_64 ELF64")
+    if elf.machine != EM_X86_64:
+        raise UnsupportedInterpreter(f"CPython for machine {elf.machine}, not x86_64")
     hexversion = 0
     if "Py_Version" in syms:
         (hexversion,) = struct.unpack("<Q", file_bytes(elf, syms["Py_Version"].value, 8))

@@ -240,7 +240,7 @@ def test_cpython_built_for_another_machine_is_unsupported() -> None:
     _, binary = available((3, 11))
     data = bytearray(binary.read_bytes())
     struct.pack_into("<H", data, 18, 183)  # e_machine = EM_AARCH64
-    with pytest.raises(UnsupportedInterpreter, match="not x86_64"):
+    with pytest.raises(UnsupportedInterpreter, match="machine 183, not x86_64"):
         find_interpreter(ElfFile(io.BytesIO(bytes(data)), Budget()))
 
 
@@ -257,3 +257,11 @@ def test_eval_ranges_hold_the_symbol_and_its_cold_part(version: tuple[int, int])
         assert interp.eval_ranges[1:] == ((start, start + size),)
     else:
         assert len(interp.eval_ranges) == 1
+
+
+def test_a_32_bit_file_is_not_read_as_cpython() -> None:
+    _, binary = available((3, 11))
+    data = bytearray(binary.read_bytes()[:64])
+    data[4] = 1  # ELFCLASS32: its headers and symbols are another layout
+    struct.pack_into("<HHIIIIIHHHHHH", data, 16, 3, 3, 1, 0, 0, 0, 0, 52, 32, 0, 40, 0, 0)
+    assert find_interpreter(ElfFile(io.BytesIO(bytes(data)), Budget())) is None
