@@ -153,19 +153,27 @@ def test_pack_layout_takes_walk_fields_by_name() -> None:
 # ---- BPF tests: root -------------------------------------------------------
 
 
-class WalkRecord(ctypes.Structure):
-    """struct walk_record of programs/pywalk.bpf.c."""
+RECORD_HEADER = struct.Struct("<IIQIIII")  # struct walk_record up to ips
 
-    _fields_ = (
-        ("pid", ctypes.c_uint32),
-        ("tid", ctypes.c_uint32),
-        ("fsbase", ctypes.c_uint64),
-        ("native_len", ctypes.c_uint32),
-        ("len", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("ips", ctypes.c_uint64 * 127),
-    )
+
+@dataclass(frozen=True)
+class WalkRecord:
+    """struct walk_record of programs/pywalk.bpf.c, with its `len` ips."""
+
+    pid: int
+    tid: int
+    fsbase: int
+    native_len: int  # ips[:native_len] are native, the rest Python
+    flags: int
+    ips: tuple[int, ...]
+
+    @classmethod
+    def read(cls, address: int) -> WalkRecord:
+        pid, tid, fsbase, native, n, flags, _ = RECORD_HEADER.unpack(
+            ctypes.string_at(address, RECORD_HEADER.size)
+        )
+        ips = struct.unpack(f"<{n}Q", ctypes.string_at(address + RECORD_HEADER.size, 8 * n))
+        return cls(pid, tid, fsbase, native, flags, ips)
 
 
 def program_text() -> str:
@@ -252,20 +260,20 @@ class Walker:
 
 
 def make_walker(
-    *cflags: str, pid: int = -1, max_frames: int = pyframes.MAX_FRAMES
+    *cflags: str, pid: int = -1, max_frames: int = pyframes.MAX_FRAMES, room: int = 127
 ) -> Generator[Walker, None, None]:
-    """The test program, sampling every task (or only thread `pid`)."""
+    """The test program, sampling every task (or only thread `pid`), with
+    `room` frames in struct unwound_stack (UNWIND_MAX_FRAMES)."""
     from bcc import BPF, PerfSWConfig, PerfType  # test-only: the product loads through agent/
 
     offset = taskbtf.read_fsbase_offset()
-    flags = [*pyframes.python_cflags(offset, max_frames), *NATIVE, *cflags]
+    room_flag = f"-DUNWIND_MAX_FRAMES={room}"
+    flags = [*pyframes.python_cflags(offset, max_frames), *NATIVE, room_flag, *cflags]
     b = BPF(text=program_text(), cflags=flags)
     walker = Walker(b, [])
 
     def on_record(_ctx: object, data: int, _size: int) -> None:
-        walker.records.append(
-            WalkRecord.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(WalkRecord)))
-        )
+        walker.records.append(WalkRecord.read(data))
 
     b["records"].open_ring_buffer(on_record)
     b.attach_perf_event(
@@ -324,7 +332,7 @@ def child(request: pytest.FixtureRequest) -> Iterator[Callable[..., Child]]:
 
 
 def python_part(r: WalkRecord) -> tuple[PyFrame, ...]:
-    return pyframes.split(list(r.ips[: r.len])).python
+    return pyframes.split(r.ips).python
 
 
 def chains(records: list[WalkRecord], child: Child) -> Counter[tuple[int, tuple[str, ...]]]:
@@ -346,8 +354,8 @@ def test_python_mirror_matches_what_bcc_compiled(walker: Walker) -> None:
         for name, *_ in mirror._fields_:
             assert getattr(leaf, name).offset == getattr(mirror, name).offset, (table, name)
     assert len(b["python_stats"]) == len(PyStat)  # type: ignore[index]
-    ips = b["unwind_scratch"].Leaf._type_.ips  # type: ignore[index]  # per-CPU: an array of them
-    assert ips.size == WalkRecord.ips.size  # the record holds a whole stack
+    stack = b["unwind_scratch"].Leaf._type_  # type: ignore[index]  # per-CPU: an array of them
+    assert stack.ips.offset == 16 and stack.ips.size == 8 * 127  # unwind.h's struct, unchanged
 
 
 MAIN: tuple[str, ...] = ("inner", "middle", "outer", "<module>")
@@ -398,7 +406,7 @@ def test_each_thread_gets_its_own_chain_with_entry_frames(
             assert tuple(f.entry for f in frames) == entries[seen]
             assert all(0 < f.offset < units[n] for f, n in zip(frames, seen, strict=True)), frames
             assert r.flags & pyframes.STACK_PYTHON and not r.flags & pyframes.STACK_PY_TRUNCATED
-            native = pyframes.split(list(r.ips[: r.len])).native
+            native = pyframes.split(r.ips).native
             assert r.native_len >= 1 and len(native) == r.native_len
     delta = {s: after[s] - before[s] for s in PyStat}
     assert delta[PyStat.STACKS] == len(records)
@@ -494,9 +502,18 @@ def test_a_20_deep_stack_is_walked_within_the_time_budget(
 
 
 @pytest.mark.bpf
-def test_a_chain_longer_than_the_limit_is_flagged_truncated(child: Callable[..., Child]) -> None:
+@pytest.mark.parametrize(
+    ("limits", "kept"),
+    [
+        ({"max_frames": 8}, 8),  # PY_MAX_FRAMES: frames followed
+        ({"room": 12}, None),  # UNWIND_MAX_FRAMES: what the native walk left in ips
+    ],
+)
+def test_a_chain_longer_than_the_limit_is_flagged_truncated(
+    child: Callable[..., Child], limits: dict[str, int], kept: int | None
+) -> None:
     c = child("deep", str(SECONDS + 8), "20")
-    walkers = make_walker(pid=c.proc.pid, max_frames=8)
+    walkers = make_walker(pid=c.proc.pid, **limits)
     walker = next(walkers)
     try:
         walker.mark(c)
@@ -505,9 +522,11 @@ def test_a_chain_longer_than_the_limit_is_flagged_truncated(child: Callable[...,
     finally:
         walkers.close()
     deep = c.code("deep")
-    cut = [r for r in records if [f.code for f in python_part(r)] == [deep] * 8]
-    assert len(cut) >= 0.9 * len(records) and len(records) >= 50
+    assert len(records) >= 50
+    cut = [r for r in records if {f.code for f in python_part(r)} == {deep}]
+    assert len(cut) >= 0.9 * len(records)
     for r in cut:
+        assert len(python_part(r)) == (kept or 12 - r.native_len) and len(r.ips) <= 12
         assert r.flags & pyframes.STACK_PY_TRUNCATED
         assert not any(f.entry for f in python_part(r))  # the chain's end was not seen
     assert stats[PyStat.TRUNCATED] >= len(cut)
