@@ -119,6 +119,12 @@ class PyFrame:
     offset: int  # instruction offset in code units (OFFSET_MAX: maybe saturated)
     entry: bool  # the outermost frame of one _PyEval_EvalFrameDefault activation
 
+    @property
+    def byte_offset(self) -> int:
+        """The offset in bytes of bytecode, as symbolizer/cpython's line
+        tables take it (a code unit is two bytes in every version)."""
+        return 2 * self.offset
+
 
 @dataclass(frozen=True)
 class SplitStack:

@@ -33,7 +33,9 @@ import bpf
 from agent.unwind import pyframes, taskbtf
 from agent.unwind.pyframes import PyFrame, PyStat
 from symbolizer.budget import Budget
+from symbolizer.cpython.code import read_code
 from symbolizer.cpython.layout import WalkLayout, inspect_file
+from symbolizer.cpython.memory import ProcessMemory
 from symbolizer.elffile import ElfFile
 from symbolizer.procmaps import parse_maps, read_maps
 from tests.pyroots import install_script, python_in
@@ -130,6 +132,7 @@ def test_split_and_group_per_activation() -> None:
     # a truncated chain: the frames after the last entry form an open group
     assert pyframes.activations([PyFrame(1, 0, False)]) == [(PyFrame(1, 0, False),)]
     assert pyframes.split([1, 2]).python == ()
+    assert got.python[2].byte_offset == 14
 
 
 def test_a_native_frame_after_python_frames_is_refused() -> None:
@@ -379,6 +382,36 @@ ENTRIES = {
 }
 
 
+def source_line(text: str) -> int:
+    """The line number of the line of programs/pychain.py that reads `text`."""
+    lines = (PROGRAMS / "pychain.py").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(text))
+
+
+def assert_lines_of_main_chain(c: Child, records: list[WalkRecord], version: str) -> None:
+    """The offsets BPF emitted give, through symbolizer/cpython's line
+    tables, the lines each frame of the main chain is at: the spin loop in
+    inner, and each caller's call line."""
+    found = inspect_file(c.binary)
+    assert found is not None
+    interp, layout = found
+    _, code_type = runtime_addresses(c.proc.pid, c.binary)
+    mem = ProcessMemory(c.proc.pid)
+    spin = {source_line("while time.monotonic() < END:  # a builtin"), source_line("n += 1")}
+    calls = [source_line(t) for t in ("return inner()", "return middle()", "outer()")]
+    names = {code: name for name, code in c.truth["codes"].items()}
+    checked = 0
+    for r in records:
+        frames = python_part(r)
+        if tuple(names.get(f.code) for f in frames) != MAIN:
+            continue
+        infos = [read_code(mem, layout, code_type, f.code) for f in frames]
+        lines = [i.line(interp.version, f.byte_offset) for i, f in zip(infos, frames, strict=True)]
+        assert lines[0] in spin and lines[1:] == calls, (version, lines)
+        checked += 1
+    assert checked >= 0.9 * len(records)
+
+
 @pytest.mark.bpf
 @pytest.mark.parametrize("version", list(ENTRIES))
 def test_each_thread_gets_its_own_chain_with_entry_frames(
@@ -408,6 +441,8 @@ def test_each_thread_gets_its_own_chain_with_entry_frames(
             assert r.flags & pyframes.STACK_PYTHON and not r.flags & pyframes.STACK_PY_TRUNCATED
             native = pyframes.split(r.ips).native
             assert r.native_len >= 1 and len(native) == r.native_len
+    main_records = [r for r in records if r.fsbase == threads["main"]]
+    assert_lines_of_main_chain(c, main_records[:50], version)
     delta = {s: after[s] - before[s] for s in PyStat}
     assert delta[PyStat.STACKS] == len(records)
     assert delta[PyStat.FRAMES] == sum(len(python_part(r)) for r in records)
