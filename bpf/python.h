@@ -98,7 +98,8 @@ enum py_stat {
     PSTAT_NO_LAYOUT = 5,  /* the process names a layout that is not loaded */
     PSTAT_BAD_CODE = 6,   /* a frame's code object is not one: its frames were dropped */
     PSTAT_CACHED = 7,     /* walks that used the cached thread state */
-    PSTAT_MAX = 8,
+    PSTAT_SEARCHES = 8,   /* walks of the thread list (cache misses, retries of threads without one) */
+    PSTAT_MAX = 9,
 };
 
 /* The C mirror of the walk fields of symbolizer/cpython's WalkLayout, in
@@ -211,6 +212,7 @@ static __always_inline u64 py_tstate(u32 tid, struct py_proc *proc, struct py_la
     }
     if (cached && !cached->tstate && now - cached->checked < PY_NO_TSTATE_NS)
         return 0;
+    py_count(PSTAT_SEARCHES, 1);
     struct py_thread found = {.tstate = py_find_tstate(proc, l, fsbase), .checked = now};
     python_threads.update(&tid, &found);
     return found.tstate;

@@ -44,6 +44,7 @@ class PyStat(enum.IntEnum):
     NO_LAYOUT = 5
     BAD_CODE = 6
     CACHED = 7
+    SEARCHES = 8
 
 
 class PyLayout(ctypes.Structure):

@@ -565,3 +565,30 @@ def test_a_chain_longer_than_the_limit_is_flagged_truncated(
         assert r.flags & pyframes.STACK_PY_TRUNCATED
         assert not any(f.entry for f in python_part(r))  # the chain's end was not seen
     assert stats[PyStat.TRUNCATED] >= len(cut)
+
+
+@pytest.mark.bpf
+def test_a_thread_without_python_state_costs_one_search_per_second(
+    walker: Walker, child: Callable[..., Child], tmp_path: Path
+) -> None:
+    """A C thread in a Python process (a native library's worker) has no
+    thread state: its samples get no Python frames and count NO_TSTATE, and
+    the thread list is searched for it again only once a second."""
+    lib = tmp_path / "libspinthread.so"
+    source = PROGRAMS / "spinthread.c"
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-pthread", "-o", lib, source], check=True)
+    c = child("native", str(SECONDS + 3), str(lib))
+    before = walker.stats()
+    walker.mark(c)
+    records = [r for r in walker.collect(SECONDS) if r.pid == c.proc.pid]
+    after = walker.stats()
+    delta = {s: after[s] - before[s] for s in PyStat}
+    native = [r for r in records if r.fsbase == c.truth["threads"]["native"]]
+    main = [r for r in records if r.fsbase == c.truth["threads"]["main"]]
+    assert len(native) >= 50 and len(main) >= 50
+    assert all(python_part(r) == () and not r.flags & pyframes.STACK_PYTHON for r in native)
+    assert chains(main, c)[(c.truth["threads"]["main"], MAIN)] >= 0.9 * len(main)
+    assert delta[PyStat.NO_TSTATE] == len(native)
+    # main: one search; the C thread: one per PY_NO_TSTATE_NS (1 s) of the run
+    assert delta[PyStat.SEARCHES] <= 2 + SECONDS + 1, delta
+    print(f"C thread: {len(native)} samples, {delta[PyStat.SEARCHES]} searches in all")

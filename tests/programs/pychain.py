@@ -3,6 +3,7 @@
     python3.X pychain.py chain SECONDS   # <module> -> outer -> middle -> inner, and
                                          # a thread running alpha -> beta
     python3.X pychain.py deep SECONDS N  # <module> -> deep(N) -> ... -> deep(1)
+    python3.X pychain.py native SECONDS LIB  # the chain, and LIB's C thread (spinthread.c)
 
 Prints one JSON line first: each function's code object address (id()),
 its length in code units, and the thread idents (pthread_self()) of the
@@ -78,6 +79,15 @@ if sys.argv[1] == "chain":
     ready.set()
     outer()
     second.join()
+elif sys.argv[1] == "native":
+    import ctypes
+
+    lib = ctypes.CDLL(sys.argv[3])
+    lib.start_spinner.restype = ctypes.c_ulong
+    native = lib.start_spinner(ctypes.c_double(END - time.monotonic()))
+    describe((inner, middle, outer), {"main": threading.get_ident(), "native": native})
+    ready.set()
+    outer()
 else:
     describe((deep,), {"main": threading.get_ident()})
     ready.set()
