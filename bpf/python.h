@@ -279,7 +279,7 @@ static __always_inline int py_is_shim(struct py_layout *l, u8 owner)
 static __always_inline void py_flush(struct py_walk *st, struct unwound_stack *out)
 {
     u32 len = st->len;
-    if (!st->pending || len >= UNWIND_MAX_FRAMES)
+    if (!(st->pending & PY_FRAME) || len >= UNWIND_MAX_FRAMES)
         return;
     out->ips[len] = st->pending;
     st->len = len + 1;
@@ -299,7 +299,8 @@ static __always_inline u64 py_frame(struct py_walk *st, struct unwound_stack *ou
     }
     u64 previous = py_field(st, l->frame_previous);
     if (l->frame_owner >= 0 && py_is_shim(l, (u8)py_field(st, l->frame_owner))) {
-        st->pending |= PY_ENTRY;  /* the frame below a shim: one C activation ends */
+        if (st->pending)
+            st->pending |= PY_ENTRY;  /* the frame below a shim: one C activation ends */
         return previous;
     }
     u64 code = py_field(st, l->frame_code) & ~(u64)(u32)l->code_tag_mask;
@@ -332,7 +333,7 @@ static __always_inline void py_walk_frames(struct py_walk *st, struct unwound_st
     if (frame || (st->pending && st->len >= UNWIND_MAX_FRAMES)) {
         out->flags |= STACK_PY_TRUNCATED;  /* the last frame's entry bit is unknown */
         py_count(PSTAT_TRUNCATED, 1);
-    } else {
+    } else if (st->pending) {
         st->pending |= PY_ENTRY;  /* the outermost frame ends the outermost activation */
     }
     py_flush(st, out);

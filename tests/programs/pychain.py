@@ -3,7 +3,7 @@
     python3.X pychain.py chain SECONDS   # <module> -> outer -> middle -> inner, and
                                          # a thread running alpha -> beta
     python3.X pychain.py deep SECONDS N  # <module> -> deep(N) -> ... -> deep(1)
-    python3.X pychain.py native SECONDS LIB  # the chain, and LIB's C thread (spinthread.c)
+    python3.X pychain.py native SECONDS LIB  # the chain, and LIB's C threads (spinthread.c)
 
 Prints one JSON line first: each function's code object address (id()),
 its length in code units, and the thread idents (pthread_self()) of the
@@ -84,8 +84,11 @@ elif sys.argv[1] == "native":
 
     lib = ctypes.CDLL(sys.argv[3])
     lib.start_spinner.restype = ctypes.c_ulong
-    native = lib.start_spinner(ctypes.c_double(END - time.monotonic()))
-    describe((inner, middle, outer), {"main": threading.get_ident(), "native": native})
+    left = ctypes.c_double(END - time.monotonic())
+    idents = {"main": threading.get_ident()}
+    idents["native"] = lib.start_spinner(left, 0)
+    idents["native_state"] = lib.start_spinner(left, 1)
+    describe((inner, middle, outer), idents)
     ready.set()
     outer()
 else:
