@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import subprocess
-import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,24 +217,34 @@ def test_dead_process_is_esrch() -> None:
 
 
 def test_a_process_the_reader_may_not_trace_is_eperm() -> None:
-    """An unprivileged reader (uid 65534) of root's process: EPERM."""
+    """An unprivileged reader (uid 65534) of root's process: EPERM.
+
+    The reader runs the module (standard library only) from a copy in a
+    directory anyone may read, with the system interpreter: the checkout and
+    its venv may sit in a directory uid 65534 cannot enter (CI's clone)."""
     if not is_root():
         pytest.skip("needs root to run a reader as another user")
+    shared = Path(tempfile.mkdtemp(prefix="bpfprof-eperm-"))
     target = subprocess.Popen(["sleep", "60"])
-    probe = (
-        "from symbolizer.cpython.memory import MemoryReadError, ProcessMemory\n"
-        "try:\n"
-        f"    ProcessMemory({target.pid}).read(0x400000, 8)\n"
-        "except MemoryReadError as e:\n"
-        "    print(e.errno)\n"
-    )
     try:
+        shared.chmod(0o755)
+        module = shared / "memory.py"
+        module.write_bytes((REPO / "symbolizer" / "cpython" / "memory.py").read_bytes())
+        module.chmod(0o644)
+        probe = (
+            "from memory import MemoryReadError, ProcessMemory\n"
+            "try:\n"
+            f"    ProcessMemory({target.pid}).read(0x400000, 8)\n"
+            "except MemoryReadError as e:\n"
+            "    print(e.errno)\n"
+        )
         done = subprocess.run(
-            [sys.executable, "-c", probe],
+            ["/usr/bin/python3", "-c", probe],
             user=65534,
             group=65534,
             extra_groups=[],
-            env={"PYTHONPATH": str(REPO)},
+            env={"PYTHONPATH": str(shared)},
+            cwd=shared,
             capture_output=True,
             text=True,
             check=True,
@@ -241,6 +252,7 @@ def test_a_process_the_reader_may_not_trace_is_eperm() -> None:
     finally:
         target.kill()
         target.wait()
+        shutil.rmtree(shared)
     assert done.stdout.strip() == str(errno.EPERM)
 
 
