@@ -28,6 +28,7 @@ EM_X86_64 = 62
 PT_LOAD, PT_NOTE = 1, 4
 PF_X = 1
 STT_FUNC, STT_GNU_IFUNC = 2, 10
+FUNCTION_KINDS = frozenset({STT_FUNC, STT_GNU_IFUNC})
 DT_NULL, DT_NEEDED, DT_RPATH, DT_RUNPATH = 0, 1, 15, 29
 _SHN_UNDEF, _SHN_LORESERVE, _SHN_XINDEX = 0, 0xFF00, 0xFFFF
 MAX_HEADERS = 1 << 16  # program or section headers: more is not a real file
@@ -241,13 +242,17 @@ class ElfFile:
                 return self.stream.read(n)
         return b""
 
+    def symbol_tables(self) -> Iterator[tuple[str, Section]]:
+        """(name, section) of .dynsym, then .symtab, where the file has them."""
+        for table in (".dynsym", ".symtab"):
+            sec = self.section(table)
+            if sec is not None and sec.header.type in ("SHT_DYNSYM", "SHT_SYMTAB"):
+                yield table, sec
+
     def functions(self, names: Collection[str] | None = None) -> Iterator[FunctionSymbol]:
         """Defined functions with a non-zero address, .dynsym's then .symtab's,
         in table order; only those called `names` (without @version) if given."""
-        for table in (".dynsym", ".symtab"):
-            sec = self.section(table)
-            if sec is None or sec.header.type not in ("SHT_DYNSYM", "SHT_SYMTAB"):
-                continue
+        for table, sec in self.symbol_tables():
             for raw, info, _shndx, value, size in self.function_entries(sec):
                 if not value:
                     continue
@@ -258,12 +263,19 @@ class ElfFile:
     def function_entries(
         self, sec: Section, budget: Budget | None = None
     ) -> Iterator[tuple[bytes, int, int, int, int]]:
-        """(name, st_info, st_shndx, st_value, st_size) of each defined
-        STT_FUNC/STT_GNU_IFUNC entry of a symbol table section, in table
-        order: the one reader of symbol tables (the symbolizer's candidates
-        and the probes' lookups by name both go through it). The section and
-        its string table are read through `budget` (the file's if None), and
-        every CHECK_EVERY entries the ones yielded are paid to it."""
+        """symbol_entries of the functions (STT_FUNC, STT_GNU_IFUNC) only."""
+        return self.symbol_entries(sec, budget, FUNCTION_KINDS)
+
+    def symbol_entries(
+        self, sec: Section, budget: Budget | None = None, kinds: Collection[int] | None = None
+    ) -> Iterator[tuple[bytes, int, int, int, int]]:
+        """(name, st_info, st_shndx, st_value, st_size) of each defined entry
+        of a symbol table section whose type is in `kinds` (any if None), in
+        table order: the one reader of symbol tables (the symbolizer's
+        candidates, the probes' lookups by name and the interpreter's data
+        symbols all go through it). The section and its string table are
+        read through `budget` (the file's if None), and every CHECK_EVERY
+        entries the ones yielded are paid to it."""
         budget = budget or self.budget
         if not 0 <= sec.link < len(self.sections):
             raise ElfError(f"{sec.name}: string table {sec.link} does not exist")
@@ -280,7 +292,7 @@ class ElfFile:
                 name_off, info, _, shndx, value, size = fields
             else:
                 name_off, value, size, info, _, shndx = fields
-            if info & 0xF not in (STT_FUNC, STT_GNU_IFUNC) or shndx == _SHN_UNDEF:
+            if shndx == _SHN_UNDEF or (kinds is not None and info & 0xF not in kinds):
                 continue
             end = strtab.find(b"\0", name_off)
             kept += 1

@@ -41,8 +41,6 @@ _MARKERS = {"Py_BytesMain": 8, "PyFrame_GetCode": 9, "Py_NewRef": 10}
 _WANTED = (RUNTIME, EVAL, EVAL_COLD, "Py_Version", "PyCode_Type", *_MARKERS)
 SUPPORTED = tuple((3, minor) for minor in range(8, 15))
 DEBUG_COOKIE = b"xdebugpy"
-_SYM64 = struct.Struct("<IBBHQQ")  # name, info, other, shndx, value, size
-_SHN_UNDEF = 0
 
 
 class UnsupportedInterpreter(Exception):
@@ -73,28 +71,13 @@ class ElfSymbol:
 
 
 def elf_symbols(elf: ElfFile, names: Collection[str]) -> dict[str, ElfSymbol]:
-    """Defined symbols of any type called `names`, .dynsym's first.
-
-    ElfFile.functions() keeps functions only; `_PyRuntime`, `Py_Version`
-    and `PyCode_Type` are data objects, hence this small walk of the same
-    tables through ElfFile's budgeted section reads."""
+    """Defined symbols of any type called `names`, .dynsym's first:
+    `_PyRuntime`, `Py_Version` and `PyCode_Type` are data objects."""
     found: dict[str, ElfSymbol] = {}
-    for table in (".dynsym", ".symtab"):
-        sec = elf.section(table)
-        if sec is None or sec.header.type not in ("SHT_DYNSYM", "SHT_SYMTAB"):
-            continue
-        if not 0 <= sec.link < len(elf.sections):
-            raise ElfError(f"{table}: string table {sec.link} does not exist")
-        strtab = elf.read(elf.sections[sec.link])
-        data = elf.read(sec)
-        usable = len(data) - len(data) % _SYM64.size
-        for name_off, _, _, shndx, value, size in _SYM64.iter_unpack(data[:usable]):
-            if shndx == _SHN_UNDEF or not value:
-                continue
-            end = strtab.find(b"\0", name_off)
-            name = strtab[name_off : end if end >= 0 else None].split(b"@", 1)[0]
-            text = name.decode("utf-8", "replace")
-            if text in names and text not in found:
+    for _table, sec in elf.symbol_tables():
+        for raw, _info, _shndx, value, size in elf.symbol_entries(sec):
+            text = raw.split(b"@", 1)[0].decode("utf-8", "replace")
+            if value and text in names and text not in found:
                 found[text] = ElfSymbol(value, size)
     return found
 
