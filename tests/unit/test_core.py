@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,39 +13,14 @@ from agent.pipeline import core
 from agent.pipeline.builder import alloc_spec, cpu_spec
 from agent.pipeline.core import Collection
 from agent.pipeline.procinfo import ProcessFacts
+from tests import fake_sources as fakes
 
 ME = os.getpid()
 
 
-@dataclass
-class FakeSource:
-    batches: list[list[RawSample]]
-    seen: list[int] = field(default_factory=list)
-    started: bool = False
-    closed: bool = False
-    fail_start: bool = False
-
-    def add_targets(self, pids: Iterable[int]) -> None:
-        pass
-
-    def start(self) -> None:
-        if self.fail_start:
-            raise OSError("the kernel said no")
-        self.started = True
-
-    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
-        for pid in self.seen:
-            on_new_process(pid)
-        self.seen = []
-
-    def drain(self) -> list[RawSample]:
-        return self.batches.pop(0) if self.batches else []
-
+class FakeSource(fakes.FakeSource):
     def counters(self) -> dict[str, int]:
         return {"samples": 1}
-
-    def close(self) -> None:
-        self.closed = True
 
 
 @dataclass

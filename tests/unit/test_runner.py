@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,41 +22,10 @@ from agent.model import RawKey, RawSample, RawStack
 from agent.pipeline import core
 from agent.pipeline.builder import cpu_spec
 from agent.pipeline.resolve import StackResolver
+from tests.fake_sources import FakeSource
 from tests.otlp_receiver import HttpReceiver
 
 ME = os.getpid()
-
-
-@dataclass
-class FakeSource:
-    """Hands out `batches` one drain at a time; counts like the kernel would."""
-
-    batches: list[list[RawSample]]
-    started: bool = False
-    closed: bool = False
-    drained: int = 0
-    seen: list[int] = field(default_factory=list)
-
-    def add_targets(self, pids: Iterable[int]) -> None:
-        pass
-
-    def start(self) -> None:
-        self.started = True
-
-    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
-        for pid in self.seen:
-            on_new_process(pid)
-        self.seen = []
-
-    def drain(self) -> list[RawSample]:
-        self.drained += 1
-        return self.batches.pop(0) if self.batches else []
-
-    def counters(self) -> dict[str, int]:
-        return {"samples": 10 * self.drained, "map_full": self.drained, "user_collision": 1}
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def sample(pid: int, n: int) -> RawSample:
