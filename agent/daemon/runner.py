@@ -137,17 +137,10 @@ class Session:
         return self.collection
 
     def start(self) -> None:
-        streams: dict[str, tuple[SampleSource, ProfileSpec]] = {}
-        try:
-            streams = make_sources(self.config)
-            self.collection = Collection(
-                streams, wants=self.filter.wants, forgetters=(self.filter,)
-            )
-            self.collection.start()
-        except BaseException:
-            for source, _ in streams.values():
-                source.close()
-            raise
+        """Start the sources (a failure closes them all: Collection.start)."""
+        sources = make_sources(self.config)
+        self.collection = Collection(sources, wants=self.filter.wants, forgetters=(self.filter,))
+        self.collection.start()
         release_compiler_memory()
         self.delivery.start()
         self.window_start = time.time_ns()
@@ -255,14 +248,11 @@ class Session:
                 "intervals": self.intervals,
                 "config": self.config.source,
                 "exporting_to": self.config.export.endpoint or str(self.config.output_dir),
-                "profiles": ",".join(self.config_types()),
+                "profiles": ",".join(name for name, _ in self.config.profiles),
                 "last_interval": last,
                 "totals": {**self.totals, **gauges, "cpu_seconds": self.usage.total_cpu_seconds},
             },
         )
-
-    def config_types(self) -> list[str]:
-        return [name for name, _ in self.config.profiles]
 
     def close_sources(self) -> None:
         if self.collection is not None:
