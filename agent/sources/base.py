@@ -43,3 +43,13 @@ class SnapshotSource(Protocol):
 
     def live_heap(self) -> list[RawSample]:
         """Every sampled block still allocated, scaled, per stack."""
+
+
+@runtime_checkable
+class PythonCodeSource(Protocol):
+    """A source whose stacks carry Python frames (bpf/python.h): it hands
+    over the (pid, code object address) pairs its walker met for the first
+    time, so the core reads their names while the process still lives."""
+
+    def python_codes(self) -> list[tuple[int, int]]:
+        """New (pid, code address) pairs since the last call."""
