@@ -29,7 +29,7 @@ from typing import Any
 
 from symbolizer.safewrite import private_dir, write_atomic
 
-FORMAT = 3
+FORMAT = 4  # 4: PLT stubs joined the symbol index
 MAX_ENTRY = 1 << 30
 
 

@@ -23,6 +23,7 @@ from symbolizer.budget import ElfError as ElfError  # defined there, known by al
 from symbolizer.dwarf import DwarfInfo
 from symbolizer.elffile import PT_NOTE, ElfFile
 from symbolizer.elffile import Segment as Segment  # one PT_LOAD type for every reader
+from symbolizer.plt import plt_candidates
 from symbolizer.sections import SHF_COMPRESSED
 from symbolizer.symtab import Candidate, Symbol, SymbolIndex
 
@@ -248,7 +249,8 @@ def _note_bytes(elf: ElfFile, offset: int, size: int) -> bytes:
 
 
 def function_candidates(elf: ElfFile, budget: Budget | None = None) -> list[Candidate]:
-    """Function symbols of .symtab and .dynsym; .symtab ones rank higher.
+    """Function symbols of .symtab and .dynsym; .symtab ones rank higher;
+    then the PLT stubs (`memcmp@plt`, see plt.py), ranked below them all.
 
     Their bytes, and each symbol kept, are taken from `budget` (a fresh
     default one if None): BudgetExceeded when the file asks for more. A
@@ -269,4 +271,8 @@ def function_candidates(elf: ElfFile, budget: Budget | None = None) -> list[Cand
             rank = (from_symtab, size > 0, plainness, _BINDING_RANK.get(info >> 4, 0))
             limit = value + size if size else extents[shndx][1]
             found.append(Candidate(value, size, name, limit, rank))
-    return found
+    best: dict[int, Candidate] = {}
+    for c in found:
+        if c.start not in best or c.rank > best[c.start].rank:
+            best[c.start] = c
+    return found + plt_candidates(elf, budget, lambda a: best[a].name if a in best else None)

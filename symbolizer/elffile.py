@@ -75,12 +75,14 @@ class ProgramHeader:
 
 @dataclass(frozen=True)
 class Section:
-    """A section header: what read_section needs, its sh_link and sh_addralign."""
+    """A section header: what read_section needs, its sh_link, sh_addralign
+    and sh_entsize."""
 
     header: SectionHeader
     link: int
     index: int
     align: int = 0
+    entsize: int = 0
 
     @property
     def name(self) -> str:
@@ -187,11 +189,12 @@ class ElfFile:
         if 0 < strndx < len(raw):
             names = self._contents(raw[strndx], f"section names ({strndx})")
         out = []
-        for i, (name, type_, flags, addr, off, size, link, _, align, _) in enumerate(raw):
+        for i, (name, type_, flags, addr, off, size, link, _, align, entsize) in enumerate(raw):
             end = names.find(b"\0", name)
             text = names[name : end if end >= 0 else None].decode("utf-8", "replace")
             kind = _SECTION_TYPES.get(type_, f"SHT_{type_:#x}")
-            out.append(Section(SectionHeader(text, kind, flags, off, size, addr), link, i, align))
+            header = SectionHeader(text, kind, flags, off, size, addr)
+            out.append(Section(header, link, i, align, entsize))
         return tuple(out)
 
     def _contents(self, fields: tuple[int, ...], what: str) -> bytes:
