@@ -119,12 +119,17 @@ class PerfMapReader:
         stats: SymbolizerStats | None = None,
         limits: PerfMapLimits = PerfMapLimits(),
         clock: Callable[[], float] = time.monotonic,
+        work_clock: Callable[[], float] = time.thread_time,
     ) -> None:
+        """`clock` says when to look again; `work_clock` measures what a
+        look costs (the agent's own CPU time: on a busy host the wall time
+        of a look is mostly waiting for a CPU, which is no cost to bound)."""
         self.pid = pid
         self.proc_root = proc_root
         self.stats = stats if stats is not None else SymbolizerStats()
         self.limits = limits
         self._clock = clock
+        self._work = work_clock
         self.map = PerfMap()
         self.present = False  # a map was opened at least once
         self._next = float("-inf")  # the clock time before which not to look
@@ -141,13 +146,15 @@ class PerfMapReader:
         now = self._clock()
         if now < self._next:
             return self.present
-        grew = self._look(now)
-        spent = self._clock() - now
+        began = self._work()
+        grew = self._look(began)
+        spent = self._work() - began
         self._next = now + (spent / self.limits.share if grew else self.limits.every_s)
         return self.present
 
     def _look(self, now: float) -> bool:
-        """Open the map as the process's user would own it; True if it grew."""
+        """Open the map as the process's user would own it; True if it grew.
+        `now`: the work clock at the start of the look."""
         ids = read_status(self.pid, self.proc_root)
         if ids is None:  # gone: keep what was read
             return False
@@ -186,7 +193,7 @@ class PerfMapReader:
             max_entries=lim.entries - len(self.map),
             skipping=self._skipping,
             deadline=now + lim.refresh_seconds,
-            clock=self._clock,
+            clock=self._work,
         )
         self._offset += chunk.consumed
         self._skipping = chunk.skipping

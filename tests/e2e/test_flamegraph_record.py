@@ -59,8 +59,9 @@ def test_diff_names_the_function_that_grew(
     # Each share has a binomial error of at most 0.5/sqrt(n); allow 4 sigma of
     # the difference of two.
     tolerance = 4 * math.sqrt(2) * 0.5 / math.sqrt(samples)
-    assert changes["hot_b"].delta == pytest.approx(0.25, abs=tolerance)
-    assert changes["hot_a"].delta == pytest.approx(-0.25, abs=tolerance)
+    shares = {n: (round(c.before, 3), round(c.after, 3)) for n, c in changes.items()}
+    assert changes["hot_b"].delta == pytest.approx(0.25, abs=tolerance), shares
+    assert changes["hot_a"].delta == pytest.approx(-0.25, abs=tolerance), shares
 
     text = bpfprof(bpfprof_cmd, "diff", base, new, "--sample-index", "samples", "-n", "2")
     rows = text.splitlines()[-2:]

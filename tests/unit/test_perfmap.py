@@ -204,7 +204,8 @@ class FakeJit:
 
     def reader(self, clock: Callable[[], float] | None = None, **limits: float) -> PerfMapReader:
         lim = PerfMapLimits(**{"every_s": 0.0, **limits})  # type: ignore[arg-type]
-        return PerfMapReader(self.pid, str(self.proc), SymbolizerStats(), lim, clock or Clock())
+        clock = clock or Clock()
+        return PerfMapReader(self.pid, str(self.proc), SymbolizerStats(), lim, clock, clock)
 
 
 def _name(reader: PerfMapReader, address: int) -> str | None:
@@ -308,6 +309,36 @@ def test_a_growing_map_is_read_within_a_share_of_the_time(tmp_path: Path) -> Non
         reader.refresh()
         assert clock.now < looked + 10
     assert clock.now >= looked + 2.0
+
+
+def test_waiting_for_a_cpu_is_not_counted_as_the_cost_of_a_look(tmp_path: Path) -> None:
+    """GIVEN a busy host: each look takes 3 s of wall time but 0.01 s of the
+    agent's CPU, THEN the next look waits its CPU cost / share, not 30 s: a
+    huge map is read at the pace the agent's own time allows."""
+    jit, wall, work = FakeJit(tmp_path), Clock(), Clock()
+
+    def waiting() -> float:
+        wall.now += 1.5  # two readings of the wall clock per look
+        return wall.now
+
+    def working() -> float:
+        work.now += 0.005
+        return work.now
+
+    jit.append("1000 10 a\n")
+    reader = PerfMapReader(
+        jit.pid,
+        str(jit.proc),
+        SymbolizerStats(),
+        PerfMapLimits(every_s=1.0, share=0.05),
+        waiting,
+        working,
+    )
+    reader.refresh()
+    jit.append("2000 10 b\n")
+    wall.now += 1.0  # past the few ms of agent time / 5 %, far short of 30 s
+    reader.refresh()
+    assert len(reader.map) == 2
 
 
 def test_a_vanished_process_keeps_its_map(tmp_path: Path) -> None:
