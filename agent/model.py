@@ -9,12 +9,27 @@ invariants every encoder relies on, so encoders never see a broken profile.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 
 from agent.errors import InvalidProfile
 
+_CPYTHON_MAPPING = re.compile(r"\[python(\d+\.\d+)?\]")
+
 KERNEL_MAPPING_NAME = "[kernel.kallsyms]"
+
+# Location.kind: the OpenTelemetry profile.frame.type of the frame.
+NATIVE = "native"
+KERNEL = "kernel"
+CPYTHON = "cpython"  # a Python function run by CPython's interpreter loop
+
+
+def cpython_mapping_name(version: tuple[int, int] | None) -> str:
+    """The pseudo-file of a CPython version's Python frames: "[python3.11]"
+    ("[python]": version unknown). pprof has no frame kind, so a decoder
+    tells a Python frame by it."""
+    return f"[python{version[0]}.{version[1]}]" if version else "[python]"
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,16 @@ class Mapping:
     def is_kernel(self) -> bool:
         return self.file == KERNEL_MAPPING_NAME
 
+    @property
+    def is_cpython(self) -> bool:
+        """The pseudo-mapping of Python frames (cpython_mapping_name)."""
+        return _CPYTHON_MAPPING.fullmatch(self.file) is not None
+
+    @property
+    def kind(self) -> str:
+        """The frame kind of locations in this mapping, as a decoder infers it."""
+        return KERNEL if self.is_kernel else CPYTHON if self.is_cpython else NATIVE
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -59,7 +84,7 @@ class Location:
     address: int
     mapping: Mapping | None = None
     frames: tuple[Frame, ...] = ()
-    kind: str = "native"  # profile.frame.type: native, kernel, ...
+    kind: str = NATIVE  # profile.frame.type: native, kernel, cpython, ...
 
     @property
     def symbolized(self) -> bool:

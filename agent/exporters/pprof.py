@@ -6,7 +6,10 @@ string_table[0] == "" reserved, as every pprof reader requires). A
 mapping's `has_functions` is true only when every location in it was
 symbolized, because pprof re-symbolizes exactly the mappings where it is
 false: a frame we could not name keeps its address so pprof (or a later
-bpfprof) can name it with the binary at hand.
+bpfprof) can name it with the binary at hand. Python frames live in a
+pseudo-mapping named after their interpreter ("[python3.11]",
+model.cpython_mapping_name), which is how the decoder gives them back
+their kind: pprof has no field for it.
 
 The decoder reads what any producer writes (Go's runtime/pprof, pprof
 itself, other agents) and turns every malformed input into one InputError
@@ -91,8 +94,10 @@ class _Encoder:
         for loc in locations:
             if loc.mapping is not None:
                 by_mapping.setdefault(loc.mapping, []).append(loc)
-        # The kernel goes last: pprof takes the first mapping for the main binary.
-        for m, locs in sorted(by_mapping.items(), key=lambda item: item[0].is_kernel):
+        # Python frames' pseudo-mapping and the kernel go last: pprof takes
+        # the first mapping for the main binary.
+        order = {model.NATIVE: 0, model.CPYTHON: 1, model.KERNEL: 2}
+        for m, locs in sorted(by_mapping.items(), key=lambda item: order[item[0].kind]):
             frames = [f for loc in locs for f in loc.frames]
             functions = all(loc.symbolized for loc in locs)
             self.mappings[m] = len(self.pb.mapping) + 1
@@ -211,7 +216,7 @@ class _Decoder:
         if loc.mapping_id:
             mapping = _lookup(self.mappings, "mapping", loc.mapping_id, f"location {loc.id}")
         frames = tuple(self.frame(line, loc.id) for line in loc.line)
-        kind = "kernel" if mapping is not None and mapping.is_kernel else "native"
+        kind = mapping.kind if mapping is not None else model.NATIVE
         return model.Location(loc.address, mapping, frames, kind)
 
     def function(self, f: Any) -> model.Frame:

@@ -2,7 +2,8 @@
 
 A Collection holds the sample sources of one recording or one agent
 session, one per profile type, and everything kept per process to turn their
-samples into profiles: the symbolizer (maps and symbol tables), the resolver
+samples into profiles: the symbolizer (maps and symbol tables), the Python
+frames' names (each process's CPython, its code objects), the resolver
 (locations cached per pid), the process table (names, container, service) and
 which maps were last seen. A source announces each new process (or one that
 exec'd or dlopen'd); the core reads its maps once, captures its facts while it
@@ -24,8 +25,9 @@ from agent.model import Profile, RawKey, RawSample, Sample
 from agent.pipeline.builder import ProfileSpec, build_profile
 from agent.pipeline.procinfo import ProcessFacts, ProcessTable, process_resource
 from agent.pipeline.resolve import StackResolver
-from agent.sources.base import SampleSource, SnapshotSource
-from symbolizer import Symbolizer, read_maps
+from agent.sources.base import PythonCodeSource, SampleSource, SnapshotSource
+from symbolizer import Symbolizer, parse_maps, read_maps
+from symbolizer.cpython.names import PythonNames
 
 Resource = tuple[tuple[str, str | int], ...]
 
@@ -55,8 +57,10 @@ class Collection:
         self.streams = streams
         self.symbolizer = Symbolizer()
         self.processes = ProcessTable(proc_root)
+        # Python frames' names: each process's CPython and its code objects
+        self.python = PythonNames(self.symbolizer.proc_root)
         # one for the collection: a stack seen every interval is symbolized once
-        self.resolver = StackResolver(self.symbolizer)
+        self.resolver = StackResolver(self.symbolizer, self.python)
         self._wants = wants
         self._on_maps = on_maps
         self.maps_seen: dict[int, tuple[int, int]] = {}  # pid -> its maps' (length, hash)
@@ -78,10 +82,16 @@ class Collection:
             source.close()
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to `timeout_ms` once in all, taking each source's new processes."""
+        """Wait up to `timeout_ms` once in all, taking each source's new
+        processes, then the code objects its Python walker met first: their
+        names are read now, while the process lives (it may be gone by the
+        time its samples are resolved)."""
         for source, _ in self.streams.values():
             source.poll(timeout_ms, self.on_new_process)
             timeout_ms = 0
+            if isinstance(source, PythonCodeSource):
+                for pid, code in source.python_codes():
+                    self.python.prefetch(pid, code)
 
     def drain(self, final: bool = False) -> dict[str, list[RawSample]]:
         """What each source counted since the last drain; `final` takes the
@@ -103,8 +113,14 @@ class Collection:
         }
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Each source's self-metrics since it started."""
-        return {name: source.counters() for name, (source, _) in self.streams.items()}
+        """Each source's self-metrics since it started, and under "python"
+        the Python frames' (symbolizer/cpython/names.py: python_*)."""
+        out = {name: source.counters() for name, (source, _) in self.streams.items()}
+        out["python"] = {
+            **self.python.counters(),
+            "python_unnamed_locations": self.resolver.python_unnamed,
+        }
+        return out
 
     # -- processes -----------------------------------------------------------
 
@@ -132,6 +148,10 @@ class Collection:
             holder.forget(pid)
         if self._wants is None or self._wants(facts):
             self.symbolizer.observe(pid, text)
+            if text is not None:
+                self.python.observe(pid, parse_maps(text))
+        else:
+            self.python.forget(pid)
 
     def forget(self, pid: int) -> None:
         """Drop everything kept for `pid`, everywhere."""
@@ -139,6 +159,7 @@ class Collection:
         self.symbolizer.forget(pid)
         self.maps_seen.pop(pid, None)
         self.resolver.forget(pid)
+        self.python.forget(pid)
         for holder in self._forgetters:
             holder.forget(pid)
 

@@ -4,6 +4,12 @@ Every address but a stack's first is a return address: it points after the
 call, possibly into the next function or past the end of a noreturn caller.
 So callers are looked up at address - 1 (as perf and pprof do), while the
 Location keeps the address the kernel gave.
+
+A user stack may end in Python frames (bpf/python.h; decoded by
+symbolizer/cpython/frames.py), grouped per C-level activation of the eval
+loop. They are spliced into the native stack where the interpreter ran
+them (`splice`): each native frame of the loop, innermost first, gives its
+place to the next group. docs/python.md tells the rule in full.
 """
 
 from __future__ import annotations
@@ -12,13 +18,25 @@ import errno
 from collections.abc import Sequence
 from typing import Protocol
 
-from agent.model import KERNEL_MAPPING_NAME, Frame, Location, Mapping, RawKey
+from agent.model import (
+    CPYTHON,
+    KERNEL,
+    KERNEL_MAPPING_NAME,
+    NATIVE,
+    Frame,
+    Location,
+    Mapping,
+    RawKey,
+    cpython_mapping_name,
+)
+from symbolizer.cpython.frames import OFFSET_MAX, PyFrame, activations, split
 
 # Kernel addresses live in the top half of the address space on x86-64 and
 # arm64, so one mapping covering it holds kernel text, modules and BPF code.
 KERNEL_START = 1 << 63
 KERNEL_LIMIT = 2**64 - 1
-MAX_CACHED = 1 << 15  # locations kept per kind (user, kernel) before starting over
+MAX_CACHED = 1 << 15  # locations kept per kind (user, kernel, Python) before starting over
+PYTHON_SPACE = 1 << 48  # Python frames' pseudo-mapping: where code objects can lie
 
 
 class MapEntryLike(Protocol):
@@ -65,6 +83,33 @@ class FrameSymbolizer(Protocol):
     def resolve_kernel(self, address: int) -> ResolvedLike: ...
 
 
+class PythonTargetLike(Protocol):
+    """What the splice needs of a process's CPython (symbolizer.cpython.target)."""
+
+    @property
+    def version(self) -> tuple[int, int]: ...
+    def in_eval(self, address: int) -> bool: ...
+    def in_text(self, address: int) -> bool: ...
+
+
+class PythonNameLike(Protocol):
+    @property
+    def qualname(self) -> str: ...
+    @property
+    def filename(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def firstlineno(self) -> int: ...
+
+
+class PythonFrameNames(Protocol):
+    """What the resolver needs of symbolizer.cpython.names.PythonNames."""
+
+    def target(self, pid: int) -> PythonTargetLike | None: ...
+    def frame(self, pid: int, code: int, byte_offset: int | None) -> PythonNameLike | None: ...
+
+
 def lost_stack(what: str, error: int) -> Location | None:
     """A pseudo-location that keeps a sample whose stack the kernel lost, or
     marks one cut short (-E2BIG: deeper than the unwinder's frame limit).
@@ -90,8 +135,17 @@ class StackResolver:
     later); `misses` counts those met since `start_interval()`.
     """
 
-    def __init__(self, symbolizer: FrameSymbolizer, max_cached: int = MAX_CACHED) -> None:
+    def __init__(
+        self,
+        symbolizer: FrameSymbolizer,
+        python: PythonFrameNames | None = None,
+        max_cached: int = MAX_CACHED,
+    ) -> None:
         self._sym = symbolizer
+        self._python = python
+        self._py: dict[tuple[int, int, int], Location] = {}  # (pid, code, offset)
+        self._py_mappings: dict[tuple[int, int] | None, Mapping] = {}
+        self.python_unnamed = 0  # Python frames shown by address: their code had no name
         self._max_cached = max_cached
         self._user: dict[int, dict[tuple[int, bool], Location]] = {}
         self._user_count = 0
@@ -112,6 +166,8 @@ class StackResolver:
     def forget(self, pid: int) -> None:
         """Drop a process's cached locations: re-observed, or gone."""
         self._user_count -= len(self._user.pop(pid, ()))
+        if any(k[0] == pid for k in self._py):
+            self._py = {k: v for k, v in self._py.items() if k[0] != pid}
 
     def locations(self, key: RawKey) -> tuple[Location, ...]:
         stack = key.stack
@@ -120,12 +176,16 @@ class StackResolver:
         if lost:
             out.append(lost)
         if stack.user:
+            parts = split(stack.user)
             cache = self._user.get(key.pid)
             if cache is None:
                 cache = self._user[key.pid] = {}
-            out.extend(
-                self._user_location(cache, key.pid, a, i > 0) for i, a in enumerate(stack.user)
-            )
+            native = [
+                self._user_location(cache, key.pid, a, i > 0) for i, a in enumerate(parts.native)
+            ]
+            if parts.python:
+                native = self._splice(key.pid, parts.native, native, parts.python)
+            out.extend(native)
         lost = lost_stack("user", stack.user_error)
         if lost:
             out.append(lost)
@@ -146,7 +206,7 @@ class StackResolver:
                 # call was the mapping's last instruction, or a garbage
                 # frame): keep the address that lies in the mapping
                 address = lookup
-            loc = self._location(address, mapping, r, "native")
+            loc = self._location(address, mapping, r, NATIVE)
             if not loc.frames:
                 self._missed[(pid, ck[0], is_return)] = loc
                 return loc
@@ -159,13 +219,77 @@ class StackResolver:
             self._user_count += 1
         return loc
 
+    def _splice(
+        self,
+        pid: int,
+        addresses: Sequence[int],
+        native: list[Location],
+        python: Sequence[PyFrame],
+    ) -> list[Location]:
+        """The user stack with its Python frames in the place of the native
+        frames of the eval loop that ran them (leaf first, as both come).
+
+        A native frame is the loop if it lies in `_PyEval_EvalFrameDefault`
+        (target.in_eval), or in the interpreter's text where no symbol
+        covers it (Debian's stripped PGO 3.14 runs its dispatch loop in an
+        unnamed part outside the symbol). The i-th loop frame, innermost
+        first, takes the i-th group of Python frames; the outermost loop
+        frame takes every group left over (loop frames ran out: a stack cut
+        by the native unwinder's limit); loop frames left over stay native.
+        With no loop frame at all, the Python frames go just leafward of the
+        outermost run of the interpreter's own frames (main, Py_RunMain...),
+        or at the root end if none is known. No Python frame is dropped."""
+        target = self._python.target(pid) if self._python is not None else None
+        groups = [[self._python_location(pid, target, f) for f in g] for g in activations(python)]
+        loops = [] if target is None else _loop_frames(target, addresses, native)
+        if not loops:
+            at = _outer_run(target, addresses)
+            return native[:at] + [loc for g in groups for loc in g] + native[at:]
+        out: list[Location] = []
+        taken = 0
+        for i, loc in enumerate(native):
+            if taken < len(groups) and i in loops:
+                rest = groups[taken:] if i == loops[-1] else groups[taken : taken + 1]
+                out.extend(loc for g in rest for loc in g)
+                taken += len(rest)
+            else:
+                out.append(loc)
+        return out
+
+    def _python_location(
+        self, pid: int, target: PythonTargetLike | None, frame: PyFrame
+    ) -> Location:
+        key = (pid, frame.code, frame.offset)
+        loc = self._py.get(key)
+        if loc is not None:
+            return loc
+        known = frame.offset != OFFSET_MAX  # a saturated offset's line is unknown
+        name = None
+        if self._python is not None:
+            name = self._python.frame(pid, frame.code, frame.byte_offset if known else None)
+        version = target.version if target is not None else None
+        mapping = self._py_mappings.get(version)
+        if mapping is None:
+            mapping = Mapping(0, PYTHON_SPACE, 0, cpython_mapping_name(version))
+            self._py_mappings[version] = mapping
+        if name is None:
+            self.python_unnamed += 1
+            frames = (Frame(f"[python code {frame.code:#x}]"),)
+            return Location(frame.code, mapping, frames, CPYTHON)  # asked again next time
+        py = Frame(name.qualname, name.filename, name.line, name.firstlineno)
+        loc = Location(frame.code, mapping, (py,), CPYTHON)
+        if len(self._py) >= self._max_cached:
+            self._py.clear()
+        self._py[key] = loc
+        return loc
+
     def _kernel_location(self, address: int, is_return: bool) -> Location:
         ck = (address, is_return)
         loc = self._kernel.get(ck) or self._missed.get((-1, address, is_return))
         if loc is None:
             r = self._sym.resolve_kernel(address - 1 if is_return else address)
             mapping = self._kernel_mapping if address >= KERNEL_START else None
-            loc = self._location(address, mapping, r, "kernel")
+            loc = self._location(address, mapping, r, KERNEL)
             if not loc.frames:
                 self._missed[(-1, address, is_return)] = loc
             else:
@@ -184,3 +308,35 @@ class StackResolver:
             Frame(ln.function, ln.file, ln.line, ln.start_line, ln.system_name) for ln in r.lines
         )
         return Location(address, mapping, frames or (Frame(r.function),), kind)
+
+
+def _lookup(addresses: Sequence[int], i: int) -> int:
+    """Where the i-th native frame is looked up: a caller at its return address - 1."""
+    return addresses[i] - 1 if i > 0 else addresses[i]
+
+
+def _loop_frames(
+    target: PythonTargetLike, addresses: Sequence[int], native: Sequence[Location]
+) -> list[int]:
+    """Indices (leaf first) of the native frames that are the eval loop."""
+    loops = []
+    for i, loc in enumerate(native):
+        at = _lookup(addresses, i)
+        if target.in_eval(at) or (not loc.frames and target.in_text(at)):
+            loops.append(i)
+    return loops
+
+
+def _outer_run(target: PythonTargetLike | None, addresses: Sequence[int]) -> int:
+    """Where Python frames go when no loop frame is found: the index (leaf
+    first) of the leafmost frame of the outermost run of the interpreter's
+    own frames, else the root end."""
+    inside = [
+        target is not None and target.in_text(_lookup(addresses, i)) for i in range(len(addresses))
+    ]
+    if not any(inside):
+        return len(addresses)
+    at = max(i for i, hit in enumerate(inside) if hit)
+    while at > 0 and inside[at - 1]:
+        at -= 1
+    return at

@@ -18,6 +18,10 @@ Readable files, so a capture can be read and edited by hand:
                       build ID, size, and where its copy is ("" if none)
     files/NAME        the copies (by build ID)
     kallsyms          the kernel symbols the samples' kernel addresses hit
+    python.jsonl      one Python process a line: its interpreter (path,
+                      version, where its eval loop runs) and the decoded
+                      code objects met (name, file, first line, line table
+                      in hex), so Python frames replay to the same names
 
 A capture names processes and holds their stacks and binaries, as a
 profile does: a 0700 directory of 0600 files (symbolizer/safewrite.py).
@@ -34,8 +38,10 @@ from typing import Any
 
 from agent.config import SourceOptions
 from agent.model import RawKey, RawSample, RawStack
-from agent.sources.base import SampleSource, SnapshotSource
+from agent.sources.base import PythonCodeSource, SampleSource, SnapshotSource
 from symbolizer import MapEntry, Symbolizer, parse_maps, read_build_id
+from symbolizer.cpython.code import CodeInfo
+from symbolizer.cpython.names import PythonNames, SavedTarget
 from symbolizer.elf import ElfError
 from symbolizer.process import open_mapped
 from symbolizer.safeopen import read_bounded
@@ -152,7 +158,10 @@ class Capture:
         counters: dict[str, int],
         symbolizer: Symbolizer,
         container_id: Callable[[int], str],
+        python: PythonNames | None = None,
     ) -> None:
+        """`python`: the collection's Python names, read now (after the
+        profile was built, so every code object its frames met is held)."""
         d = self.directory
         private_dir(d / "maps")
         meta = {
@@ -184,6 +193,49 @@ class Capture:
         write_atomic(d / "processes.jsonl", jsonl(procs))
         write_atomic(d / "files.jsonl", jsonl(self._files.values()))
         write_atomic(d / "kallsyms", kernel_symbols(self.samples, symbolizer).encode())
+        saved = [(pid, python.saved(pid)) for pid in pids] if python is not None else []
+        rows = [python_record(pid, *kept) for pid, kept in saved if kept is not None]
+        write_atomic(d / "python.jsonl", jsonl(rows))
+
+
+def python_record(pid: int, target: SavedTarget, codes: dict[int, CodeInfo]) -> dict[str, Any]:
+    """One python.jsonl line: a process's interpreter and its code objects."""
+    return {
+        "pid": pid,
+        "path": target.path,
+        "version": list(target.version),
+        "eval_ranges": [[f"{lo:#x}", f"{hi:#x}"] for lo, hi in target.eval_ranges],
+        "text": [[f"{lo:#x}", f"{hi:#x}"] for lo, hi in target.text],
+        "codes": {
+            f"{address:#x}": {
+                "name": info.name,
+                "file": info.filename,
+                "first": info.firstlineno,
+                "linetable": info.linetable.hex(),
+            }
+            for address, info in sorted(codes.items())
+        },
+    }
+
+
+def python_from(record: dict[str, Any]) -> tuple[SavedTarget, dict[int, CodeInfo]]:
+    def ranges(rows: list[list[str]]) -> tuple[tuple[int, int], ...]:
+        return tuple((int(lo, 16), int(hi, 16)) for lo, hi in rows)
+
+    major, minor = record["version"]
+    target = SavedTarget(
+        record["path"],
+        (int(major), int(minor)),
+        ranges(record["eval_ranges"]),
+        ranges(record["text"]),
+    )
+    codes = {
+        int(address, 16): CodeInfo(
+            c["name"], c["file"], int(c["first"]), bytes.fromhex(c["linetable"])
+        )
+        for address, c in record["codes"].items()
+    }
+    return target, codes
 
 
 def kernel_symbols(samples: list[dict[str, Any]], symbolizer: Symbolizer) -> str:
@@ -227,6 +279,12 @@ class _CapturingSource:
 
     def counters(self) -> dict[str, int]:
         return self.inner.counters()
+
+    def python_codes(self) -> list[tuple[int, int]]:
+        """The inner source's new code objects, if it walks Python frames."""
+        if isinstance(self.inner, PythonCodeSource):
+            return self.inner.python_codes()
+        return []
 
     def close(self) -> None:
         self.inner.close()

@@ -134,7 +134,7 @@ def finish(
         options = config.source_options()
         capture.save(
             config.profile_type, options, profile.time_nanos, profile.duration_nanos,
-            counters, collection.symbolizer, collection.container_id,
+            counters, collection.symbolizer, collection.container_id, collection.python,
         )  # fmt: skip
     pids = len({s.num_labels["pid"] for s in profile.samples})
     print(

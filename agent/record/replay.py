@@ -3,7 +3,8 @@
 The same stages record runs after the kernel (Aggregator, StackResolver,
 build_profile with the type's registry spec), fed by a ReplaySource and a
 Symbolizer that reads nothing of this host: maps text from the capture,
-files from the capture's copies, kernel symbols from its kallsyms. So it
+files from the capture's copies, kernel symbols from its kallsyms, Python
+frames' names from its python.jsonl. So it
 runs without root, and a capture made on one host replays the same on
 another.
 """
@@ -19,6 +20,7 @@ from agent.pipeline.builder import build_profile
 from agent.pipeline.resolve import StackResolver
 from agent.record.replaysource import ReplaySource, load
 from symbolizer import Symbolizer
+from symbolizer.cpython.names import PythonNames
 
 
 def replay(directory: Path) -> Profile:
@@ -39,6 +41,9 @@ def replay(directory: Path) -> Profile:
             symbolizer.observe(pid, maps_text=text)
 
     source.poll(0, observe)
+    python = PythonNames(proc_root=absent)  # names as the capture saved them
+    for pid, (target, codes) in captured.python.items():
+        python.load(pid, target, codes)
     aggregator = Aggregator()
     aggregator.add(source.drain())
     aggregator.add(source.live_heap())
@@ -54,7 +59,7 @@ def replay(directory: Path) -> Profile:
     return build_profile(
         aggregator.take(),
         registry.spec_for(captured.profile_type, captured.options),
-        StackResolver(symbolizer),
+        StackResolver(symbolizer, python),
         process_name,
         time_nanos=captured.time_nanos,
         duration_nanos=captured.duration_nanos,

@@ -16,15 +16,17 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from agent.config import SourceOptions
 from agent.errors import UsageError
 from agent.model import RawSample
-from agent.record.capture import VERSION, options_from, sample_from
+from agent.record.capture import VERSION, options_from, python_from, sample_from
 from symbolizer import MapEntry
+from symbolizer.cpython.code import CodeInfo
+from symbolizer.cpython.names import SavedTarget
 from symbolizer.places import Place, open_place
 
 
@@ -51,6 +53,8 @@ class Captured:
     live: list[RawSample]
     processes: dict[int, CapturedProcess]
     files: dict[tuple[str, str, int], str]  # (path, dev, inode) -> its copy, "" if none
+    # pid -> its interpreter and decoded code objects (python.jsonl)
+    python: dict[int, tuple[SavedTarget, dict[int, CodeInfo]]] = field(default_factory=dict)
 
     def open_file(self, pid: int, entry: MapEntry) -> tuple[BinaryIO, Place]:
         """The copy of the file behind `entry` (Symbolizer's opener)."""
@@ -87,6 +91,8 @@ def load(directory: Path) -> Captured:
             )
         rows = _lines(directory / "files.jsonl")
         files = {(f["path"], f["dev"], f["inode"]): f["stored"] for f in rows}
+        py = directory / "python.jsonl"  # absent from captures made before Python frames
+        python = {r["pid"]: python_from(r) for r in (_lines(py) if py.exists() else [])}
         return Captured(
             directory=directory,
             profile_type=meta["profile_type"],
@@ -98,6 +104,7 @@ def load(directory: Path) -> Captured:
             live=live,
             processes=processes,
             files=files,
+            python=python,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{directory} is not a readable capture: {exc}") from exc

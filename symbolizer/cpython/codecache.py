@@ -82,6 +82,21 @@ class CodeCache:
         self._put(key, mark, info)
         return info
 
+    def peek(self, pid: int, address: int) -> CodeInfo | None:
+        """The entry last decoded for (pid, address), without reading the
+        process (no re-check: for a process that is gone, or a replay)."""
+        cached = self._entries.get((pid, address))
+        return cached[1] if cached is not None else None
+
+    def put(self, pid: int, address: int, info: CodeInfo) -> None:
+        """Hold `info` for (pid, address) with no fingerprint: the next `get`
+        decodes afresh; `peek` answers it (a replay's saved names)."""
+        self._put((pid, address), (), info)
+
+    def entries(self, pid: int) -> dict[int, CodeInfo]:
+        """Every code object held for `pid`, by address (a capture saves them)."""
+        return {k[1]: v[1] for k, v in self._entries.items() if k[0] == pid}
+
     def forget(self, pid: int) -> None:
         """Drop a process's entries (it exited or exec'd)."""
         for key in [k for k in self._entries if k[0] == pid]:
