@@ -1,11 +1,14 @@
 """Kernel text symbols from /proc/kallsyms.
 
 kallsyms gives addresses and names but no sizes, so a kernel address
-belongs to the nearest text symbol at or below it. Two limits keep that
-from naming a far-away function: core kernel symbols end at `_etext`, and
-an address below the first symbol belongs to nothing. Module symbols
-(`name\\t[module]`, which includes BPF programs as `[bpf]`) keep their
-module name.
+belongs to the nearest text symbol at or below it. Limits keep that from
+naming a far-away function: a core kernel symbol ends at the end of its
+range, `_etext` for the kernel's text and `_einittext` for init text
+(which lies above it: without that bound the last init function,
+`use_tpause_delay` here, named every address of a BPF program unloaded
+before kallsyms was read), and an address below the first symbol belongs
+to nothing. Module symbols (`name\\t[module]`, which includes BPF programs
+as `bpf_prog_<tag>_<name>\\t[bpf]`) keep their module name.
 
 Parsing is one regular expression over the whole text (about 150 ms for
 120k lines here), which skips data symbols without splitting their lines.
@@ -44,32 +47,40 @@ class KernelSymbols:
     of MiB, and a profiler's RSS is judged by its peak."""
 
     def __init__(
-        self, rows: Iterable[tuple[int, str, str]] = (), text_start: int = 0, text_end: int = 0
+        self,
+        rows: Iterable[tuple[int, str, str]] = (),
+        text_start: int = 0,
+        text_end: int = 0,
+        init_end: int = 0,
     ) -> None:
         """`rows` are (start, name, module), one per address."""
         self._index("".join(_line(*row) for row in sorted(rows)))
         self.text_start = text_start
         self.text_end = text_end
+        self.init_end = init_end
 
     @classmethod
     def from_text(cls, text: str) -> KernelSymbols:
         """Parse kallsyms text. All-zero addresses (kptr_restrict hides them
-        from unprivileged readers) give an empty table rather than one that
-        names every address after the same symbol."""
+        from readers without CAP_SYSLOG) give an empty table rather than one
+        that names every address after the same symbol, and set `hidden`."""
         table = cls.__new__(cls)
         markers = table._index(text)
         table.text_start = next((markers[m] for m in _TEXT_MARKERS if m in markers), 0)
         table.text_end = markers.get("_etext", 0)
+        table.init_end = markers.get("_einittext", 0)
         return table
 
     def _index(self, text: str) -> dict[str, int]:
         """Index the text symbols of `text`; returns the range markers."""
         starts, offsets = array("Q"), array("Q")
         markers: dict[str, int] = {}
+        zeros = 0
         for m in _TEXT_LINE.finditer(text):
             addr, name = int(m.group(1), 16), m.group(3)
             if name in _MARKERS:
                 markers[name] = min(markers.get(name, addr), addr)
+            zeros += addr == 0
             if addr == 0 or name in _END_MARKERS:
                 continue
             starts.append(addr)
@@ -83,6 +94,8 @@ class KernelSymbols:
                 continue
             self._starts.append(starts[i])
             self._offsets.append(offsets[i])
+        # every address zero: kptr_restrict hid them (not merely an empty text)
+        self.hidden = zeros > 0 and not self._starts
         return markers
 
     def _match(self, offset: int) -> re.Match[str]:
@@ -104,9 +117,19 @@ class KernelSymbols:
             return None
         m = self._match(self._offsets[i])
         start, name, module = self._starts[i], m.group(3), m.group(4) or ""
-        if not module and start < self.text_end <= address:
-            return None  # past the end of core text, in a gap before modules
+        if not module and address >= self._core_end(start):
+            return None  # past the end of its range: a gap, init data, modules, BPF
         return KernelSymbol(name, start, module)
+
+    def _core_end(self, start: int) -> int:
+        """Where a core symbol starting at `start` must end: the first range
+        end above it (`_etext`, `_einittext`). Past `_einittext` there is no
+        core text, so nothing extends; a text without that marker (a table
+        built from rows) leaves the symbols above its ends unbounded."""
+        above = [e for e in (self.text_end, self.init_end) if e > start]
+        if above:
+            return min(above)
+        return start if self.init_end else 1 << 64
 
 
 def _line(start: int, name: str, module: str) -> str:
@@ -125,6 +148,20 @@ def read_kernel_notes(path: str = "/sys/kernel/notes") -> bytes:
     (what perf records for [kernel.kallsyms], to match a vmlinux later)."""
     with open(path, "rb") as f:
         return f.read()
+
+
+def hidden_kallsyms_message(path: str, sysctl: str = "/proc/sys/kernel/kptr_restrict") -> str:
+    """Why kallsyms read as zeros, what it costs and how to fix it."""
+    try:
+        with open(sysctl) as f:
+            setting = f"kernel.kptr_restrict={f.read().strip()}"
+    except OSError:
+        setting = "kernel.kptr_restrict"
+    return (
+        f"{path} shows every kernel address as 0 ({setting} hides them from a process "
+        "without CAP_SYSLOG): kernel frames will be unnamed addresses. Run with CAP_SYSLOG "
+        "(the bpfprof.service unit grants it) or lower kernel.kptr_restrict"
+    )
 
 
 def read_kallsyms(path: str = "/proc/kallsyms") -> str:

@@ -22,7 +22,12 @@ from symbolizer.diskcache import SymbolCache
 from symbolizer.dwarf import SourceFrame
 from symbolizer.elf import ElfError, ElfSymbols, build_id_from_notes, read_build_id
 from symbolizer.frames import ResolvedLine, source_lines
-from symbolizer.kernel import KernelSymbols, read_kallsyms, read_kernel_notes
+from symbolizer.kernel import (
+    KernelSymbols,
+    hidden_kallsyms_message,
+    read_kallsyms,
+    read_kernel_notes,
+)
 from symbolizer.objfile import load_object
 from symbolizer.perfmap import PerfMapReader
 from symbolizer.persist import restore_table, table_state
@@ -310,6 +315,9 @@ class Symbolizer:
             except OSError as exc:
                 self.stats.warn_once("kallsyms", f"cannot read {self.kallsyms_path}: {exc}")
                 self._kernel = KernelSymbols([])
+            if self._kernel.hidden:
+                self.stats.kallsyms_hidden += 1
+                self.stats.warn_once("kallsyms-hidden", hidden_kallsyms_message(self.kallsyms_path))
             if not len(self._kernel):
                 self.stats.kernel_unavailable += 1
                 self.stats.warn_once("kallsyms-empty", "no kernel symbols: frames stay addresses")

@@ -28,6 +28,7 @@ class SymbolizerStats:
     resolved: int = 0  # addresses given a function name
     misses: int = 0  # addresses left unsymbolized
     kernel_unavailable: int = 0  # kallsyms unreadable or empty
+    kallsyms_hidden: int = 0  # kallsyms read with every address 0 (kptr_restrict, no CAP_SYSLOG)
     bad_dwarf: int = 0  # debug files or DWARF units that could not be used
     disk_cache_hits: int = 0  # tables restored from the on-disk cache
     perf_map_refused: int = 0  # pids whose perf map was a symlink, not regular, or not theirs
