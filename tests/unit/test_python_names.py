@@ -15,6 +15,7 @@ import errno
 import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,9 @@ class Child:
         self.proc.wait(timeout=10)
 
 
-@pytest.fixture
-def child(tmp_path: Path) -> Iterator[Child]:
+@contextmanager
+def spawn(tmp_path: Path) -> Iterator[Child]:
+    """The child, killed and reaped on the way out."""
     script = tmp_path / "names_child.py"
     script.write_text(CHILD)
     proc = subprocess.Popen(
@@ -92,6 +94,12 @@ def child(tmp_path: Path) -> Iterator[Child]:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[Child]:
+    with spawn(tmp_path) as c:
+        yield c
 
 
 def observed(child: Child, **kwargs: Any) -> PythonNames:
