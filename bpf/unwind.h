@@ -56,7 +56,8 @@
 #define RBP_AT_RSP 2
 
 /* struct unwound_stack.flags (agent/unwind/layout.py) */
-#define STACK_TRUNCATED 1   /* deeper than UNWIND_MAX_FRAMES: the root is missing */
+#define STACK_TRUNCATED 1   /* the root is missing: deeper than UNWIND_MAX_FRAMES, or the
+                             * walk met an impossible return address (unwind_impossible) */
 #define STACK_COMPLETE 2    /* reached a frame whose CFI says it is the outermost */
 #define STACK_FP_USED 4     /* at least one frame was unwound with frame pointers */
 #define STACK_READ_ERROR 8  /* a saved register could not be read */
@@ -67,7 +68,7 @@
 enum unwind_stat {
     USTAT_STACKS = 0,      /* user stacks walked */
     USTAT_FRAMES = 1,      /* frames produced */
-    USTAT_TRUNCATED = 2,   /* stacks deeper than the limit */
+    USTAT_TRUNCATED = 2,   /* stacks deeper than the limit or cut at an impossible address */
     USTAT_NO_PROC = 3,     /* stacks of processes with no tables loaded (yet) */
     USTAT_FP_FRAMES = 4,   /* frames unwound with frame pointers */
     USTAT_READ_ERROR = 5,
@@ -278,6 +279,23 @@ fail:
     return 0;
 }
 
+/* Lowest and highest address a user return address can have on x86-64: no
+ * code is ever mapped in the first page (mmap_min_addr), and user space ends
+ * at 0x00007fffffffffff with 4-level paging (5-level paging gives a process
+ * more only if it asks mmap for it with a hint, which no loader does). */
+#define UNWIND_MIN_PC 4096ULL
+#define UNWIND_MAX_PC 0x00007fffffffffffULL
+
+/* A "return address" no code can be at: what a corrupted or foreign frame
+ * gives (0x1, 0x7fffffffffffffff, a kernel or non-canonical address; 0.4 %
+ * of samples on real programs). The walk stops before it and the stack is
+ * marked truncated: its outer frames are unknown, not an address. 0 is not
+ * here: it is how frame-pointer chains and some CFI end a stack. */
+static __always_inline int unwind_impossible(u64 pc)
+{
+    return pc != 0 && (pc < UNWIND_MIN_PC || pc > UNWIND_MAX_PC);
+}
+
 static __always_inline int unwind_step(struct unwind_state *st)
 {
     struct unwound_stack *out = st->out;
@@ -289,6 +307,10 @@ static __always_inline int unwind_step(struct unwind_state *st)
     st->hash = (st->hash ^ st->pc) * 0x100000001b3ULL;
     if (!unwind_frame(st) || st->pc == 0)
         return 1;
+    if (unwind_impossible(st->pc)) {
+        st->flags |= STACK_TRUNCATED;
+        return 1;
+    }
     if (st->len >= UNWIND_MAX_FRAMES) {
         st->flags |= STACK_TRUNCATED;  /* a caller exists that has no room */
         return 1;
