@@ -143,6 +143,7 @@ def finish(
         file=sys.stderr,
     )
     report_counters(counters, config)
+    report_python(collection.counters()["python"])
     if child and child.status is not None and child.status != 0:
         print(f"bpfprof: note: the command exited with status {child.status}", file=sys.stderr)
     return 0
@@ -163,6 +164,19 @@ def warn_all_processes(config: RecordConfig) -> None:
     cost = registry.get(config.profile_type).host_wide_cost
     if cost and config.all_processes:
         log.warning("%s", cost)
+
+
+def report_python(counters: dict[str, int]) -> None:
+    """One warning if Python frames went without a name, and why."""
+    if counters.get("python_code_misses"):
+        log.warning(
+            "%d Python frames got no name (no interpreter found: %d, unreadable: %d, "
+            "met only after the process exited: %d); they show as [python code 0x...]",
+            counters["python_code_misses"],
+            counters.get("python_no_target", 0),
+            counters.get("python_unreadable", 0),
+            counters.get("python_never_decoded", 0),
+        )
 
 
 def report_counters(counters: dict[str, int], config: RecordConfig) -> None:

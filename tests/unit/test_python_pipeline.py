@@ -14,12 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from agent.config import SourceOptions
 from agent.exporters import folded
 from agent.model import CPYTHON, RawKey, RawSample, RawStack
 from agent.pipeline.builder import cpu_spec
 from agent.pipeline.core import Collection
 from agent.record.capture import Capture
+from agent.record.recorder import report_python
 from agent.record.replay import replay
 from agent.sources.base import PythonCodeSource
 from symbolizer import parse_maps, read_maps
@@ -111,3 +114,13 @@ def test_a_process_the_driver_does_not_want_gets_no_python_names(tmp_path: Path)
         core.on_new_process(child.pid)
         core.forget(child.pid)
         assert core.python.target(child.pid) is None and len(core.python) == 0
+
+
+def test_record_warns_once_about_python_frames_without_a_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    report_python({"python_code_misses": 0})
+    assert not caplog.records
+    report_python({"python_code_misses": 4, "python_no_target": 1, "python_never_decoded": 3})
+    (record,) = caplog.records
+    assert record.getMessage().startswith("4 Python frames got no name (no interpreter found: 1")
