@@ -17,6 +17,7 @@ SUITES = {  # name -> module with main(argv) -> int
     "agent": "bench.agent",
     "symbolizer": "bench.symbolizer",
     "flamegraph": "bench.flamegraph",
+    "python": "bench.python",
 }
 
 
