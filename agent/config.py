@@ -47,6 +47,7 @@ class SourceOptions:
     all_processes: bool = False  # alloc: probe the system's libc for every process
     alloc_inuse: bool = True  # alloc: also probe free, for inuse_*
     prewarm: tuple[str, ...] = ()  # executables whose unwind tables are built before start
+    python: bool = True  # with unwind "dwarf": CPython processes' Python frames (bpf/python.h)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RecordConfig:
     alloc_rate: int = DEFAULT_ALLOC_RATE
     all_processes: bool = False
     alloc_inuse: bool = True
+    python: bool = True  # Python frames of CPython processes (with unwind "dwarf")
 
     def __post_init__(self) -> None:
         from agent import registry  # it imports this module
@@ -132,6 +134,7 @@ class RecordConfig:
             all_processes=self.all_processes,
             alloc_inuse=self.alloc_inuse,
             prewarm=self._command_executable(),
+            python=self.python,
         )
 
     def _command_executable(self) -> tuple[str, ...]:

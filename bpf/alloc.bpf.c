@@ -33,11 +33,16 @@
  *   UPROBE_SESSION   also build the s_* session programs (not with NO_INUSE)
  *   UNWIND_DWARF     walk user stacks with CFI (unwind.h, as cpu.bpf.c) instead
  *                    of frame pointers (bpf_get_stack)
+ *   PYTHON_FRAMES    with UNWIND_DWARF: Python frames after the native ones
+ *                    (python.h, as cpu.bpf.c)
  */
 #include <uapi/linux/ptrace.h>
 #include "common.h"
 #ifdef UNWIND_DWARF
 #include "unwind.h"
+#ifdef PYTHON_FRAMES
+#include "python.h"
+#endif
 #endif
 
 struct pending_alloc {
@@ -127,6 +132,9 @@ static __always_inline void take_user_stack(struct pt_regs *ctx, struct alloc_ev
     /* The walker finds the allocator's caller from its CFI, even at the
      * entry, where the caller's frame is not set up yet. */
     struct unwound_stack *st = unwind_user_stack(ev->pid);
+#ifdef PYTHON_FRAMES
+    python_append(ev->pid, ev->tid, st);
+#endif
     u32 skip = at_entry ? 1 : 0;
     if (!st || st->len <= skip) {
         ev->stack_bytes = -BPFPROF_EFAULT;
@@ -355,6 +363,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 #endif
 #ifdef UNWIND_DWARF
     unwind_procs.delete(&pid);
+#endif
+#ifdef PYTHON_FRAMES
+    python_procs.delete(&pid);  /* user space marks the new image if it is CPython */
 #endif
     send_event(pid, ALLOC_EVENT_EXEC);
     return 0;

@@ -17,10 +17,15 @@
  *                    (frame pointers where a binary has none) instead of
  *                    bpf_get_stackid; user stack ids then index `ustacks`
  *                    (ustacks.h), in one half of it per window
+ *   PYTHON_FRAMES    with UNWIND_DWARF: append CPython processes' Python
+ *                    frames to their user stacks (python.h; its -D flags too)
  */
 #include "common.h"
 #ifdef UNWIND_DWARF
 #include "unwind.h"
+#ifdef PYTHON_FRAMES
+#include "python.h"
+#endif
 #define USTACK_HALVES 2
 #include "ustacks.h"
 #endif
@@ -102,6 +107,9 @@ int on_cpu_sample(void *ctx)
     void *ustack = NULL;
 #ifdef UNWIND_DWARF
     ustack = unwind_user_stack(pid);  /* once: the walk is the costly part to verify */
+#ifdef PYTHON_FRAMES
+    python_append(pid, tid, ustack);  /* before the stack is hashed into ustacks */
+#endif
     if (unwind_maps_stale(pid, ustack))
         send_event(pid, EVENT_MAPS_CHANGED);
 #endif

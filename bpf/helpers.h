@@ -76,6 +76,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 #ifdef UNWIND_DWARF
     unwind_procs.delete(&pid);
 #endif
+#ifdef PYTHON_FRAMES
+    python_procs.delete(&pid);  /* user space marks the new image if it is CPython */
+#endif
     return 0;
 }
 #endif

@@ -40,9 +40,21 @@
  * get the room the native walk left, and a chain that does not fit is
  * flagged STACK_PY_TRUNCATED like one longer than PY_MAX_FRAMES.
  *
- * A process that execs keeps its python_procs entry until user space (or
- * the exec tracepoint of helpers.h) deletes it; meanwhile the walk of the
- * new image finds no thread state or no code objects and counts it.
+ * A process that execs loses its python_procs entry in the exec tracepoint
+ * (helpers.h, alloc.bpf.c) until user space has looked at the new image;
+ * a process still marked meanwhile finds no thread state or no code objects
+ * and counts it.
+ *
+ * New code objects: the first time a (process, code object) pair is
+ * appended, it goes into `python_codes_seen` (an LRU hash) and onto the
+ * `python_new_codes` queue, so user space reads the code object's name
+ * while the process lives (Walker.python_codes). The pair is keyed by the
+ * process entry's `generation` too, which user space changes when it marks
+ * a new image of the same pid, so an exec'd interpreter's code objects are
+ * sent again. A full queue counts PSTAT_CODES_DROPPED and forgets the pair,
+ * so a later sample sends it. A stack equal to the last one this CPU sent
+ * for the process skips the lookups (PSTAT_CODES_SKIPPED): a spinning
+ * thread costs one comparison per sample.
  *
  * Cost, measured by tests/bpf/test_python_walk.py on 3.8-3.14: 4.6-9.2 us
  * of BPF time per sample for a 21-frame chain (two reads per frame: the
@@ -69,6 +81,12 @@
 #endif
 #ifndef PY_THREADS
 #define PY_THREADS 16384
+#endif
+#ifndef PY_CODES_SEEN
+#define PY_CODES_SEEN 65536
+#endif
+#ifndef PY_CODES_QUEUE
+#define PY_CODES_QUEUE 8192
 #endif
 #define PY_WINDOW 128  /* bytes of a frame read at once: every field the walk needs */
 #define PY_NO_TSTATE_NS 1000000000ULL  /* a thread without a state is looked for again after this */
@@ -99,7 +117,10 @@ enum py_stat {
     PSTAT_BAD_CODE = 6,   /* a frame's code object is not one: its frames were dropped */
     PSTAT_CACHED = 7,     /* walks that used the cached thread state */
     PSTAT_SEARCHES = 8,   /* walks of the thread list (cache misses, retries of threads without one) */
-    PSTAT_MAX = 9,
+    PSTAT_CODES_NEW = 9,  /* (process, code object) pairs queued for user space */
+    PSTAT_CODES_DROPPED = 10, /* pairs not queued: the queue was full (sent again later) */
+    PSTAT_CODES_SKIPPED = 11, /* stacks equal to this CPU's last one sent: no lookups */
+    PSTAT_MAX = 12,
 };
 
 /* The C mirror of the walk fields of symbolizer/cpython's WalkLayout, in
@@ -128,6 +149,16 @@ struct py_proc {
     u64 code_type;  /* address of PyCode_Type: checks each code object (0: unchecked) */
     u32 layout;     /* index in python_layouts */
     u32 flags;
+    u32 generation; /* changed by user space for each new image of the pid */
+    u32 pad;
+};
+
+/* A (process, code object) pair: key of python_codes_seen, value of the
+ * python_new_codes queue. */
+struct py_code_ref {
+    u32 pid;
+    u32 generation;
+    u64 code;
 };
 
 struct py_thread {
@@ -147,6 +178,12 @@ struct py_walk {
     u32 frames;     /* Python frames written */
     u32 bad;        /* PSTAT_* that made the walk useless, or 0 */
     u32 size;       /* bytes of each frame read (py_window_size) */
+    u64 sent_hash;  /* the last stack whose code objects were all sent, */
+    u32 sent_pid;   /* of this process */
+    u32 sent_gen;   /* and generation */
+    u64 prev_code;  /* py_note_codes: the frame before's, skipped (recursion) */
+    u32 dropped;    /* py_note_codes: pairs the full queue refused */
+    u32 next;       /* py_note_codes: the index in ips looked at next */
     u8 b[PY_WINDOW * 2];  /* the frame read; room for any masked size or offset + 8 */
 };
 
@@ -155,6 +192,8 @@ BPF_ARRAY(python_layouts, struct py_layout, PY_LAYOUTS);
 BPF_TABLE("lru_hash", u32, struct py_thread, python_threads, PY_THREADS);
 BPF_PERCPU_ARRAY(python_walks, struct py_walk, 1);
 BPF_PERCPU_ARRAY(python_stats, u64, PSTAT_MAX);
+BPF_TABLE("lru_hash", struct py_code_ref, u8, python_codes_seen, PY_CODES_SEEN);
+BPF_QUEUE(python_new_codes, struct py_code_ref, PY_CODES_QUEUE);
 
 static __always_inline void py_count(int idx, u64 n)
 {
@@ -339,6 +378,51 @@ static __always_inline void py_walk_frames(struct py_walk *st, struct unwound_st
     py_flush(st, out);
 }
 
+/* Queue the code objects of out->ips[first, len) that this process has not
+ * sent yet (see the top of this file). */
+static __always_inline void py_note_codes(struct py_walk *st, struct unwound_stack *out,
+                                          u32 pid, u32 gen, u32 first)
+{
+    if (st->sent_hash == out->hash && st->sent_pid == pid && st->sent_gen == gen) {
+        py_count(PSTAT_CODES_SKIPPED, 1);
+        return;
+    }
+    st->prev_code = 0;
+    st->dropped = 0;
+    st->next = first;
+    u32 len = out->len;
+    /* The index lives in the map value, read again each time: a local one
+     * becomes a pointer increment the verifier cannot bound. */
+#pragma clang loop unroll(disable)
+    for (int j = 0; j < UNWIND_MAX_FRAMES; j++) {
+        u32 i = st->next;
+        if (i >= len || i >= UNWIND_MAX_FRAMES)
+            break;
+        st->next = i + 1;
+        struct py_code_ref ref = {.pid = pid, .generation = gen, .code = out->ips[i] & PY_ADDR_MASK};
+        if (ref.code == st->prev_code)
+            continue;
+        st->prev_code = ref.code;
+        if (python_codes_seen.lookup(&ref))
+            continue;
+        u8 one = 1;
+        if (python_codes_seen.insert(&ref, &one) != 0)
+            continue;  /* another CPU inserted it meanwhile, and sends it */
+        if (python_new_codes.push(&ref, 0) == 0) {
+            py_count(PSTAT_CODES_NEW, 1);
+        } else {
+            python_codes_seen.delete(&ref);  /* not sent: a later sample tries again */
+            py_count(PSTAT_CODES_DROPPED, 1);
+            st->dropped = 1;
+        }
+    }
+    if (!st->dropped) {
+        st->sent_hash = out->hash;
+        st->sent_pid = pid;
+        st->sent_gen = gen;
+    }
+}
+
 /* Append the current thread's Python frames to `out` (a stack of process
  * `pid`, thread `tid`, that unwind_user_stack produced). Nothing happens for
  * a process user space has not marked as CPython. */
@@ -378,10 +462,12 @@ static __always_inline void python_append(u32 pid, u32 tid, struct unwound_stack
         return;
     }
     if (st->frames) {
+        u32 first = out->len;
         out->len = st->len;
         out->hash = st->hash ^ st->len;
         out->flags |= STACK_PYTHON;
         py_count(PSTAT_FRAMES, st->frames);
+        py_note_codes(st, out, pid, proc->generation, first);
     }
 }
 

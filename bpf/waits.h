@@ -10,12 +10,17 @@
  *
  * With UNWIND_DWARF, user stacks are walked with CFI (unwind.h) and their
  * ids index `ustacks` (ustacks.h); `stacks` then holds kernel stacks only.
+ * With PYTHON_FRAMES too, a CPython process's Python frames follow its
+ * native ones (python.h).
  */
 #ifndef BPFPROF_WAITS_H
 #define BPFPROF_WAITS_H
 
 #ifdef UNWIND_DWARF
 #include "unwind.h"
+#ifdef PYTHON_FRAMES
+#include "python.h"
+#endif
 #include "ustacks.h"
 #endif
 
@@ -32,6 +37,9 @@ static __always_inline void take_stacks(void *ctx, struct sample_key *key, int k
 {
 #ifdef UNWIND_DWARF
     struct unwound_stack *st = unwind_user_stack(key->pid);
+#ifdef PYTHON_FRAMES
+    python_append(key->pid, key->tid, st);  /* before the stack is hashed into ustacks */
+#endif
     key->user_stack_id = unwind_stackid(st, 0);
     if (unwind_maps_stale(key->pid, st))
         send_event(key->pid, EVENT_MAPS_CHANGED);

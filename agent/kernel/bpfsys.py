@@ -50,6 +50,7 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_delete_elem": (_I, [_I, _P]),
     "bpf_get_first_key": (_I, [_I, _P, ctypes.c_size_t]),
     "bpf_get_next_key": (_I, [_I, _P, _P]),
+    "bpf_lookup_and_delete": (_I, [_I, _P, _P]),
     "bpf_lookup_and_delete_batch": (_I, [_I, _PU32, _PU32, _P, _P, _PU32]),
     "bpf_update_batch": (_I, [_I, _P, _P, _PU32]),
     "bpf_new_ringbuf": (_P, [_I, RINGBUF_CALLBACK, _P]),
@@ -94,6 +95,16 @@ def update(fd: int, key: Any, leaf: Any, flags: int = 0) -> None:
 def delete(fd: int, key: Any) -> bool:
     """Delete `key`; False when it was not there."""
     return int(lib().bpf_delete_elem(fd, ctypes.byref(key))) >= 0
+
+
+def pop(fd: int, leaf: Any) -> bool:
+    """Take the next element of a queue or stack map into `leaf`; False
+    when it is empty (ENOENT)."""
+    if lib().bpf_lookup_and_delete(fd, None, ctypes.byref(leaf)) >= 0:
+        return True
+    if ctypes.get_errno() == errno.ENOENT:
+        return False
+    raise _failed("could not pop from the map")
 
 
 def next_key(fd: int, key: Any, out: Any) -> bool:

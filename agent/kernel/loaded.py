@@ -29,6 +29,7 @@ MAP_PERCPU_ARRAY = 6
 MAP_STACK_TRACE = 7
 MAP_LRU_HASH = 9
 MAP_LRU_PERCPU_HASH = 10
+MAP_QUEUE = 22
 MAP_RINGBUF = 27
 
 _NOT_IN_NAMES = re.compile(rb"[^a-zA-Z0-9_]")
@@ -193,11 +194,43 @@ class RingBuf:
         self._buffers.add(self.map_fd, callback)
 
 
+class QueueTable:
+    """A BPF_QUEUE map: no keys, values taken in order (BCC's QueueStack)."""
+
+    def __init__(self, name: str, fd: int, max_entries: int, leaf: Any) -> None:
+        self.name = name
+        self.map_fd = fd
+        self.max_entries = max_entries
+        self.Leaf = leaf
+
+    def pop(self) -> Any:
+        """The oldest value, removed; KeyError when the queue is empty."""
+        leaf = self.Leaf()
+        if not bpfsys.pop(self.map_fd, leaf):
+            raise KeyError("queue empty")
+        return leaf
+
+    def pop_many(self, limit: int) -> list[Any]:
+        """Up to `limit` values, oldest first, removed."""
+        out = []
+        for _ in range(limit):
+            leaf = self.Leaf()
+            if not bpfsys.pop(self.map_fd, leaf):
+                break
+            out.append(leaf)
+        return out
+
+
 def make_table(spec: dict[str, Any], fd: int, buffers: bpfsys.RingBuffers) -> Any:
     """The facade for one map the loader child described."""
     name, kind = str(spec["name"]), int(spec["type"])
     if kind == MAP_RINGBUF:
         return RingBuf(name, fd, buffers)
+    if kind == MAP_QUEUE:  # keyless: BCC describes no key type
+        leaf = typedesc.decode(json.loads(spec["leaf_desc"]))
+        if ctypes.sizeof(leaf) != spec["leaf_size"]:
+            raise typedesc.TypeDescError(f"map {name}: decoded value size differs")
+        return QueueTable(name, fd, int(spec["max_entries"]), leaf)
     key = typedesc.decode(json.loads(spec["key_desc"]))
     leaf = typedesc.decode(json.loads(spec["leaf_desc"]))
     if (ctypes.sizeof(key), ctypes.sizeof(leaf)) != (spec["key_size"], spec["leaf_size"]):

@@ -471,6 +471,11 @@ class AllocSource:
         """Whether user stacks are walked with CFI (False: frame pointers only)."""
         return self._walker.active
 
+    def python_codes(self) -> list[tuple[int, int]]:
+        """New (pid, code object address) pairs of Python frames since the
+        last call (agent.sources.base.PythonCodeSource)."""
+        return self._walker.python_codes() if self._bpf is not None else []
+
     def close(self) -> None:
         if self._bpf is not None:
             self._bpf.cleanup()

@@ -159,6 +159,11 @@ class ProgramSource:
         """Whether user stacks are walked with CFI (False: frame pointers only)."""
         return self._walker.active
 
+    def python_codes(self) -> list[tuple[int, int]]:
+        """New (pid, code object address) pairs of Python frames since the
+        last call (agent.sources.base.PythonCodeSource)."""
+        return self._walker.python_codes() if self._loaded is not None else []
+
     def add_targets(self, pids: Iterable[int]) -> None:
         self._targets.extend(pids)
         if self._loaded is not None:

@@ -9,6 +9,12 @@ program's unwind maps are kept in step with the processes it sees by an
 again when the walker meets a mapping it was not told of (dlopen), and
 after an exec.
 
+With `python` on (the default), the walker's build also appends CPython
+processes' Python frames (bpf/python.h): each process the loader loads is
+looked at by a `PythonLoader` too, which marks it if it runs CPython. If
+the kernel refuses that build, the walker is loaded without Python frames
+(one warning), and frame pointers remain the last resort.
+
 Each loaded program has its own copy of the maps: the rows of libc go into
 every program that walks it, from the same on-disk cache.
 """
@@ -25,15 +31,20 @@ from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
 from agent.kernel import bcc_loader
 from agent.kernel.loaded import BpfProgram
+from agent.kernel.python_maps import BccPythonMaps
 from agent.kernel.unwind_maps import BccUnwindMaps
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 from agent.unwind.loader import UnwindLoader, default_cache_dir
 from agent.unwind.needed import needed_libraries
+from agent.unwind.pyframes import python_cflags
+from agent.unwind.pyloader import PythonLoader
 from agent.unwind.table import TableCache, TableError, load_unwind_info
+from agent.unwind.taskbtf import BtfError, read_fsbase_offset
 from symbolizer.elf import ElfError, read_build_id
 from symbolizer.safeopen import open_regular
 
 log = logging.getLogger("bpfprof.unwind")
+CODES_PER_CALL = 8192  # python_codes(): pairs taken from the queue per call (its size)
 
 
 def unwind_cflags(limits: BpfLimits) -> list[str]:
@@ -46,6 +57,18 @@ def unwind_cflags(limits: BpfLimits) -> list[str]:
     ]
 
 
+def python_frames_cflags(limits: BpfLimits) -> list[str]:
+    """The flags that add bpf/python.h to the walker's build; [] (with one
+    warning) when the running kernel's BTF does not say where a task keeps
+    its FS base, which the walk needs to find a thread's Python state."""
+    try:
+        offset = read_fsbase_offset()
+    except (BtfError, OSError, ValueError) as exc:
+        log.warning("no Python frames: cannot read the kernel's task layout from its BTF: %s", exc)
+        return []
+    return ["-DPYTHON_FRAMES=1", *python_cflags(offset), f"-DPY_PROCS={limits.seen_entries}"]
+
+
 class Walker:
     """One program's walker: compiling with the fallback, loading tables,
     and its self-metrics. `active` is False with frame pointers only."""
@@ -54,12 +77,19 @@ class Walker:
         self._options = options
         self._cache_dir = cache_dir
         self._maps: BccUnwindMaps | None = None
+        self._python_maps: BccPythonMaps | None = None
         self.loader: UnwindLoader | None = None
+        self.python: PythonLoader | None = None
         self.maps_reloaded = 0  # reloads the walker asked for (dlopen)
 
     @property
     def wanted(self) -> bool:
         return self._options.unwind == "dwarf"
+
+    @property
+    def python_active(self) -> bool:
+        """Whether the loaded program appends Python frames."""
+        return self._python_maps is not None
 
     @property
     def active(self) -> bool:
@@ -74,16 +104,25 @@ class Walker:
     ) -> BpfProgram:
         """The walker's build of `program` if wanted and accepted, else the
         frame-pointer one. `flags(unwind)` gives the -D flags of each;
-        `functions` the program types (see bcc_loader.compile_program)."""
+        `functions` the program types (see bcc_loader.compile_program).
+        With Python frames wanted, the walker's build with them is tried
+        first, then the walker's without them."""
         if self.wanted:
-            try:
-                loaded = bcc_loader.compile_program(program, flags(True), functions)
-            except SetupError as exc:
-                if "run as root" in str(exc) and os.geteuid() != 0:
-                    raise
-                log.warning("user stacks fall back to frame pointers: %s", exc)
-            else:
+            python = python_frames_cflags(self._options.limits) if self._options.python else []
+            for extra in [python, []] if python else [[]]:
+                try:
+                    loaded = bcc_loader.compile_program(program, flags(True) + extra, functions)
+                except SetupError as exc:
+                    if "run as root" in str(exc) and os.geteuid() != 0:
+                        raise
+                    if extra:
+                        log.warning("no Python frames: the kernel refused the build: %s", exc)
+                    else:
+                        log.warning("user stacks fall back to frame pointers: %s", exc)
+                    continue
                 self._maps = BccUnwindMaps(loaded)
+                if extra:
+                    self._python_maps = BccPythonMaps(loaded)
                 return loaded
         return bcc_loader.compile_program(program, flags(False), functions)
 
@@ -98,9 +137,11 @@ class Walker:
             max_maps=limits.unwind_mappings,
             cache=TableCache(self._cache_dir or default_cache_dir()),
         )
+        if self._python_maps is not None:
+            self.python = PythonLoader(self._python_maps, max_procs=limits.seen_entries)
         self.prewarm(self._options.prewarm)
         for pid in targets:
-            self.loader.load(pid)
+            self.load(pid)
 
     def announce(
         self, pid: int, observe: Callable[[int], None] | None, *, changed: bool = False
@@ -137,11 +178,21 @@ class Walker:
                 log.debug("no unwind table for %s before start: %s", path, exc)
 
     def load(self, pid: int, *, changed: bool = False) -> None:
-        """(Re)load one process's tables; `changed`: the walker asked for it."""
+        """(Re)load one process's tables; `changed`: the walker asked for it
+        (a new mapping), else the process is new or exec'd."""
         if self.loader is not None:
             self.loader.load(pid)
+        if self.python is not None:
+            self.python.load(pid)
         if changed:
             self.maps_reloaded += 1
+
+    def python_codes(self, limit: int = CODES_PER_CALL) -> list[tuple[int, int]]:
+        """(pid, code object address) pairs the walker met for the first
+        time since the last call, at most `limit` of them (bpf/python.h)."""
+        if self._python_maps is None:
+            return []
+        return self._python_maps.pop_codes(limit)
 
     def counters(self) -> dict[str, int]:
         """The walker's and the loader's self-metrics, prefixed `unwind_`."""
@@ -150,6 +201,10 @@ class Walker:
         out = {f"unwind_{k}": v for k, v in self._maps.stats().items()}
         out.update({f"unwind_{k}": v for k, v in vars(self.loader.stats).items()})
         out["unwind_maps_reloaded"] = self.maps_reloaded
+        if self._python_maps is not None and self.python is not None:
+            out.update({f"python_{k}": v for k, v in self._python_maps.stats().items()})
+            out.update({f"python_{k}": v for k, v in vars(self.python.finder.stats).items()})
+            out.update({f"python_{k}": v for k, v in vars(self.python.stats).items()})
         return out
 
 

@@ -59,6 +59,9 @@ class PyStat(enum.IntEnum):
     BAD_CODE = 6
     CACHED = 7
     SEARCHES = 8
+    CODES_NEW = 9
+    CODES_DROPPED = 10
+    CODES_SKIPPED = 11
 
 
 class PyLayout(ctypes.Structure):
@@ -95,6 +98,18 @@ class PyProc(ctypes.Structure):
         ("code_type", ctypes.c_uint64),
         ("layout", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
+        ("generation", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    )
+
+
+class PyCodeRef(ctypes.Structure):
+    """struct py_code_ref: a (process, code object) pair the walker met first."""
+
+    _fields_ = (
+        ("pid", ctypes.c_uint32),
+        ("generation", ctypes.c_uint32),
+        ("code", ctypes.c_uint64),
     )
 
 
@@ -110,10 +125,18 @@ def pack_layout(layout: object) -> PyLayout:
     return out
 
 
-def pack_proc(runtime: int, code_type: int, layout_index: int) -> PyProc:
+def pack_proc(runtime: int, code_type: int, layout_index: int, generation: int = 0) -> PyProc:
     """A process's entry: `runtime` and `code_type` are runtime addresses
-    (load bias + the ELF's st_value); code_type 0 skips the code-object check."""
-    return PyProc(runtime=runtime, code_type=code_type, layout=layout_index, flags=0)
+    (load bias + the ELF's st_value); code_type 0 skips the code-object check.
+    `generation` keys the code objects the walker has sent for the process:
+    a new one (a new image after an exec) has them sent again."""
+    return PyProc(
+        runtime=runtime,
+        code_type=code_type,
+        layout=layout_index,
+        flags=0,
+        generation=generation & 0xFFFFFFFF,
+    )
 
 
 def python_cflags(fsbase_offset: int, max_frames: int = MAX_FRAMES) -> list[str]:
