@@ -33,6 +33,7 @@ sed -e "s#@PREFIX@#/opt/bpfprof#g" -e "s#@CONFDIR@#/etc/bpfprof#g" \
     "$REPO_DIR/systemd/bpfprof.service" >"$ROOT/lib/systemd/system/bpfprof.service"
 install -m 0644 "$REPO_DIR/packaging/config.toml" "$ROOT/etc/bpfprof/config.toml"
 install -m 0644 "$REPO_DIR/docs/agent.md" "$ROOT/opt/bpfprof/share/doc/agent.md"
+install -D -m 0755 "$REPO_DIR/systemd/bpfprof-reload" "$ROOT/opt/bpfprof/libexec/bpfprof-reload"
 
 cat >"$ROOT/DEBIAN/control" <<CONTROL
 Package: bpfprof

@@ -8,6 +8,7 @@
 #   PREFIX/venv                  a virtualenv made with Debian's python3 and
 #                                --system-site-packages, so it imports BCC
 #   PREFIX/share/doc/agent.md    the agent's documentation
+#   PREFIX/libexec/bpfprof-reload  the unit's ExecReload (fails on a rejected config)
 #   /etc/bpfprof/config.toml     the annotated default config (kept if present)
 #   /etc/systemd/system/bpfprof.service
 #   /var/lib/bpfprof             profiles and spool (systemd's StateDirectory)
@@ -87,7 +88,9 @@ make_venv() {
 
 install_files() {
     say "unit, config and documentation"
-    install -d "$DESTDIR$UNITDIR" "$DESTDIR$CONFDIR" "$DESTDIR$PREFIX/share/doc"
+    install -d "$DESTDIR$UNITDIR" "$DESTDIR$CONFDIR" "$DESTDIR$PREFIX/share/doc" \
+        "$DESTDIR$PREFIX/libexec"
+    install -m 0755 "$REPO_DIR/systemd/bpfprof-reload" "$DESTDIR$PREFIX/libexec/bpfprof-reload"
     install -d -m 0700 "$DESTDIR$STATEDIR" # profiles: root's alone (an older 0750/0755 is tightened)
     sed -e "s#@PREFIX@#$PREFIX#g" -e "s#@CONFDIR@#$CONFDIR#g" \
         "$REPO_DIR/systemd/bpfprof.service" >"$DESTDIR$UNITDIR/bpfprof.service"

@@ -10,19 +10,24 @@ processes that are gone, so memory follows the live process count.
 SIGTERM/SIGINT: finish the interval in progress, give the worker a few
 seconds to send (the rest goes to the spool), exit 0. SIGHUP: load the
 config again; a bad one is logged and the old one kept; a good one restarts
-the pipeline with it after flushing the current interval.
+the pipeline with it after flushing the current interval. Either way the
+verdict is written to a file (reload_verdict_path) that the unit's
+ExecReload (systemd/bpfprof-reload) waits for, so `systemctl reload` fails
+when the new config is rejected.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import signal
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -41,6 +46,7 @@ from agent.kernel.privileges import require_privileges
 from agent.model import Profile, RawSample
 from agent.pipeline.builder import ProfileSpec
 from agent.pipeline.core import Collection
+from agent.safewrite import private_dir, write_atomic
 from agent.sources.base import SampleSource
 from symbolizer.budget import cancel_all
 
@@ -303,18 +309,40 @@ def run(load: Callable[[], RunConfig]) -> int:
 def reload_session(load: Callable[[], RunConfig], old: Session, usage: SelfUsage) -> Session | None:
     """A session for the new config if it is valid and different; None keeps
     the running one. Everything that can reject a config (values, TLS files,
-    directories) is checked here, before the running pipeline is stopped."""
+    directories) is checked here, before the running pipeline is stopped.
+    The verdict goes to reload_verdict_path for ExecReload to report."""
+    verdict = reload_verdict_path(old.config.status_file)
     try:
         new = load()
         if new == old.config:
             log.info("config reloaded: no change")
+            write_reload_verdict(verdict, "")
             return None
         session = Session(new, usage)
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:
         log.error("config reload failed, keeping the running config: %s", e)
-        return None
-    except OSError as e:
-        log.error("config reload failed, keeping the running config: %s", e)
+        write_reload_verdict(verdict, str(e) or type(e).__name__)
         return None
     log.info("config reloaded from %s: restarting the pipeline", new.source)
+    write_reload_verdict(verdict, "")
     return session
+
+
+_reloads = itertools.count(1)
+
+
+def reload_verdict_path(status_file: Path) -> Path:
+    """Where each SIGHUP's verdict goes: systemd's $RUNTIME_DIRECTORY
+    (/run/bpfprof, which ExecReload sees too), else beside the status file."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime or status_file.parent) / "reload"
+
+
+def write_reload_verdict(path: Path, error: str) -> None:
+    """One line, `<pid>:<n> ok` or `<pid>:<n> rejected: <why>`: unique per
+    reload, so a waiter that read the line before its SIGHUP sees it change.
+    A failure to write costs only the verdict (ExecReload then times out)."""
+    outcome = "rejected: " + " ".join(error.split()) if error else "ok"
+    with contextlib.suppress(OSError):
+        private_dir(path.parent)
+        write_atomic(path, f"{os.getpid()}:{next(_reloads)} {outcome}\n".encode())

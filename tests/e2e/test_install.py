@@ -50,6 +50,8 @@ def test_layout(root: Path) -> None:
     assert f"ExecStart={PREFIX}/venv/bin/bpfprof run --config {CONFDIR}/config.toml" in unit
     assert "@PREFIX@" not in unit and "@CONFDIR@" not in unit
     assert (root / "opt/bpfprof/share/doc/agent.md").is_file()
+    assert f"ExecReload={PREFIX}/libexec/bpfprof-reload $MAINPID" in unit
+    assert (root / "opt/bpfprof/libexec/bpfprof-reload").stat().st_mode & 0o111
     assert (root / "var/lib/bpfprof").is_dir()
     cfg = (root / "opt/bpfprof/venv/pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in cfg  # so it imports Debian's BCC

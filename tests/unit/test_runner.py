@@ -99,7 +99,11 @@ def test_intervals_go_to_a_collector_as_otlp(tmp_path: Path, source: FakeSource)
     assert not list((tmp_path / "spool").glob("*.otlp"))
 
 
-def test_reload_keeps_the_session_on_a_bad_config(tmp_path: Path, source: FakeSource) -> None:
+def test_reload_keeps_the_session_on_a_bad_config(
+    tmp_path: Path, source: FakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    verdict = tmp_path / "run" / "reload"  # what ExecReload (systemd/bpfprof-reload) reads
     good = config(tmp_path)
     session = runner.Session(good, SelfUsage())
 
@@ -107,10 +111,15 @@ def test_reload_keeps_the_session_on_a_bad_config(tmp_path: Path, source: FakeSo
         raise ConfigError("c.toml: interval: must be at least 0.2, not 0")
 
     assert runner.reload_session(bad, session, SelfUsage()) is None
+    assert verdict.read_text().split(" ", 1)[1] == (
+        "rejected: c.toml: interval: must be at least 0.2, not 0\n"
+    )
     assert runner.reload_session(lambda: good, session, SelfUsage()) is None  # unchanged
+    assert verdict.read_text().endswith(" ok\n")
     changed = config(tmp_path, Override("interval", 2.0, "--interval"))
     new = runner.reload_session(lambda: changed, session, SelfUsage())
     assert new is not None and new.config.interval == 2.0
+    assert verdict.read_text().endswith(" ok\n")
     missing_ca = (
         Override("export.endpoint", "https://c:4318", "--endpoint"),
         Override("export.protocol", "http/protobuf", "--protocol"),
