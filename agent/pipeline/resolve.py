@@ -160,8 +160,12 @@ class StackResolver:
         return len(self._missed)
 
     def start_interval(self) -> None:
-        """Ask again for what could not be symbolized (the rest stays cached)."""
+        """Ask again for what could not be symbolized (the rest stays
+        cached), and for every Python frame: a code object's address can be
+        reused by another one, which PythonNames re-checks once an interval
+        (one small read per distinct frame) rather than never."""
         self._missed.clear()
+        self._py.clear()
 
     def forget(self, pid: int) -> None:
         """Drop a process's cached locations: re-observed, or gone."""

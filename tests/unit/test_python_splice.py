@@ -189,6 +189,9 @@ def test_python_locations_are_cached_per_code_and_offset_until_forgotten() -> No
     resolver.forget(PID)
     run()
     assert len(names.asked) == 6
+    resolver.start_interval()  # asked again once an interval: addresses can be reused
+    run()
+    assert len(names.asked) == 9
 
 
 def test_a_saturated_offset_asks_for_no_line() -> None:
