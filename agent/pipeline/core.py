@@ -116,11 +116,12 @@ class Collection:
         """Each source's self-metrics since it started, and under "python"
         the Python frames' (symbolizer/cpython/names.py: python_*)."""
         out = {name: source.counters() for name, (source, _) in self.streams.items()}
-        out["python"] = {
-            **self.python.counters(),
-            "python_unnamed_locations": self.resolver.python_unnamed,
-        }
+        out["python"] = self.python_counters()
         return out
+
+    def python_counters(self) -> dict[str, int]:
+        """The Python frames' self-metrics (no source asked: also after close)."""
+        return {**self.python.counters(), "python_unnamed_locations": self.resolver.python_unnamed}
 
     # -- processes -----------------------------------------------------------
 

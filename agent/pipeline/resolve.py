@@ -236,10 +236,15 @@ class StackResolver:
         A native frame is the loop if it lies in `_PyEval_EvalFrameDefault`
         (target.in_eval), or in the interpreter's text where no symbol
         covers it (Debian's stripped PGO 3.14 runs its dispatch loop in an
-        unnamed part outside the symbol). The i-th loop frame, innermost
-        first, takes the i-th group of Python frames; the outermost loop
-        frame takes every group left over (loop frames ran out: a stack cut
-        by the native unwinder's limit); loop frames left over stay native.
+        unnamed part outside the symbol). Adjacent loop frames are one
+        activation: a real re-entry always has a C caller between (the
+        vectorcall that starts the next activation), and the native
+        unwinder can take a stale return address of the loop's own for the
+        leaf's caller (a third of the samples of a 3.11 spin loop). The
+        i-th run of loop frames, innermost first, takes the i-th group of
+        Python frames; the outermost run takes every group left over
+        (loop frames ran out: a stack cut by the native unwinder's limit);
+        runs left over stay native.
         With no loop frame at all, the Python frames go just leafward of the
         outermost run of the interpreter's own frames (main, Py_RunMain...),
         or at the root end if none is known. No Python frame is dropped."""
@@ -249,15 +254,19 @@ class StackResolver:
         if not loops:
             at = _outer_run(target, addresses)
             return native[:at] + [loc for g in groups for loc in g] + native[at:]
+        runs = _runs(loops)
         out: list[Location] = []
-        taken = 0
-        for i, loc in enumerate(native):
-            if taken < len(groups) and i in loops:
-                rest = groups[taken:] if i == loops[-1] else groups[taken : taken + 1]
-                out.extend(loc for g in rest for loc in g)
-                taken += len(rest)
-            else:
-                out.append(loc)
+        taken, i = 0, 0
+        while i < len(native):
+            run = runs.get(i)
+            if run is None or taken >= len(groups):
+                out.append(native[i])
+                i += 1
+                continue
+            rest = groups[taken:] if i == loops[-1] - run + 1 else groups[taken : taken + 1]
+            out.extend(loc for g in rest for loc in g)
+            taken += len(rest)
+            i += run
         return out
 
     def _python_location(
@@ -329,6 +338,17 @@ def _loop_frames(
         if target.in_eval(at) or (not loc.frames and target.in_text(at)):
             loops.append(i)
     return loops
+
+
+def _runs(loops: Sequence[int]) -> dict[int, int]:
+    """Runs of adjacent loop frames: first index -> length."""
+    runs: dict[int, int] = {}
+    start = loops[0]
+    for prev, i in zip(loops, [*loops[1:], -1], strict=True):
+        if i != prev + 1:
+            runs[start] = prev - start + 1
+            start = i
+    return runs
 
 
 def _outer_run(target: PythonTargetLike | None, addresses: Sequence[int]) -> int:

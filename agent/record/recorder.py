@@ -143,7 +143,7 @@ def finish(
         file=sys.stderr,
     )
     report_counters(counters, config)
-    report_python(collection.counters()["python"])
+    report_python(collection.python_counters())  # the sources are closed by now
     if child and child.status is not None and child.status != 0:
         print(f"bpfprof: note: the command exited with status {child.status}", file=sys.stderr)
     return 0

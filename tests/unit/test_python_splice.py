@@ -97,6 +97,18 @@ def resolve(user: tuple[int, ...], names: FakeNames | None = None) -> tuple[Loca
             id="loop frames left over stay native",
         ),
         pytest.param(
+            ret(0x2010, 0x2020, 0x6100, 0x4000, 0x2010, 0x3000),
+            (py(0xA0, entry=True), py(0xB0, entry=True)),
+            ["a", "PyObject_Call", "b", "main"],
+            id="adjacent loop frames are one activation",
+        ),
+        pytest.param(
+            ret(0x2010, 0x6100, 0x2010, 0x2020, 0x3000),
+            (py(0xA0, entry=True),),
+            ["a", "PyObject_Call", "_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault", "main"],
+            id="a run left over stays native, every frame of it",
+        ),
+        pytest.param(
             ret(0x2010, 0x3000),
             (py(0xA0, entry=True),),
             ["a", "main"],
