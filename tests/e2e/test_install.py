@@ -117,9 +117,24 @@ def test_debian_package_installs_offline(tmp_path: Path) -> None:
     )
     [deb] = tmp_path.glob("bpfprof_*.deb")
     info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True).stdout
-    assert "Depends: python3 (>= 3.11), python3-venv, python3-bpfcc" in info
+    # cp311-only wheels (grpcio, zstandard): Debian 12's Python alone (issue 14, item 15)
+    assert "Depends: python3 (>= 3.11), python3 (<< 3.12), python3-venv, python3-bpfcc" in info
     tree = tmp_path / "x"
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    wheels = [w.name for w in (tree / "opt/bpfprof/wheels").glob("*.whl")]
+    assert not [w for w in wheels if "-cp3" in w and "-cp311-" not in w and "abi3" not in w]
+    doc = tree / "usr/share/doc/bpfprof"
+    assert "License: Apache-2.0" in (doc / "copyright").read_text()
+    assert (doc / "changelog.gz").read_bytes()[:2] == b"\x1f\x8b"
+    postinst = (tree / "DEBIAN/postinst").read_text()
+    assert "systemctl enable" not in postinst and "enable --now" not in postinst
+    assert "deb-systemd-helper --quiet was-enabled" in postinst  # an admin's disable stays
+    assert "deb-systemd-invoke try-restart" in postinst  # upgrades restart a running agent only
+    assert "disable" not in (tree / "DEBIAN/prerm").read_text()  # an upgrade keeps the state
+    if shutil.which("lintian"):
+        run = subprocess.run(["lintian", str(deb)], capture_output=True, text=True)
+        tags = [ln for ln in run.stdout.splitlines() if ln[:2] in ("E:", "W:")]
+        assert tags == [], run.stdout
     assert (tree / "lib/systemd/system/bpfprof.service").is_file()
     assert (tree / "DEBIAN/conffiles").read_text().strip() == "/etc/bpfprof/config.toml"
     venv = tmp_path / "venv"

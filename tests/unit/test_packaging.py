@@ -205,3 +205,15 @@ def test_reload_command_fails_when_the_agent_never_answers(tmp_path: Path) -> No
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_otlp_proto_lower_bound_has_the_messages_the_exporter_uses() -> None:
+    """opentelemetry-proto 1.40.0 is the first with pb.Stack, the dictionary's
+    stack_table, a singular Profile.sample_type, `samples` and KeyValueAndUnit
+    attributes (1.39.1 has none of them: `-o x.otlp.pb` failed with 1.38)."""
+    text = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'"opentelemetry-proto>=1\.40"', text)
+    pb = pytest.importorskip("opentelemetry.proto.profiles.v1development.profiles_pb2")
+    assert hasattr(pb, "Stack") and hasattr(pb, "KeyValueAndUnit")
+    assert "stack_table" in pb.ProfilesDictionary.DESCRIPTOR.fields_by_name
+    assert not pb.Profile.DESCRIPTOR.fields_by_name["sample_type"].is_repeated
