@@ -180,6 +180,12 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="Executable mappings the kernel holds for all processes (32 bytes each).",
 )
+@click.option(
+    "--python-frames/--no-python-frames",
+    default=True,
+    show_default=True,
+    help="Show CPython 3.8-3.14 processes' Python functions in place of the interpreter loop.",
+)
 @type_setting_options(skip=(registry.FREQUENCY.flag,))
 @click.option(
     "--capture",
@@ -205,6 +211,7 @@ def record(
     unwind: str,
     unwind_rows: int,
     unwind_mappings: int,
+    python_frames: bool,
     capture_dir: Path | None,
     capture_binaries: bool,
     command: tuple[str, ...],
@@ -233,6 +240,7 @@ def record(
             unwind_mappings=unwind_mappings,
         ),
         unwind=unwind,
+        python=python_frames,
         **record_settings(settings),
     )
     capture = None

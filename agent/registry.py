@@ -136,14 +136,19 @@ class ProfileType:
     host_wide: str = ""
     host_wide_cost: str = ""
 
-    def options(self, settings: Mapping[str, Any], limits: BpfLimits) -> SourceOptions:
-        """`bpfprof run`'s SourceOptions from this type's config section."""
+    def options(
+        self, settings: Mapping[str, Any], limits: BpfLimits, python: bool = True
+    ) -> SourceOptions:
+        """`bpfprof run`'s SourceOptions from this type's config section
+        (`python`: the config's python_frames)."""
         fields = {s.key: s.field for s in self.settings if s.key}
         given = {fields.get(k, k): v for k, v in settings.items()}
-        return SourceOptions(limits=limits, **self.fixed, **given)
+        return SourceOptions(limits=limits, python=python, **self.fixed, **given)
 
-    def make_source(self, settings: Mapping[str, Any], limits: BpfLimits) -> SampleSource:
-        return self.source(self.options(settings, limits), ())
+    def make_source(
+        self, settings: Mapping[str, Any], limits: BpfLimits, python: bool = True
+    ) -> SampleSource:
+        return self.source(self.options(settings, limits, python), ())
 
     def make_spec(self, settings: Mapping[str, Any], limits: BpfLimits) -> ProfileSpec:
         return self.spec(self.options(settings, limits))

@@ -47,6 +47,7 @@ MiB = 1 << 20
 SCHEMA: dict[str, Key] = {
     "interval": Key("float", 10.0, 0.2, 3600),
     "status_file": Key("str", "/run/bpfprof/status.json"),
+    "python_frames": Key("bool", True),
     **{lim.key: Key("int", lim.default, lim.low, lim.high) for lim in registry.LIMITS},
     "export.endpoint": Key("str", ""),
     "export.protocol": Key("choice", "grpc", choices=("grpc", "http/protobuf")),

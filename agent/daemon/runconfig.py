@@ -105,6 +105,7 @@ class RunConfig:
     interval: float = 10.0
     profiles: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (("cpu", (("frequency", 19),)),)
     limits: BpfLimits = field(default_factory=BpfLimits)
+    python_frames: bool = True  # CPython processes' Python frames in every type
     export: ExportConfig = field(default_factory=ExportConfig)
     spool_dir: Path = Path("/var/lib/bpfprof/spool")
     spool_max_bytes: int = 256 << 20
@@ -207,6 +208,7 @@ def build(v: dict[str, Any], source: str) -> RunConfig:
         interval=v["interval"],
         profiles=enabled,
         limits=BpfLimits(**{lim.field: v[lim.key] for lim in registry.LIMITS}),
+        python_frames=v["python_frames"],
         export=export,
         spool_dir=Path(v["spool.dir"]),
         spool_max_bytes=v["spool.max_bytes"],

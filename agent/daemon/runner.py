@@ -90,7 +90,8 @@ def make_sources(config: RunConfig) -> dict[str, tuple[SampleSource, ProfileSpec
     out = {}
     for name, _ in config.profiles:
         t, settings = registry.get(name), config.type_settings(name)
-        out[name] = (t.make_source(settings, config.limits), t.make_spec(settings, config.limits))
+        source = t.make_source(settings, config.limits, config.python_frames)
+        out[name] = (source, t.make_spec(settings, config.limits))
     return out
 
 

@@ -115,3 +115,19 @@ def test_counters_become_one_warning_each_naming_what_to_raise(
         "6 sampled allocations left out of inuse_*: the live table was full",
         "5 allocation samples or frees dropped: the ring buffer was full (raise --alloc-rate)",
     ]
+
+
+def test_no_python_frames_reaches_every_recorded_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import agent.record.recorder as recorder
+    from agent.cli import cli
+
+    seen = []
+    monkeypatch.setattr(recorder, "record", lambda config, capture: seen.append(config) or 0)
+    for flag, want in (("--no-python-frames", False), ("--python-frames", True), (None, True)):
+        args = ["record", "-o", "x.pb.gz", *([flag] if flag else []), "--", "true"]
+        done = CliRunner().invoke(cli, args)
+        assert done.exit_code == 0, done.output
+        assert seen[-1].python is want
+        assert seen[-1].source_options().python is want

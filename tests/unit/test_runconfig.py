@@ -163,6 +163,19 @@ def test_other_types_are_opt_in_with_their_settings(tmp_path: Path) -> None:
         load(write(tmp_path, "[profiles.alloc]\nrate = 'x'\n"), env={})
 
 
+def test_python_frames_are_on_unless_the_config_turns_them_off(tmp_path: Path) -> None:
+    from agent.daemon.runner import make_sources
+
+    assert load(write(tmp_path, ""), env={}).python_frames
+    c = load(write(tmp_path, "python_frames = false\n"), env={})
+    assert not c.python_frames
+    assert not TYPES["cpu"].options({}, c.limits, c.python_frames).python
+    source, _ = make_sources(c)["cpu"]
+    assert not source._options.python  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="python_frames"):
+        load(write(tmp_path, "python_frames = 'yes'\n"), env={})
+
+
 @pytest.mark.parametrize(
     ("endpoint", "url"),
     [
