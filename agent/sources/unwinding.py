@@ -21,6 +21,7 @@ every program that walks it, from the same on-disk cache.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -61,12 +62,21 @@ def python_frames_cflags(limits: BpfLimits) -> list[str]:
     """The flags that add bpf/python.h to the walker's build; [] (with one
     warning) when the running kernel's BTF does not say where a task keeps
     its FS base, which the walk needs to find a thread's Python state."""
-    try:
-        offset = read_fsbase_offset()
-    except (BtfError, OSError, ValueError) as exc:
-        log.warning("no Python frames: cannot read the kernel's task layout from its BTF: %s", exc)
+    offset = _fsbase_offset()
+    if offset is None:
         return []
     return ["-DPYTHON_FRAMES=1", *python_cflags(offset), f"-DPY_PROCS={limits.seen_entries}"]
+
+
+@functools.cache
+def _fsbase_offset() -> int | None:
+    """The running kernel's offset of a task's FS base, read (and, when it
+    cannot be, warned about) once per agent, however many sources ask."""
+    try:
+        return read_fsbase_offset()
+    except (BtfError, OSError, ValueError) as exc:
+        log.warning("no Python frames: cannot read the kernel's task layout from its BTF: %s", exc)
+        return None
 
 
 class Walker:
