@@ -90,6 +90,7 @@ class PythonTargetLike(Protocol):
     def version(self) -> tuple[int, int]: ...
     def in_eval(self, address: int) -> bool: ...
     def in_text(self, address: int) -> bool: ...
+    def in_split_loop(self, address: int) -> bool: ...
 
 
 class PythonNameLike(Protocol):
@@ -234,9 +235,10 @@ class StackResolver:
         frames of the eval loop that ran them (leaf first, as both come).
 
         A native frame is the loop if it lies in `_PyEval_EvalFrameDefault`
-        (target.in_eval), or in the interpreter's text where no symbol
-        covers it (Debian's stripped PGO 3.14 runs its dispatch loop in an
-        unnamed part outside the symbol). Adjacent loop frames are one
+        (target.in_eval), or, where that symbol is too small to be the
+        whole loop (target.split_loop), in the interpreter's text where no
+        symbol covers it (Debian's stripped PGO 3.14 runs its dispatch loop
+        in an unnamed part outside the symbol). Adjacent loop frames are one
         activation: a real re-entry always has a C caller between (the
         vectorcall that starts the next activation), and the native
         unwinder can take a stale return address of the loop's own for the
@@ -335,7 +337,7 @@ def _loop_frames(
     loops = []
     for i, loc in enumerate(native):
         at = _lookup(addresses, i)
-        if target.in_eval(at) or (not loc.frames and target.in_text(at)):
+        if target.in_eval(at) or (not loc.frames and target.in_split_loop(at)):
             loops.append(i)
     return loops
 

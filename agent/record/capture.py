@@ -206,6 +206,7 @@ def python_record(pid: int, target: SavedTarget, codes: dict[int, CodeInfo]) -> 
         "version": list(target.version),
         "eval_ranges": [[f"{lo:#x}", f"{hi:#x}"] for lo, hi in target.eval_ranges],
         "text": [[f"{lo:#x}", f"{hi:#x}"] for lo, hi in target.text],
+        "split_loop": target.split_loop,
         "codes": {
             f"{address:#x}": {
                 "name": info.name,
@@ -228,6 +229,7 @@ def python_from(record: dict[str, Any]) -> tuple[SavedTarget, dict[int, CodeInfo
         (int(major), int(minor)),
         ranges(record["eval_ranges"]),
         ranges(record["text"]),
+        bool(record.get("split_loop", False)),
     )
     codes = {
         int(address, 16): CodeInfo(

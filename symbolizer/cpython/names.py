@@ -65,6 +65,7 @@ class SavedTarget:
     version: tuple[int, int]
     eval_ranges: Ranges
     text: Ranges
+    split_loop: bool = False
 
     def in_eval(self, address: int) -> bool:
         return any(lo <= address < hi for lo, hi in self.eval_ranges)
@@ -72,9 +73,12 @@ class SavedTarget:
     def in_text(self, address: int) -> bool:
         return any(lo <= address < hi for lo, hi in self.text)
 
+    def in_split_loop(self, address: int) -> bool:
+        return self.split_loop and self.in_text(address)
+
     @classmethod
     def of(cls, target: PythonTarget | SavedTarget) -> SavedTarget:
-        return cls(target.path, target.version, target.eval_ranges, target.text)
+        return cls(target.path, target.version, target.eval_ranges, target.text, target.split_loop)
 
 
 @dataclass

@@ -11,9 +11,14 @@ walkers need, as the process's runtime addresses:
 - `layout`: the version's WalkLayout;
 - `eval_ranges`: where `_PyEval_EvalFrameDefault` runs (its symbol and
   .cold part), for the splice of Python frames into native stacks;
-- `text`: the interpreter file's executable mappings. A stripped PGO build
-  can run its dispatch loop in an unnamed part outside the symbol (Debian's
-  3.14): an unnamed address in `text` is taken as the loop too.
+- `text`: the interpreter file's executable mappings;
+- `split_loop`: the symbol is too small to be the loop (under SPLIT_BELOW
+  bytes; every whole loop of 3.8-3.14 is tens of KiB): a stripped PGO build
+  runs its dispatch loop in an unnamed part outside the symbol (Debian's
+  3.14: 1184 bytes under the symbol, the loop in an unnamed 84 KiB part), so
+  an unnamed address in `text` is taken as the loop too. Only then: in a
+  whole-loop build (Debian's 3.11 and 3.13) unnamed text is the stripped
+  binary's static functions (pymalloc's, say), never the loop.
 
 The answer per file is cached by its identity (device, inode, size, mtime),
 so a host of Python processes reads each interpreter once. An interpreter
@@ -41,6 +46,7 @@ log = logging.getLogger("bpfprof.python")
 
 MAX_FILES = 256  # interpreter answers kept, by file identity
 MAX_CANDIDATES = 16  # executable files looked at per process
+SPLIT_BELOW = 4096  # an eval symbol smaller than this is not the whole loop
 
 FileKey = tuple[int, int, int, int]
 
@@ -56,12 +62,17 @@ class PythonTarget:
     code_type: int
     eval_ranges: tuple[tuple[int, int], ...]
     text: tuple[tuple[int, int], ...]
+    split_loop: bool = False
 
     def in_eval(self, address: int) -> bool:
         return any(lo <= address < hi for lo, hi in self.eval_ranges)
 
     def in_text(self, address: int) -> bool:
         return any(lo <= address < hi for lo, hi in self.text)
+
+    def in_split_loop(self, address: int) -> bool:
+        """Whether an unnamed `address` may be the loop's split-off part."""
+        return self.split_loop and self.in_text(address)
 
 
 @dataclass
@@ -157,4 +168,5 @@ def _target(entry: MapEntry, maps: Sequence[MapEntry], answer: _Answer) -> Pytho
         code_type=bias + interp.code_type if interp.code_type else 0,
         eval_ranges=tuple((bias + lo, bias + hi) for lo, hi in interp.eval_ranges),
         text=tuple((m.start, m.end) for m in same if m.is_exec),
+        split_loop=interp.eval_end - interp.eval_start < SPLIT_BELOW,
     )

@@ -19,7 +19,11 @@ from symbolizer.cpython.names import PyName, SavedTarget
 from tests.unit.test_pipeline import FakeSymbolizer
 
 PID = 10
-TARGET = SavedTarget("/usr/bin/python3.11", (3, 11), ((0x2000, 0x2100),), ((0x1000, 0x5000),))
+# split_loop: the loop may also run unnamed in the text (Debian's 3.14)
+TARGET = SavedTarget(
+    "/usr/bin/python3.11", (3, 11), ((0x2000, 0x2100),), ((0x1000, 0x5000),), split_loop=True
+)
+WHOLE = SavedTarget("/usr/bin/python3.11", (3, 11), ((0x2000, 0x2100),), ((0x1000, 0x5000),))
 NATIVE = {
     0x6000: "read",
     0x2010: "_PyEval_EvalFrameDefault",
@@ -151,6 +155,15 @@ def resolve(user: tuple[int, ...], names: FakeNames | None = None) -> tuple[Loca
 )
 def test_splice(native: tuple[int, ...], python: tuple[int, ...], expected: list[str]) -> None:
     assert names_of(resolve(native + python)) == expected
+
+
+def test_unnamed_text_is_not_the_loop_where_the_symbol_is_the_whole_loop() -> None:
+    """Debian's 3.11: a static (unnamed) pymalloc function under
+    bytearray() is the leaf; the loop is the named _PyEval_EvalFrameDefault
+    further out, and only it gives way to the Python frames."""
+    names = FakeNames(target_of={PID: WHOLE})
+    locs = resolve((*ret(0x4000, 0x6100, 0x2010, 0x3000), py(0xA0, entry=True)), names)
+    assert names_of(locs) == ["prog+0x3000", "PyObject_Call", "a", "main"]
 
 
 def test_a_python_location_is_a_cpython_frame_with_its_name_file_and_line() -> None:

@@ -1,0 +1,241 @@
+"""Python frames end to end, on three real interpreters: `bpfprof record`
+of tests/programs/pysplit.py under the host's CPython 3.11 and Debian's 3.13
+and 3.14 (chroot roots built by tests/pyroots.py), in every profile type.
+
+Each mode puts a known 3:1 split between two Python functions (`*_a`,
+`*_b`); the profile must name them, with the script's file and lines inside
+each function, in one mixed stack that keeps the interpreter's native
+frames below (`main`, `Py_RunMain`) and shows none of the eval loop's in
+their place; the split must come out within a few points of 3:1; and
+`go tool pprof` must show the same names and files."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.exporters.pprof import decode
+from agent.model import Profile, Sample
+from tests.conftest import PROGRAMS
+from tests.pyroots import install_script, python_in
+
+pytestmark = [pytest.mark.bpf, pytest.mark.e2e]
+
+SCRIPT = PROGRAMS / "pysplit.py"
+HOST = "3.11"
+VERSIONS = [HOST, "3.13", "3.14"]
+TOLERANCE = 0.08  # points of share around 3:1
+
+# profile type -> (mode argument, leaf functions of the split, sample index)
+MODES = {
+    "cpu": ("5", ("hot_a", "hot_b"), 0),
+    "alloc": ("60000", ("grow_a", "grow_b"), 1),  # alloc_space
+    "offcpu": ("4", ("nap_a", "nap_b"), 0),
+    "lock": ("3", ("contend_a", "contend_b"), 1),  # delay
+}
+# The callers of the pair's functions, innermost first, to the outermost
+# Python frame: main's in three modes, a thread's in the lock mode.
+CALLERS = {
+    "lock": ["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"],
+    **{t: [f"run_{t}", "main", "<module>"] for t in ("cpu", "alloc", "offcpu")},
+}
+# What the interpreter's native frames below the Python ones show.
+BELOW = {
+    "lock": {"start_thread"},
+    **{t: {"Py_RunMain", "main"} for t in ("cpu", "alloc", "offcpu")},
+}
+
+
+def function_lines() -> dict[str, range]:
+    """Each function of the script: the lines it spans."""
+    tree = ast.parse(SCRIPT.read_text())
+    return {
+        node.name: range(node.lineno, (node.end_lineno or node.lineno) + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+@pytest.fixture
+def pysplit(request: pytest.FixtureRequest) -> Callable[[str], tuple[list[str], str]]:
+    """argv of pysplit.py under `version`, and the script's path as the
+    process sees it."""
+
+    def argv(version: str) -> tuple[list[str], str]:
+        if version == HOST:
+            return [f"/usr/bin/python{HOST}", str(SCRIPT)], str(SCRIPT)
+        root = request.getfixturevalue("python_root")(version)
+        script = install_script(root, SCRIPT.read_text())
+        return [*python_in(root, version), script], script
+
+    return argv
+
+
+def record(cmd: list[str], out: Path, profile_type: str, argv: list[str], *extra: str) -> Profile:
+    mode_arg = MODES[profile_type][0]
+    args = ["record", "-t", profile_type, "-o", str(out), *extra, "--", *argv]
+    done = subprocess.run(
+        [*cmd, *args, profile_type, mode_arg],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    return decode(out.read_bytes())
+
+
+def record_pid(cmd: list[str], out: Path, profile_type: str, argv: list[str]) -> Profile:
+    """Record the program by pid; it starts once the recording runs.
+    (A command that execs into another root's libc, as `chroot` does, is not
+    followed by the allocation probes: issue #14's children.)"""
+    prog = subprocess.Popen(
+        [*argv, profile_type, MODES[profile_type][0], "-1"], stdin=subprocess.PIPE, text=True
+    )
+    assert prog.stdin is not None
+    try:
+        maps = Path(f"/proc/{prog.pid}/maps")
+        for _ in range(100):  # `chroot` execs the interpreter
+            if "python" in maps.read_text():
+                break
+            time.sleep(0.05)
+        rec = subprocess.Popen(
+            [*cmd, "record", "-t", profile_type, "-p", str(prog.pid), "-o", str(out)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert rec.stderr is not None
+        assert "recording" in rec.stderr.readline()
+        prog.stdin.write("go\n")
+        prog.stdin.close()
+        assert prog.wait(timeout=120) == 0
+        rec.send_signal(signal.SIGINT)
+        assert rec.wait(timeout=120) == 0, rec.stderr.read()
+    finally:
+        prog.kill()
+        prog.wait()
+    return decode(out.read_bytes())
+
+
+def python_frames(sample: Sample) -> list[tuple[str, str, int]]:
+    """(name, file, line) of the sample's Python frames, leaf first."""
+    return [
+        (f.function, f.file, f.line)
+        for loc in sample.locations
+        if loc.kind == "cpython"
+        for f in loc.frames
+    ]
+
+
+def native_names(sample: Sample) -> list[str]:
+    return [f.function for loc in sample.locations if loc.kind != "cpython" for f in loc.frames]
+
+
+def split_share(profile: Profile, pair: tuple[str, str], index: int) -> tuple[float, int]:
+    """The first function's share of the pair, by the innermost of the two
+    in each sample's Python frames; and the pair's total value."""
+    totals = dict.fromkeys(pair, 0)
+    for s in profile.samples:
+        hit = next((name for name, _, _ in python_frames(s) if name in totals), None)
+        if hit is not None:
+            totals[hit] += s.values[index]
+    whole = sum(totals.values())
+    assert whole > 0, f"no sample in {pair}: {[python_frames(s) for s in profile.samples][:5]}"
+    return totals[pair[0]] / whole, whole
+
+
+# Lock waits in the Debian roots are left out: their GIL rarely contends on a
+# pthread mutex (3.13+ waits on its own parking lot), so a few seconds may
+# hold no lock sample at all, and those that come lack the native frames
+# below the Python ones (issue 13's closing note).
+CASES = [(t, v) for t in sorted(MODES) for v in VERSIONS if t != "lock" or v == HOST]
+
+
+@pytest.mark.parametrize(("profile_type", "version"), CASES)
+def test_python_functions_files_and_lines_split_three_to_one(
+    bpfprof_cmd: list[str],
+    pysplit: Callable[[str], tuple[list[str], str]],
+    tmp_path: Path,
+    version: str,
+    profile_type: str,
+) -> None:
+    argv, script = pysplit(version)
+    _, pair, index = MODES[profile_type]
+    out = tmp_path / "out.pb.gz"
+    if profile_type == "alloc" and version != HOST:
+        profile = record_pid(bpfprof_cmd, out, profile_type, argv)
+    else:
+        profile = record(bpfprof_cmd, out, profile_type, argv)
+    share, total = split_share(profile, pair, index)
+    if profile_type == "cpu":
+        assert total >= 100, f"{total} samples in {pair}"
+    if profile_type != "lock":  # the GIL's contention follows no fixed split
+        assert share == pytest.approx(0.75, abs=TOLERANCE), (share, total)
+
+    lines = function_lines()
+    callers = CALLERS[profile_type]
+    mixed = [s for s in profile.samples if python_frames(s)]
+    chains = [python_frames(s) for s in mixed]
+    ours = [c for c in chains if c[0][0] in pair]
+    for chain in ours:
+        names = [name for name, _, _ in chain]
+        assert names[1:] == callers, names
+        for name, file, line in chain:
+            if name in lines:  # the script's own (threading's are the library's)
+                assert file == script, chain
+                assert line in lines[name], chain
+    named = sum(1 for c in ours if all(not n.startswith("[python code") for n, _, _ in c))
+    assert named >= 0.9 * len(ours), ours[:5]
+    # the program's time (bytes, waits) is in the pair, beyond its start-up
+    weight = sum(s.values[index] for s in mixed if python_frames(s)[0][0] in pair)
+    assert weight >= 0.8 * sum(s.values[index] for s in mixed), chains[:5]
+
+    # one mixed stack: the interpreter's own frames below, no eval loop left
+    below = sum(1 for s in mixed if BELOW[profile_type] & set(native_names(s)))
+    assert below >= 0.9 * len(mixed), [native_names(s) for s in mixed[:3]]
+    loop = sum(1 for s in mixed if "_PyEval_EvalFrameDefault" in native_names(s))
+    assert loop <= 0.02 * len(mixed), [native_names(s) for s in mixed[:3]]
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs `go` for `go tool pprof`")
+def test_go_pprof_shows_python_functions_with_file_and_line(
+    bpfprof_cmd: list[str], pysplit: Callable[[str], tuple[list[str], str]], tmp_path: Path
+) -> None:
+    argv, script = pysplit(HOST)
+    out = tmp_path / "cpu.pb.gz"
+    record(bpfprof_cmd, out, "cpu", argv)
+    done = subprocess.run(
+        ["go", "tool", "pprof", "-traces", str(out)], capture_output=True, text=True, check=True
+    )
+    assert done.stderr == "", done.stderr
+    lines = function_lines()
+    text = done.stdout
+    assert "hot_a" in text and "hot_b" in text and "<module>" in text
+    top = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-lines", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    hot = [line for line in top.splitlines() if " hot_a " in line]
+    assert hot, top
+    # `hot_a pysplit.py:LINE`, a line of hot_a's body
+    at = hot[0].rsplit(":", 1)[1].split()[0]
+    assert int(at) in lines["hot_a"] and script.endswith(hot[0].split()[-1].rsplit(":", 1)[0])
+
+
+def test_without_python_frames_the_eval_loop_stays(
+    bpfprof_cmd: list[str], pysplit: Callable[[str], tuple[list[str], str]], tmp_path: Path
+) -> None:
+    argv, _ = pysplit(HOST)
+    profile = record(bpfprof_cmd, tmp_path / "cpu.pb.gz", "cpu", argv, "--no-python-frames")
+    assert not any(python_frames(s) for s in profile.samples)
+    loop = [s for s in profile.samples if "_PyEval_EvalFrameDefault" in native_names(s)]
+    assert len(loop) >= 0.5 * len(profile.samples)
