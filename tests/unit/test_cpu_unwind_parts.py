@@ -68,7 +68,7 @@ def test_refused_walker_falls_back_to_frame_pointers(monkeypatch: pytest.MonkeyP
         return object()
 
     monkeypatch.setattr(bcc_loader, "compile_program", compile_program)
-    source = CpuSource(SourceOptions())
+    source = CpuSource(SourceOptions(python=False))
     assert source._compile() is not None
     assert not source.unwinding and len(tried) == 2
 

@@ -88,12 +88,53 @@ def test_each_source_compiles_the_walker_unless_told_or_refused(
 ) -> None:
     tried: list[list[str]] = []
     monkeypatch.setattr(bcc_loader, "compile_program", compiler(refuse, tried))
-    source: Any = create_source(profile_type, SourceOptions(unwind=unwind))
+    source: Any = create_source(profile_type, SourceOptions(unwind=unwind, python=False))
     walker: Walker = source._walker
     program = source._compile()
     assert len(tried) == builds and walker.active is walked and source.unwinding is walked
     assert ("-DUNWIND_DWARF=1" in program.flags) is walked
     assert walker.counters() == {}  # no loader before start()
+
+
+PY_FLAGS = ["-DPYTHON_FRAMES=1", "-DTASK_FSBASE_OFFSET=3128"]
+
+
+@pytest.mark.parametrize("profile_type", ["cpu", "offcpu", "lock", "alloc"])
+@pytest.mark.parametrize(
+    ("refused", "builds", "walked", "python"),
+    [
+        ((), 1, True, True),  # the walker with Python frames by default
+        (("-DPYTHON_FRAMES=1",), 2, True, False),  # too large with them: the walker alone
+        (("-DUNWIND_DWARF=1",), 3, False, False),  # the walker refused: frame pointers
+    ],
+)
+def test_python_frames_are_tried_first_and_given_up_alone(
+    monkeypatch: pytest.MonkeyPatch,
+    profile_type: str,
+    refused: tuple[str, ...],
+    builds: int,
+    walked: bool,
+    python: bool,
+) -> None:
+    import agent.sources.unwinding as unwinding
+
+    tried: list[list[str]] = []
+
+    def compile_program(name: str, flags: list[str], functions: Any = None) -> FakeProgram:
+        tried.append(flags)
+        if any(f in flags for f in refused):
+            raise SetupError(f"cannot compile {name}: program too large")
+        return FakeProgram(flags)
+
+    monkeypatch.setattr(bcc_loader, "compile_program", compile_program)
+    monkeypatch.setattr(unwinding, "python_frames_cflags", lambda limits: PY_FLAGS)
+    source: Any = create_source(profile_type, SourceOptions())
+    walker: Walker = source._walker
+    program = source._compile()
+    assert len(tried) == builds
+    assert walker.active is walked and walker.python_active is python
+    assert ("-DPYTHON_FRAMES=1" in program.flags) is python
+    assert "-DPYTHON_FRAMES=1" in tried[0]
 
 
 def test_the_option_picks_the_flags() -> None:
