@@ -401,8 +401,9 @@ def _alloc_program(options: SourceOptions) -> str:
     """The allocation source probes files as it starts: render without it."""
     from agent.kernel import bcc_loader
     from agent.sources.alloc import PROGRAM, alloc_cflags
+    from agent.sources.unwinding import first_build_flags
 
-    return bcc_loader.render(PROGRAM, alloc_cflags(options))
+    return bcc_loader.render(PROGRAM, alloc_cflags(options) + first_build_flags(options))
 
 
 # Run's order: the agent starts, polls and reports the types in this order.

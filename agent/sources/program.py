@@ -19,7 +19,7 @@ from agent.kernel import bcc_loader
 from agent.kernel.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
 from agent.kernel.loaded import BpfProgram
 from agent.model import RawKey, RawStack
-from agent.sources.unwinding import Walker, read_unwound, unwind_cflags
+from agent.sources.unwinding import Walker, first_build_flags, read_unwound, unwind_cflags
 
 
 def base_cflags(
@@ -152,7 +152,7 @@ class ProgramSource:
 
     def render(self) -> str:
         """The exact program text that would be compiled, with its flags shown."""
-        return bcc_loader.render(self.PROGRAM, self.cflags())
+        return bcc_loader.render(self.PROGRAM, self.cflags() + first_build_flags(self._options))
 
     @property
     def unwinding(self) -> bool:

@@ -68,6 +68,15 @@ def python_frames_cflags(limits: BpfLimits) -> list[str]:
     return ["-DPYTHON_FRAMES=1", *python_cflags(offset), f"-DPY_PROCS={limits.seen_entries}"]
 
 
+def first_build_flags(options: SourceOptions) -> list[str]:
+    """What the walker adds to a program's flags in the build it tries
+    first: bpf/python.h's, when the walker and Python frames are wanted
+    (`check --print-bpf` shows that build)."""
+    if options.unwind != "dwarf" or not options.python:
+        return []
+    return python_frames_cflags(options.limits)
+
+
 @functools.cache
 def _fsbase_offset() -> int | None:
     """The running kernel's offset of a task's FS base, read (and, when it

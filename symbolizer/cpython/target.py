@@ -50,6 +50,12 @@ SPLIT_BELOW = 4096  # an eval symbol smaller than this is not the whole loop
 
 FileKey = tuple[int, int, int, int]
 
+# Files already warned about, for the whole agent: every walker and the
+# names side each keep a finder, and a binary is one warning however many
+# finders meet it.
+_WARNED: set[FileKey] = set()
+MAX_WARNED = 4096
+
 
 @dataclass(frozen=True)
 class PythonTarget:
@@ -98,7 +104,6 @@ class TargetFinder:
         self.max_files = max_files
         self.stats = TargetStats()
         self._files: OrderedDict[FileKey, _Answer] = OrderedDict()
-        self._warned: set[FileKey] = set()
 
     def find(self, pid: int, maps: Sequence[MapEntry]) -> PythonTarget | None:
         """The process's CPython, or None (none, unsupported, unreadable).
@@ -139,8 +144,10 @@ class TargetFinder:
                 answer = _Answer(interp, layout, tuple(elf.segments()) if interp else ())
             except UnsupportedInterpreter as exc:
                 self.stats.unsupported += 1
-                if key not in self._warned:
-                    self._warned.add(key)
+                if key not in _WARNED:
+                    if len(_WARNED) >= MAX_WARNED:
+                        _WARNED.clear()
+                    _WARNED.add(key)
                     log.warning("%s: %s; its processes get native frames only", entry.path, exc)
                 answer = _Answer(None, None)
             except (ElfError, OSError, ValueError) as exc:

@@ -239,3 +239,61 @@ def test_without_python_frames_the_eval_loop_stays(
     assert not any(python_frames(s) for s in profile.samples)
     loop = [s for s in profile.samples if "_PyEval_EvalFrameDefault" in native_names(s)]
     assert len(loop) >= 0.5 * len(profile.samples)
+
+
+def test_an_interpreter_of_an_unknown_version_gives_native_frames_and_one_warning(
+    bpfprof_cmd: list[str], tmp_path: Path
+) -> None:
+    """A CPython whose layout is unknown (here Debian's 3.11 with its
+    Py_Version patched to say 3.15.0a1; it runs as before) is never walked:
+    native frames only, the loop's included, and one warning naming the
+    version and the file, however many of its processes run."""
+    binary = Path(f"/usr/bin/python{HOST}").resolve()
+    data = bytearray(binary.read_bytes())
+    out = subprocess.run(
+        ["readelf", "-W", "--dyn-syms", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    vaddr = next(
+        int(line.split()[1], 16) for line in out.splitlines() if line.endswith(" Py_Version")
+    )
+    heads = subprocess.run(
+        ["readelf", "-W", "-l", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    for line in heads.splitlines():
+        f = line.split()
+        if f and f[0] == "LOAD":
+            offset, start, size = int(f[1], 16), int(f[2], 16), int(f[4], 16)
+            if start <= vaddr < start + size:
+                at = offset + vaddr - start
+                data[at : at + 8] = (0x030F00A1).to_bytes(8, "little")
+                break
+    else:
+        pytest.fail("no segment holds Py_Version")
+    future = tmp_path / "python3.15"
+    future.write_bytes(bytes(data))
+    future.chmod(0o755)
+    script = "import subprocess, sys; cmd = [sys.executable, '" + str(SCRIPT) + "', 'cpu', '3']\n"
+    script += "procs = [subprocess.Popen(cmd) for _ in range(2)]; [p.wait() for p in procs]\n"
+    done = subprocess.run(
+        [
+            *bpfprof_cmd,
+            "record",
+            "-o",
+            str(tmp_path / "cpu.pb.gz"),
+            "--",
+            str(future),
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "3.15 is not supported" in line]
+    assert len(warnings) == 1 and str(future) in warnings[0], done.stderr
+    profile = decode((tmp_path / "cpu.pb.gz").read_bytes())
+    assert not any(python_frames(s) for s in profile.samples)
+    loop = [s for s in profile.samples if "_PyEval_EvalFrameDefault" in native_names(s)]
+    assert len(loop) >= 0.5 * len(profile.samples)

@@ -154,6 +154,18 @@ def test_print_bpf_renders_every_type_with_the_walker(profile_type: str) -> None
     assert "#define UNWIND_DWARF" not in render_program(profile_type, SourceOptions(unwind="fp"))
 
 
+@pytest.mark.parametrize("profile_type", ["cpu", "offcpu", "lock", "alloc"])
+def test_print_bpf_shows_the_python_build_tried_first(
+    monkeypatch: pytest.MonkeyPatch, profile_type: str
+) -> None:
+    import agent.sources.unwinding as unwinding
+
+    monkeypatch.setattr(unwinding, "python_frames_cflags", lambda limits: PY_FLAGS)
+    assert "#define PYTHON_FRAMES 1" in render_program(profile_type, SourceOptions())
+    for off in (SourceOptions(python=False), SourceOptions(unwind="fp")):
+        assert "#define PYTHON_FRAMES" not in render_program(profile_type, off)
+
+
 def sample_key(user: int, kernel: int) -> SampleKey:
     return SampleKey(pid=5, tid=6, user_stack_id=user, kernel_stack_id=kernel, comm=b"prog")
 
