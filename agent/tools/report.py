@@ -4,7 +4,11 @@ Users compare this with `go tool pprof -top` side by side, so the numbers
 follow pprof's rules: flat is charged to the innermost frame of the leaf
 location (an inlined callee counts as its own function), cum counts a
 function once per sample however often it recurs, percentages are of the
-sum of absolute values, and values carry pprof's auto-scaled units.
+sum of absolute values, and values carry pprof's auto-scaled units. Code
+with no function name is one row per binary, as pprof's default (function)
+granularity has it: `[libz.so.1]`, not one row per address; `<unknown>`
+where there is no mapping either. (pprof brackets `[kernel.kallsyms]` once
+more; we keep the name perf users know.)
 """
 
 from __future__ import annotations
@@ -89,9 +93,17 @@ def _function_names(locations: tuple[model.Location, ...]) -> Iterator[str]:
     """Names leaf first, each inlined frame its own, innermost first."""
     for loc in locations:
         if not loc.frames:
-            yield loc.display_name()
+            yield unnamed(loc)
         for frame in loc.frames:
-            yield frame.function or loc.display_name()
+            yield frame.function or unnamed(loc)
+
+
+def unnamed(loc: model.Location) -> str:
+    """The row of code without a function name: its binary, as pprof names it."""
+    if loc.mapping is None or not loc.mapping.file:
+        return "<unknown>"
+    base = loc.mapping.file.rsplit("/", 1)[-1]
+    return base if base.startswith("[") and base.endswith("]") else f"[{base}]"
 
 
 def scaled_label(value: int, unit: str) -> str:

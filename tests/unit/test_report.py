@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import InvalidProfile
-from agent.model import Frame, Location, Profile, Sample, ValueType
+from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
 from agent.tools.report import format_top, percentage, scaled_label
-from tests.fake_profiles import cpu_profile
+from tests.fake_profiles import KERNEL, cpu_profile
 
 TOP_CPU = """\
 Type: cpu
@@ -15,9 +15,9 @@ Duration: 10s
 Total: 60.61ms
 Showing top 5 of 5 functions
       flat  flat%   sum%        cum   cum%  name
-   30.30ms 50.00% 50.00%    30.30ms 50.00%  [kernel.kallsyms]+0x1000
+   30.30ms 50.00% 50.00%    30.30ms 50.00%  [kernel.kallsyms]
    20.20ms 33.33% 83.33%    50.51ms 83.33%  inner
-   10.10ms 16.67%   100%    10.10ms 16.67%  app+0x4345
+   10.10ms 16.67%   100%    10.10ms 16.67%  [app]
          0     0%   100%    60.61ms   100%  main
          0     0%   100%    50.51ms 83.33%  work
 """
@@ -48,6 +48,32 @@ def test_cum_counts_a_recursive_function_once_per_sample() -> None:
     assert rows == [
         "         7   100%   100%          7   100%  fib",
         "         0     0%   100%          7   100%  main",
+    ]
+
+
+def test_unnamed_code_is_one_row_per_mapping_as_in_pprof() -> None:
+    """GIVEN unsymbolized addresses in two binaries, the kernel and none,
+    WHEN ranked, THEN each mapping is one row (pprof's `[file]`), an address
+    without a mapping is `<unknown>`, and cum counts a mapping once per sample."""
+    app = Mapping(0x400000, 0x500000, 0x1000, "/usr/bin/app")
+    libz = Mapping(0x7F0000, 0x800000, 0, "/lib/libz.so.1")
+    main = Location(0x401000, app, (Frame("main"),))
+    a1, a2 = Location(0x403000, app), Location(0x403010, app)
+    z1, z2 = Location(0x7F0100, libz), Location(0x7F0110, libz)
+    k1 = Location(0xFFFFFFFF81001000, KERNEL)
+    k2 = Location(0xFFFFFFFF81001010, KERNEL)
+    stacks = [(a1, main), (a2, main), (z1, main), (z2, main), (k1, main), (k2, main)]
+    samples = [Sample(st, (i + 1,)) for i, st in enumerate(stacks)]
+    samples += [Sample((z1, a1, a2, main), (5,)), Sample((Location(0x1234), main), (2,))]
+    profile = Profile(sample_types=(ValueType("samples", "count"),), samples=samples)
+    assert format_top(profile).splitlines()[2:] == [
+        "Showing top 5 of 5 functions",
+        "      flat  flat%   sum%        cum   cum%  name",
+        "        12 42.86% 42.86%         12 42.86%  [libz.so.1]",
+        "        11 39.29% 82.14%         11 39.29%  [kernel.kallsyms]",
+        "         3 10.71% 92.86%          8 28.57%  [app]",
+        "         2  7.14%   100%          2  7.14%  <unknown>",
+        "         0     0%   100%         28   100%  main",
     ]
 
 
