@@ -4,7 +4,10 @@ The kernel samples allocations by bytes and sends each sampled one, with
 its stack, through a ring buffer; frees of sampled blocks follow the same
 way. Here each sample is scaled to the allocations it stands for
 (agent/sources/sampling.py), summed per stack into alloc_* and remembered by address
-for inuse_* until its free, or its process's exit, arrives.
+for inuse_* until its free arrives. What a process still holds when it exits
+(or when its program is replaced by an exec) is what leaked: it is moved
+aside and reported by the next live_heap() (a recording's end, an agent's
+interval), then forgotten.
 
 Probes go only where they are asked for: into the target processes (uprobes
 attached with their pid, so no other process takes a trap), or, with
@@ -249,6 +252,9 @@ class AllocSource:
         self._seen: set[int] = set()
         self._allocs: dict[RawKey, _Totals] = {}
         self._live: dict[tuple[int, int], tuple[RawKey, float, float]] = {}
+        # what processes still held when they exited (or exec'd), until the
+        # next live_heap() reports it once
+        self._ended: dict[RawKey, _Totals] = {}
         self.probes: list[tuple[int, EntryPoint]] = []
         self._probed: set[tuple[int, str, str]] = set()  # _probe_id()s
         self._followed = 0  # children and new programs given probes
@@ -394,6 +400,7 @@ class AllocSource:
         elif kind == ALLOC_EVENT_EXIT:
             self._process_exited(pid)
         elif kind == ALLOC_EVENT_EXEC:
+            self._process_exited(pid)  # the old program's heap went with it
             self._seen.discard(pid)  # announced (and its tables loaded) again on its next sample
             if self._options.follow_forks and not self._planned(pid):
                 self._to_follow.append((kind, pid))
@@ -420,11 +427,15 @@ class AllocSource:
             self._live[(pid, int(ev.addr))] = (key, objects, space)
 
     def _process_exited(self, pid: int) -> None:
-        """Everything the process held is gone: here and in the kernel."""
+        """Everything the process held is gone, here and in the kernel; what
+        it held is kept aside for the next live_heap(): the leaks at exit."""
         gone = [k for k in self._live if k[0] == pid]
         live = self.bpf["live"] if self._bpf is not None else None
         for k in gone:
-            del self._live[k]
+            key, objects, space = self._live.pop(k)
+            t = self._ended.setdefault(key, _Totals())
+            t.objects += objects
+            t.space += space
             if live is not None:
                 with contextlib.suppress(KeyError):  # already freed meanwhile
                     del live[live.Key(pid, 0, k[1])]
@@ -447,9 +458,14 @@ class AllocSource:
         return out
 
     def live_heap(self) -> list[RawSample]:
-        """What the sampled blocks still allocated stand for, per stack."""
+        """What the sampled blocks still allocated stand for, per stack: in
+        live processes, and in those that exited since the last call (what
+        they held at their exit, reported this once)."""
         self.bpf.ring_buffer_consume()
-        sums: dict[RawKey, _Totals] = {}
+        return self._heap()
+
+    def _heap(self) -> list[RawSample]:
+        sums, self._ended = self._ended, {}
         for key, objects, space in self._live.values():
             t = sums.setdefault(key, _Totals())
             t.objects += objects

@@ -14,6 +14,7 @@ import pytest
 from agent.config import BpfLimits, SourceOptions
 from agent.kernel.layout import (
     ALLOC_EVENT_ALLOC,
+    ALLOC_EVENT_EXEC,
     ALLOC_EVENT_EXIT,
     ALLOC_EVENT_FREE,
     ALLOC_EVENT_UNTRACKED,
@@ -255,3 +256,33 @@ def test_lock_profiles_leave_condition_waits_out_and_label_the_rest() -> None:
 def test_every_type_has_a_source(profile_type: str) -> None:
     source = create_source(profile_type, SourceOptions())
     assert hasattr(source, "drain") and hasattr(source, "poll")
+
+
+def test_what_a_process_held_at_its_exit_is_reported_once() -> None:
+    """A leak is what a process still holds when it exits: the next
+    live_heap() (record's end, the agent's interval) reports it, the one
+    after that no longer does; a live process's heap stays."""
+    source = AllocSource(SourceOptions(alloc_rate=1024))
+    source._on_new = lambda pid: None
+    feed(source, alloc_record(7, 0xA0, 100))
+    feed(source, alloc_record(7, 0xB0, 100))
+    feed(source, AllocFreeEvent(kind=ALLOC_EVENT_FREE, pid=7, addr=0xA0))
+    feed(source, alloc_record(8, 0xA0, 300))
+    feed(source, AllocFreeEvent(kind=ALLOC_EVENT_EXIT, pid=7))
+    objects, space = scaled(100, 1024)
+    objects8, space8 = scaled(300, 1024)
+    heap = {s.key.pid: s.values for s in source._heap()}
+    assert heap[7] == (0, 0, round(objects), round(space))  # 0xB0 leaked
+    assert heap[8] == (0, 0, round(objects8), round(space8))  # still live
+    assert {s.key.pid: s.values for s in source._heap()} == {8: heap[8]}
+
+
+def test_an_exec_ends_the_old_programs_heap() -> None:
+    source = AllocSource(SourceOptions(alloc_rate=1024))
+    source._on_new = lambda pid: None
+    feed(source, alloc_record(7, 0xA0, 100))
+    feed(source, AllocFreeEvent(kind=ALLOC_EVENT_EXEC, pid=7))
+    feed(source, AllocFreeEvent(kind=ALLOC_EVENT_FREE, pid=7, addr=0xA0))  # the new program's
+    (only,) = source._heap()
+    assert only.values[3] == round(scaled(100, 1024)[1])
+    assert source._heap() == []
