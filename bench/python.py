@@ -214,6 +214,9 @@ def tools(command: list[str], pyspy_nonblocking: bool) -> tuple[list[Tool], list
         chosen.append(bpfprof(command, NO_PYTHON_FLAG))
     else:
         notes.append(f"`bpfprof record` has no {NO_PYTHON_FLAG} yet: that row is left out")
+    if not Path(PYSPY).exists():
+        notes.append(f"{PYSPY} not found (`.venv/bin/pip install py-spy`): its rows are left out")
+        return chosen, notes
     chosen.append(pyspy())
     if pyspy_nonblocking:
         chosen.append(pyspy("--nonblocking"))
@@ -490,7 +493,9 @@ def goals(rows: list[Row]) -> list[str]:
             out.append(f"{what}: missed, no hot_a/hot_b in bpfprof's samples")
         else:
             gap = 100 * (ours.split.share - spy.split.share)
-            out.append(f"{what}: {'met' if abs(gap) <= 5 else 'missed'}, {gap:+.1f} points")
+            truth = 100 * (ours.split.share - TRUTH)
+            verdict = "met" if abs(gap) <= 5 else "missed"
+            out.append(f"{what}: {verdict}, {gap:+.1f} points ({truth:+.1f} from the truth)")
     if ours and off and ours.bpf_us_per_sample and off.bpf_us_per_sample:
         best, mid = (ours.bpf_us_per_sample[i] - off.bpf_us_per_sample[i] for i in (0, 1))
         out.append(
@@ -542,9 +547,10 @@ def main(argv: list[str]) -> int:
         return 1
     info = machine()
     info["commit"] = commit(args.tree or REPO)
-    info["workload_python"] = subprocess.run(
-        [PYTHON, "--version"], capture_output=True, text=True
-    ).stdout.strip()
+    for name, exe in (("workload_python", PYTHON), ("py_spy", PYSPY)):
+        if Path(exe).exists():
+            done = subprocess.run([exe, "--version"], capture_output=True, text=True)
+            info[name] = done.stdout.strip()
     rows = summarize(runs)
     loads = f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
     print(f"bpfprof {info['commit']}, {args.repeat} repetitions, {loads}")
@@ -553,7 +559,13 @@ def main(argv: list[str]) -> int:
     print("\n".join(goals(rows) + [f"- note: {n}" for n in notes]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"machine": info, "runs": [asdict(r) for r in runs], "notes": notes}
+        result = {
+            "command": " ".join([".venv/bin/python", "bench/run.py", "python", *argv]),
+            "machine": info,
+            "loadavg": {"start": load_start, "end": load_end},
+            "runs": [asdict(r) for r in runs],
+            "notes": notes,
+        }
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
