@@ -62,13 +62,16 @@ class Dictionary:
         idx = self._mappings.get(m)
         if idx is None:
             idx = self._mappings[m] = len(self.pb.mapping_table)
-            attrs = [self.attribute("process.executable.build_id.gnu", m.build_id)]
+            # interned only when there is one: an entry nothing points at
+            # would still travel in every request
+            key = "process.executable.build_id.gnu"
+            attrs = [self.attribute(key, m.build_id)] if m.build_id else []
             self.pb.mapping_table.add(
                 memory_start=m.start,
                 memory_limit=m.limit,
                 file_offset=m.offset,
                 filename_strindex=self.string(m.file),
-                attribute_indices=attrs if m.build_id else [],
+                attribute_indices=attrs,
             )
         return idx
 
@@ -115,48 +118,25 @@ class Dictionary:
 
 
 def check_indices(d: Any, profiles: list[Any]) -> list[str]:
-    """Every index in range and every table's entry 0 the zero value; returns
-    the problems found (empty when the request is sound)."""
+    """Every index in range, every table's entry 0 the zero value (the spec
+    requires it: index 0 means "not set"), and every other entry referenced
+    by something; returns the problems found (empty when the request is sound)."""
     problems: list[str] = []
-    sizes = {
-        "string": len(d.string_table),
-        "mapping": len(d.mapping_table),
-        "location": len(d.location_table),
-        "function": len(d.function_table),
-        "stack": len(d.stack_table),
-        "attribute": len(d.attribute_table),
-        "link": len(d.link_table),
-    }
+    tables = ("string", "mapping", "location", "function", "stack", "attribute", "link")
+    sizes = {kind: len(getattr(d, f"{kind}_table")) for kind in tables}
+    used: dict[str, set[int]] = {kind: {0} for kind in tables}
 
     def check(kind: str, idx: int, where: str) -> None:
+        used[kind].add(idx)
         if not 0 <= idx < sizes[kind]:
             problems.append(f"{where}: {kind} index {idx} out of range ({sizes[kind]})")
 
     if not d.string_table or d.string_table[0] != "":
         problems.append('string_table[0] is not ""')
-    for name in ("mapping", "location", "function", "stack", "attribute", "link"):
+    for name in tables[1:]:
         table = getattr(d, f"{name}_table")
         if not table or table[0].ByteSize() != 0:
             problems.append(f"{name}_table[0] is not the zero value")
-    for i, m in enumerate(d.mapping_table):
-        check("string", m.filename_strindex, f"mapping {i}")
-        for a in m.attribute_indices:
-            check("attribute", a, f"mapping {i}")
-    for i, loc in enumerate(d.location_table):
-        check("mapping", loc.mapping_index, f"location {i}")
-        for a in loc.attribute_indices:
-            check("attribute", a, f"location {i}")
-        for line in loc.lines:
-            check("function", line.function_index, f"location {i}")
-    for i, f in enumerate(d.function_table):
-        for field in ("name", "system_name", "filename"):
-            check("string", getattr(f, f"{field}_strindex"), f"function {i}")
-    for i, s in enumerate(d.stack_table):
-        for loc_idx in s.location_indices:
-            check("location", loc_idx, f"stack {i}")
-    for i, a in enumerate(d.attribute_table):
-        check("string", a.key_strindex, f"attribute {i}")
-        check("string", a.unit_strindex, f"attribute {i}")
     for p in profiles:
         for vt in (p.sample_type, p.period_type):
             check("string", vt.type_strindex, "value type")
@@ -168,4 +148,27 @@ def check_indices(d: Any, profiles: list[Any]) -> list[str]:
             check("link", s.link_index, "sample")
             for a in s.attribute_indices:
                 check("attribute", a, "sample")
+    for i, s in enumerate(d.stack_table):
+        for loc_idx in s.location_indices:
+            check("location", loc_idx, f"stack {i}")
+    for i, loc in enumerate(d.location_table):
+        check("mapping", loc.mapping_index, f"location {i}")
+        for a in loc.attribute_indices:
+            check("attribute", a, f"location {i}")
+        for line in loc.lines:
+            check("function", line.function_index, f"location {i}")
+    for i, m in enumerate(d.mapping_table):
+        check("string", m.filename_strindex, f"mapping {i}")
+        for a in m.attribute_indices:
+            check("attribute", a, f"mapping {i}")
+    for i, f in enumerate(d.function_table):
+        for field in ("name", "system_name", "filename"):
+            check("string", getattr(f, f"{field}_strindex"), f"function {i}")
+    for i, a in enumerate(d.attribute_table):
+        check("string", a.key_strindex, f"attribute {i}")
+        check("string", a.unit_strindex, f"attribute {i}")
+    for kind in tables:
+        unused = sorted(set(range(sizes[kind])) - used[kind])
+        if unused:
+            problems.append(f"{kind}_table entries {unused} are referenced by nothing")
     return problems

@@ -83,6 +83,21 @@ def test_dictionary_is_sound() -> None:
     assert check_indices(data.dictionary, all_profiles(data)) == []
 
 
+def test_every_attribute_but_the_zero_entry_is_referenced() -> None:
+    """GIVEN mappings with and without a build id (APP, the kernel), THEN the
+    attribute table is the spec's zero entry (KeyValueAndUnit{}, index 0 =
+    "not set", which must be present) and entries something points at."""
+    data = encoded()
+    d = data.dictionary
+    assert d.attribute_table[0] == pb.KeyValueAndUnit()
+    referenced = {a for m in d.mapping_table for a in m.attribute_indices}
+    referenced |= {a for loc in d.location_table for a in loc.attribute_indices}
+    referenced |= {a for p in all_profiles(data) for s in p.samples for a in s.attribute_indices}
+    assert referenced == set(range(1, len(d.attribute_table)))
+    keys = [d.string_table[a.key_strindex] for a in d.attribute_table]
+    assert keys.count("process.executable.build_id.gnu") == 1  # LIBC's; APP and KERN have none
+
+
 def test_round_trip_keeps_every_stack_and_value() -> None:
     got = decode_stacks(encoded())
     assert got == Counter(
@@ -161,11 +176,14 @@ def test_check_indices_finds_broken_requests() -> None:
     data.dictionary.stack_table[1].location_indices.append(999)
     all_profiles(data)[0].samples[0].stack_index = 77
     data.dictionary.mapping_table[0].memory_start = 1
+    data.dictionary.attribute_table.add(key_strindex=1)
     problems = check_indices(data.dictionary, all_profiles(data))
     assert 'string_table[0] is not ""' in problems
     assert "mapping_table[0] is not the zero value" in problems
     assert any("location index 999" in p for p in problems)
     assert any("stack index 77" in p for p in problems)
+    last = len(data.dictionary.attribute_table) - 1
+    assert f"attribute_table entries [{last}] are referenced by nothing" in problems
 
 
 def test_request_and_profiles_data_carry_the_same_content() -> None:
