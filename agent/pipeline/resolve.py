@@ -10,6 +10,10 @@ symbolizer/cpython/frames.py), grouped per C-level activation of the eval
 loop. They are spliced into the native stack where the interpreter ran
 them (`splice`): each native frame of the loop, innermost first, gives its
 place to the next group. docs/python.md tells the rule in full.
+
+A kernel stack taken inside a tracing program starts in the profiler's own
+frames (the BPF program, and the kernel's code that ran it for the traced
+function); `own_frames` says how many to drop from its leaf end.
 """
 
 from __future__ import annotations
@@ -37,6 +41,26 @@ KERNEL_START = 1 << 63
 KERNEL_LIMIT = 2**64 - 1
 MAX_CACHED = 1 << 15  # locations kept per kind (user, kernel, Python) before starting over
 PYTHON_SPACE = 1 << 48  # Python frames' pseudo-mapping: where code objects can lie
+
+# The kernel's code between a traced function and the BPF program it runs:
+# bpf_trace_run<N> and __bpf_trace_<event> (raw tracepoints), __traceiter_<event>
+# (when more than one probe is on the tracepoint, or without static calls),
+# perf's tracepoint path (perf_trace_*, perf_tp_event, trace_call_bpf,
+# perf_syscall_*), fentry's bpf_trampoline_* and the program dispatcher.
+TRAMPOLINES = (
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__traceiter_",
+    "perf_trace_",
+    "perf_tp_event",
+    "perf_syscall_",
+    "trace_call_bpf",
+    "bpf_trampoline_",
+    "bpf_dispatcher_",
+    "__bpf_prog_run",
+)
+BPF_PROGRAM = "bpf_prog_"  # kallsyms' name of a JITed program: bpf_prog_<tag>_<name>
+PROGRAM_FRAMES = 3  # the program (and a helper it called) sit leafward of the first trampoline
 
 
 class MapEntryLike(Protocol):
@@ -176,7 +200,8 @@ class StackResolver:
 
     def locations(self, key: RawKey) -> tuple[Location, ...]:
         stack = key.stack
-        out = [self._kernel_location(a, i > 0) for i, a in enumerate(stack.kernel)]
+        kernel = [self._kernel_location(a, i > 0) for i, a in enumerate(stack.kernel)]
+        out = kernel[own_frames(kernel) :]
         lost = lost_stack("kernel", stack.kernel_error)
         if lost:
             out.append(lost)
@@ -323,6 +348,43 @@ class StackResolver:
             Frame(ln.function, ln.file, ln.line, ln.start_line, ln.system_name) for ln in r.lines
         )
         return Location(address, mapping, frames or (Frame(r.function),), kind)
+
+
+def _function(loc: Location) -> str:
+    """The function a location's address lies in (its outermost inline frame)."""
+    return loc.frames[-1].function if loc.frames else ""
+
+
+def own_frames(kernel: Sequence[Location]) -> int:
+    """How many frames at the leaf end of a kernel stack (leaf first) are the
+    profiler's own: a sched_switch stack reads bpf_prog_<tag>_<name> <-
+    bpf_trace_run4 <- [__traceiter_sched_switch <-] __schedule. How many
+    there are depends on the attach type and on how many probes share the
+    tracepoint (a second one adds __traceiter_*), so bpf_get_stackid's skip
+    count cannot be fixed at compile time; they are dropped here instead.
+
+    Every frame leafward of the first trampoline is the program's whatever
+    its name: kallsyms read after the program was unloaded names its
+    address after whatever symbol precedes it (another program, an
+    init-text function). Without a trampoline, leading bpf_prog_* frames
+    are dropped. A stack that is nothing but such frames is kept whole."""
+    first = next(
+        (
+            i
+            for i, loc in enumerate(kernel[:PROGRAM_FRAMES])
+            if _function(loc).startswith(TRAMPOLINES)
+        ),
+        None,
+    )
+    drop = 0
+    if first is not None:
+        drop = first + 1
+        while drop < len(kernel) and _function(kernel[drop]).startswith(TRAMPOLINES):
+            drop += 1
+    else:
+        while drop < len(kernel) and _function(kernel[drop]).startswith(BPF_PROGRAM):
+            drop += 1
+    return drop if drop < len(kernel) else 0
 
 
 def _lookup(addresses: Sequence[int], i: int) -> int:
