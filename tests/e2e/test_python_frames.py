@@ -153,8 +153,9 @@ def split_share(profile: Profile, pair: tuple[str, str], index: int) -> tuple[fl
 
 # Lock waits in the Debian roots are left out: their GIL rarely contends on a
 # pthread mutex (3.13+ waits on its own parking lot), so a few seconds may
-# hold no lock sample at all, and those that come lack the native frames
-# below the Python ones (issue 13's closing note).
+# hold no lock sample at all; and the roots' libc has no symbols for
+# start_thread (the host's is named through its debug symbols), so the
+# threads' native frames below the Python ones show as addresses.
 CASES = [(t, v) for t in sorted(MODES) for v in VERSIONS if t != "lock" or v == HOST]
 
 
@@ -198,10 +199,12 @@ def test_python_functions_files_and_lines_split_three_to_one(
     assert weight >= 0.8 * sum(s.values[index] for s in mixed), chains[:5]
 
     # one mixed stack: the interpreter's own frames below, no eval loop left
-    below = sum(1 for s in mixed if BELOW[profile_type] & set(native_names(s)))
-    assert below >= 0.9 * len(mixed), [native_names(s) for s in mixed[:3]]
-    loop = sum(1 for s in mixed if "_PyEval_EvalFrameDefault" in native_names(s))
-    assert loop <= 0.02 * len(mixed), [native_names(s) for s in mixed[:3]]
+    # (by value: a preempted thread's rare, light stacks may stop short)
+    value = sum(s.values[index] for s in mixed)
+    below = sum(s.values[index] for s in mixed if BELOW[profile_type] & set(native_names(s)))
+    assert below >= 0.9 * value, [native_names(s) for s in mixed[:3]]
+    loop = sum(s.values[index] for s in mixed if "_PyEval_EvalFrameDefault" in native_names(s))
+    assert loop <= 0.02 * value, [native_names(s) for s in mixed[:3]]
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs `go` for `go tool pprof`")
