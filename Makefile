@@ -7,7 +7,7 @@ SETUP  := bash packaging/setup-host.sh
 COV    := --cov=agent --cov=symbolizer --cov-report=term-missing --cov-fail-under=90
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test demo test lint bench clean distclean
+.PHONY: help setup setup-test demo test test-systemd lint bench clean distclean
 
 help: ## list the targets
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -26,6 +26,12 @@ demo: setup ## record a 10 s system-wide CPU profile to profile.pb.gz, its flame
 
 test: setup-test ## run the whole test suite (unit, BPF, end-to-end) with a 90% coverage gate
 	$(BIN)/pytest $(COV)
+
+# Opt-in (not part of `make test`): boots a Debian 12 container under
+# systemd-nspawn, installs the unit with packaging/install.sh and drives it
+# with systemctl. The container's root is cached in /var/cache/bpfprof-tests.
+test-systemd: setup-test ## opt-in: the unit under a real systemd in a Debian 12 container (root; 3 min more the first time)
+	BPFPROF_TEST_SYSTEMD=1 $(BIN)/pytest -v -p no:cacheprovider tests/systemd
 
 # Lint needs only the venv's tools, so it sets up just when they are missing
 # and runs every linter before failing, to report everything at once.
