@@ -133,6 +133,7 @@ class Session:
         self.collection: Collection | None = None
         self.delivery, self.transport, self.spool = make_delivery(config)
         self.last_counters: dict[str, dict[str, int]] = {}
+        self.last_cumulative: dict[str, int] = {}
         self.totals: dict[str, float] = {}
         self.intervals = 0
         self.started = time.time()
@@ -204,6 +205,8 @@ class Session:
         self.delivery.submit("interval", builder.request().SerializeToString())
 
     def account(self, drained: int, misses: int) -> None:
+        """Log and write this interval's counts (deltas of every cumulative
+        counter), the totals since start, and the gauges read now."""
         deltas: dict[str, float] = {"symbolization_misses": misses}
         for name, now in self.core.counters().items():
             before = self.last_counters.get(name, {})
@@ -213,35 +216,49 @@ class Session:
         last: dict[str, Any] = {"samples": deltas.get("samples", drained), **lost(deltas)}
         last["map_full"] = deltas.get("map_full", 0)
         last["symbolization_misses"] = misses
+        last.update(self.cumulative_deltas())
         for k, v in last.items():
             self.totals[k] = self.totals.get(k, 0) + v
-        stats = self.delivery.stats
         cpu, rss = self.usage.sample()
         gauges = {
             "processes": len(self.core.processes),
-            "export_ok": stats.sent,
-            "export_failed": stats.failed,
-            "export_retries": stats.retries,
             "queue": self.delivery.queued,
             "spool": len(self.spool) if self.spool else 0,
-            # `is not None`: an empty Spool is falsy (it has a length)
-            "spool_dropped": self.spool.dropped if self.spool is not None else 0,
-            "spool_corrupt": self.spool.corrupt if self.spool is not None else 0,
             "cpu_percent": cpu,
             "rss_mib": rss,
-            # pids whose /tmp/perf-PID.map was refused or cut (symbolizer/perfmap.py)
-            "perf_map_refused": self.core.symbolizer.stats.perf_map_refused,
-            "perf_map_truncated": self.core.symbolizer.stats.perf_map_truncated,
-            # files over their per-file budget (symbolizer/budget.py): bombs
-            "elf_budget_exceeded": self.core.symbolizer.stats.budget_exceeded,
-            "unwind_budget_exceeded": sum(
-                c.get("unwind_budget_exceeded", 0) for c in self.last_counters.values()
-            ),
         }
         last.update(gauges)
         self.intervals += 1
         log.info("interval %d: %s", self.intervals, log_line(last))
         self.write_status("running", last, gauges)
+
+    def cumulative_deltas(self) -> dict[str, int]:
+        """How much each of cumulative() grew since the last call."""
+        out = {}
+        for k, v in self.cumulative().items():
+            out[k] = v - self.last_cumulative.get(k, 0)
+            self.last_cumulative[k] = v
+        return out
+
+    def cumulative(self) -> dict[str, int]:
+        """Counters the stages keep since the session started."""
+        stats, symbolizer = self.delivery.stats, self.core.symbolizer.stats
+        return {
+            "export_ok": stats.sent,
+            "export_failed": stats.failed,
+            "export_retries": stats.retries,
+            # `is not None`: an empty Spool is falsy (it has a length)
+            "spool_dropped": self.spool.dropped if self.spool is not None else 0,
+            "spool_corrupt": self.spool.corrupt if self.spool is not None else 0,
+            # pids whose /tmp/perf-PID.map was refused or cut (symbolizer/perfmap.py)
+            "perf_map_refused": symbolizer.perf_map_refused,
+            "perf_map_truncated": symbolizer.perf_map_truncated,
+            # files over their per-file budget (symbolizer/budget.py): bombs
+            "elf_budget_exceeded": symbolizer.budget_exceeded,
+            "unwind_budget_exceeded": sum(
+                c.get("unwind_budget_exceeded", 0) for c in self.last_counters.values()
+            ),
+        }
 
     def write_status(self, state: str, last: dict[str, Any], gauges: dict[str, Any]) -> None:
         write_status(
@@ -257,7 +274,8 @@ class Session:
                 "exporting_to": self.config.export.endpoint or str(self.config.output_dir),
                 "profiles": ",".join(name for name, _ in self.config.profiles),
                 "last_interval": last,
-                "totals": {**self.totals, **gauges, "cpu_seconds": self.usage.total_cpu_seconds},
+                "totals": {**self.totals, "cpu_seconds": self.usage.total_cpu_seconds},
+                "now": gauges,
             },
         )
 
@@ -274,6 +292,8 @@ class Session:
             self.delivery.close(FLUSH_SECONDS)
             if self.transport:
                 self.transport.close()
+        for k, v in self.cumulative_deltas().items():  # the flush's sends count too
+            self.totals[k] = self.totals.get(k, 0) + v
         self.write_status(state, {}, {"queue": self.delivery.queued})
 
 

@@ -1,5 +1,9 @@
 """The agent's own health: counters, one log line per interval, a status file.
 
+Counters (FIELDS less GAUGES) are counts of one interval in the log line and
+in the status file's `last_interval`, summed in `totals`; gauges (GAUGES) are
+what was read at the interval's end, in `last_interval` and in `now`.
+
 `bpfprof status` reads the status file (JSON, replaced atomically every
 interval) rather than talking to the agent, so it works with no socket, no
 privileges beyond reading the file, and while the agent is busy. The file
@@ -41,6 +45,8 @@ FIELDS = (
     "cpu_percent",
     "rss_mib",
 )
+# Values read now, not counts: not summed, shown apart.
+GAUGES = ("processes", "queue", "spool", "cpu_percent", "rss_mib")
 
 
 class SelfUsage:
@@ -111,19 +117,47 @@ def format_status(status: Mapping[str, Any], now: float | None = None) -> str:
     """Human-readable status; says when the agent looks stale or stopped."""
     now = time.time() if now is None else now
     lines = []
-    age = now - float(status.get("updated", 0))
+    updated = float(status.get("updated", 0))
+    age = now - updated
     state = status.get("state", "?")
     interval = float(status.get("interval", 10))
     if state == "running" and age > 3 * interval + 5:
-        state = f"stale (no update for {age:.0f}s: is the agent still running?)"
+        state = f"stale (no update for {duration(age)}: is the agent still running?)"
     lines.append(f"state:      {state}")
-    for key in ("pid", "started", "config", "exporting_to", "profiles", "intervals"):
+    if "started" in status:
+        started = float(status["started"])
+        lines.append(f"started:    {local_time(started)} (up {duration(now - started)})")
+    if "updated" in status:
+        lines.append(f"updated:    {local_time(updated)} ({duration(age)} ago)")
+    for key in ("pid", "config", "exporting_to", "profiles", "intervals"):
         if key in status:
             lines.append(f"{key + ':':<11} {status[key]}")
     totals = status.get("totals", {})
     last = status.get("last_interval", {})
-    lines.append(f"{'counter':<22}{'last interval':>15}{'total':>15}")
+    gauges = status.get("now") or {k: v for k, v in last.items() if k in GAUGES}
+    lines.append(f"{'counter':<22}{'last interval':>15}{'since start':>15}")
     for k in FIELDS:
-        if k in last or k in totals:
+        if k not in GAUGES and (k in last or k in totals):
             lines.append(f"{k:<22}{last.get(k, ''):>15}{totals.get(k, ''):>15}")
+    if gauges:
+        lines.append(f"{'gauge':<22}{'now':>15}")
+        lines.extend(f"{k:<22}{gauges[k]:>15}" for k in GAUGES if k in gauges)
     return "\n".join(lines) + "\n"
+
+
+def local_time(epoch: float) -> str:
+    """`2023-11-14 22:13:20 CET`: the host's local time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def duration(seconds: float) -> str:
+    """`4s`, `12m 05s`, `1h 00m 05s`, `3d 04h 00m`."""
+    s = max(int(seconds), 0)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours:02}h {minutes:02}m"
+    if hours:
+        return f"{hours}h {minutes:02}m {s:02}s"
+    return f"{minutes}m {s:02}s" if minutes else f"{s}s"

@@ -106,3 +106,26 @@ def test_finite_float_takes_numbers_only() -> None:
 
     assert FINITE.convert("2.5", None, None) == 2.5
     assert FINITE.convert(3, None, None) == 3.0
+
+
+def test_status_prints_dates_and_json_keeps_the_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+    import re
+    import time
+
+    from agent.daemon.telemetry import write_status
+
+    path = tmp_path / "run" / "status.json"
+    started = time.time() - 3600
+    status = {"state": "running", "started": started, "updated": time.time(), "interval": 10}
+    write_status(path, status)
+    code, out, _ = run(["status", "--status-file", str(path)], capsys)
+    assert code == 0
+    assert re.search(
+        r"^started: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(up 1h 00m 0\ds\)$", out, re.M
+    )
+    assert re.search(r"^updated: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(\ds ago\)$", out, re.M)
+    code, out, _ = run(["status", "--status-file", str(path), "--json"], capsys)
+    assert code == 0 and json.loads(out) == status

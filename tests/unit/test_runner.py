@@ -5,12 +5,15 @@ reload keeps the running session when the new config is bad."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _pytest.logging import LogCaptureFixture
 
 from agent.daemon import runner
 from agent.daemon.configschema import Override
@@ -271,3 +274,29 @@ def test_allocation_ring_buffer_drops_count_as_lost_samples(
     session.finish()
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["totals"]["lost_samples"] == 12  # 3 drains (the flush takes both halves)
+
+
+def test_export_counts_are_per_interval_in_the_log_line_and_cumulative_in_totals(
+    tmp_path: Path, source: FakeSource, monkeypatch: pytest.MonkeyPatch, caplog: LogCaptureFixture
+) -> None:
+    """GIVEN 3 exports before the first interval closes and 2 more before the
+    second, THEN the interval lines say 3 and 2, the totals 3 and 5."""
+    from agent.daemon.delivery import DeliveryStats
+
+    session = runner.Session(config(tmp_path), SelfUsage())
+    session.start()
+    monkeypatch.setattr(session.delivery, "submit", lambda *_: None)  # the test counts sends
+    session.delivery.stats = DeliveryStats()
+    caplog.set_level(logging.INFO, logger="bpfprof.run")
+    seen = []
+    for sent in (3, 5):
+        session.delivery.stats.sent = sent
+        session.report()
+        seen.append(json.loads((tmp_path / "status.json").read_text()))
+    session.close_sources()
+    session.delivery.close(1)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interval ")]
+    assert [re.findall(r"export_ok=(\d+)", line) for line in lines] == [["3"], ["2"]]
+    assert [s["last_interval"]["export_ok"] for s in seen] == [3, 2]
+    assert [s["totals"]["export_ok"] for s in seen] == [3, 5]
+    assert seen[1]["now"]["processes"] >= 0 and "processes" not in seen[1]["totals"]

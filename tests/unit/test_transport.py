@@ -181,6 +181,51 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after(None) is None
 
 
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_status_says_times_in_local_time_with_their_age(utc: None) -> None:
+    """GIVEN an agent started 1h 00m 05s ago whose last update is 4 s old,
+    THEN both are dates, not epochs; an interval's counts are told apart
+    from the totals since start and from the gauges read now."""
+    status = {
+        "state": "running",
+        "pid": 5,
+        "started": 1_700_000_000.5,
+        "updated": 1_700_003_601.0,
+        "interval": 10,
+        "last_interval": {"samples": 190, "export_ok": 1, "processes": 41},
+        "totals": {"samples": 1900, "export_ok": 10},
+        "now": {"processes": 41, "cpu_percent": 0.4},
+    }
+    text = format_status(status, now=1_700_003_605.5)
+    assert "1700000000" not in text
+    assert "started:    2023-11-14 22:13:20 UTC (up 1h 00m 05s)\n" in text
+    assert "updated:    2023-11-14 23:13:21 UTC (4s ago)\n" in text
+    table = [
+        line.split()
+        for line in text.splitlines()[
+            text.splitlines().index(
+                next(line for line in text.splitlines() if line.startswith("counter"))
+            ) :
+        ]
+    ]
+    assert table == [
+        ["counter", "last", "interval", "since", "start"],
+        ["samples", "190", "1900"],
+        ["export_ok", "1", "10"],
+        ["gauge", "now"],
+        ["processes", "41"],
+        ["cpu_percent", "0.4"],
+    ]
+
+
 def test_status_file_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "run" / "status.json"
     status = {
