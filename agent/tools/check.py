@@ -17,7 +17,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.kernel.privileges import CAP_NAMES, has_bpf_privilege, parse_cap_eff
+from agent.kernel.privileges import (
+    CAP_NAMES,
+    PidNamespace,
+    bpf_refusal,
+    has_bpf_privilege,
+    parse_cap_eff,
+    pid_namespace_problem,
+    read_pid_namespace,
+)
 from agent.kernel.probe import bcc_status, bpf_map_create_errno
 
 # The BPF ring buffer (BPF_RINGBUF_OUTPUT in bpf/cpu.bpf.c) arrived in 5.8.
@@ -74,12 +82,17 @@ def check_kernel(release: str, machine: str) -> CheckResult:
 # --- BPF syscall -------------------------------------------------------------
 
 
-def check_bpf_syscall(err: int | None, machine: str) -> CheckResult:
+def check_bpf_syscall(err: int | None, machine: str, refusal: str | None = None) -> CheckResult:
+    """`refusal`: privileges.explain_bpf_refusal's line, which tells a seccomp
+    filter, a user namespace or a security module from missing capabilities."""
     name = "bpf syscall"
     if err is None:
         return CheckResult(name, Level.WARN, f"not tried: syscall number unknown on {machine}")
     if err == 0:
         return CheckResult(name, Level.PASS, "BPF_MAP_CREATE works")
+    if err in (1, 13) and refusal and "sudo" not in refusal:
+        why, _, fix = refusal.partition(": ")[2].rpartition(": ")
+        return CheckResult(name, Level.FAIL, f"BPF_MAP_CREATE refused: {why}", fix)
     if err in (1, 13):  # EPERM, EACCES
         return CheckResult(
             name,
@@ -97,6 +110,18 @@ def check_bpf_syscall(err: int | None, machine: str) -> CheckResult:
     return CheckResult(
         name, Level.FAIL, f"BPF_MAP_CREATE failed: {os.strerror(err)}", "see `dmesg` for the reason"
     )
+
+
+# --- PID namespace -----------------------------------------------------------
+
+
+def check_pid_namespace(ns: PidNamespace) -> CheckResult:
+    """BPF gives host pids: a container's /proc cannot name their frames."""
+    problem = pid_namespace_problem(ns)
+    if problem is None:
+        return CheckResult("pid namespace", Level.PASS, "the host's: BPF's pids match /proc")
+    what, _, fix = problem.rpartition("; ")
+    return CheckResult("pid namespace", Level.WARN, what, fix)
 
 
 # --- BTF ---------------------------------------------------------------------
@@ -321,10 +346,11 @@ def run_checks() -> list[CheckResult]:
     cap_eff = parse_cap_eff(read_text("/proc/self/status")) or 0
     build_dir, utsrelease = find_headers(release)
     bcc_version, bcc_error = bcc_status()
-    return [
+    bpf_err = bpf_map_create_errno(machine)
+    results = [
         check_kernel(release, machine),
         check_capabilities(cap_eff, os.geteuid()),
-        check_bpf_syscall(bpf_map_create_errno(machine), machine),
+        check_bpf_syscall(bpf_err, machine, bpf_refusal("check", bpf_err) if bpf_err else None),
         check_btf(os.path.exists("/sys/kernel/btf/vmlinux")),
         check_headers(release, build_dir, utsrelease),
         check_bcc(bcc_version, bcc_error, sys.executable, sys.base_prefix),
@@ -334,6 +360,10 @@ def run_checks() -> list[CheckResult]:
         ),
         check_kprobes(kprobes_available()),
     ]
+    pid_ns = check_pid_namespace(read_pid_namespace())
+    if pid_ns.level is not Level.PASS:  # a line only where it matters: in containers
+        results.insert(3, pid_ns)
+    return results
 
 
 def plural(n: int, noun: str) -> str:
