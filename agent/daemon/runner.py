@@ -216,6 +216,8 @@ class Session:
         last: dict[str, Any] = {"samples": deltas.get("samples", drained), **lost(deltas)}
         last["map_full"] = deltas.get("map_full", 0)
         last["symbolization_misses"] = misses
+        # Python frames shown as [python code 0x...] (symbolizer/cpython/names.py)
+        last["python_code_misses"] = deltas.get("python_code_misses", 0)
         last.update(self.cumulative_deltas())
         for k, v in last.items():
             self.totals[k] = self.totals.get(k, 0) + v

@@ -32,6 +32,7 @@ FIELDS = (
     "lost_events",
     "map_full",
     "symbolization_misses",
+    "python_code_misses",
     "processes",
     "export_ok",
     "export_failed",

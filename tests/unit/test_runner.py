@@ -280,23 +280,32 @@ def test_export_counts_are_per_interval_in_the_log_line_and_cumulative_in_totals
     tmp_path: Path, source: FakeSource, monkeypatch: pytest.MonkeyPatch, caplog: LogCaptureFixture
 ) -> None:
     """GIVEN 3 exports before the first interval closes and 2 more before the
-    second, THEN the interval lines say 3 and 2, the totals 3 and 5."""
+    second, THEN the interval lines say 3 and 2, the totals 3 and 5; and the
+    Python frames left without a name are counted the same way."""
     from agent.daemon.delivery import DeliveryStats
 
     session = runner.Session(config(tmp_path), SelfUsage())
     session.start()
     monkeypatch.setattr(session.delivery, "submit", lambda *_: None)  # the test counts sends
     session.delivery.stats = DeliveryStats()
+    python = {"python_code_misses": 0, "python_frames_named": 9}
+    counters = session.core.counters
+    monkeypatch.setattr(session.core, "counters", lambda: {**counters(), "python": dict(python)})
     caplog.set_level(logging.INFO, logger="bpfprof.run")
     seen = []
-    for sent in (3, 5):
-        session.delivery.stats.sent = sent
+    for sent, misses in ((3, 4), (5, 4)):
+        session.delivery.stats.sent, python["python_code_misses"] = sent, misses
         session.report()
         seen.append(json.loads((tmp_path / "status.json").read_text()))
     session.close_sources()
     session.delivery.close(1)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interval ")]
-    assert [re.findall(r"export_ok=(\d+)", line) for line in lines] == [["3"], ["2"]]
+    assert [re.findall(r"(export_ok|python_code_misses)=(\d+)", line) for line in lines] == [
+        [("python_code_misses", "4"), ("export_ok", "3")],
+        [("python_code_misses", "0"), ("export_ok", "2")],
+    ]
     assert [s["last_interval"]["export_ok"] for s in seen] == [3, 2]
     assert [s["totals"]["export_ok"] for s in seen] == [3, 5]
+    assert [s["last_interval"]["python_code_misses"] for s in seen] == [4, 0]
+    assert [s["totals"]["python_code_misses"] for s in seen] == [4, 4]
     assert seen[1]["now"]["processes"] >= 0 and "processes" not in seen[1]["totals"]
