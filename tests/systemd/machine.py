@@ -105,8 +105,12 @@ class Machine:
         self.log = log
         with open(log, "w") as out:
             self.nspawn = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-        self.pid = self._init_pid()
-        self._wait_booted()
+        try:
+            self.pid = self._init_pid()
+            self._wait_booted()
+        except BaseException:  # no fixture will stop a machine that never was
+            self.stop()
+            raise
 
     def _wait_booted(self, timeout: float = 120) -> None:
         """Until systemd says the boot is over (its bus is not up at first)."""
