@@ -18,9 +18,20 @@
  * BCC rewrites map calls in the main file only: agent/kernel/bcc_loader.py
  * pastes this header into the program text before compiling it.
  *
+ * A process whose tables user space has not loaded yet (its first
+ * milliseconds, or a short-lived child) is walked with frame pointers only,
+ * which in code without them stops at the leaf. With UNWIND_RAW, such a
+ * sample also sends its registers and the top pages of its stack to user
+ * space (`unwind_raw` ring buffer), and its stack is marked STACK_DEFERRED
+ * with a hash of its own: once the tables are there, user space walks the
+ * copy with the same rows (agent/unwind/rawwalk.py) and replaces the
+ * frame-pointer stack by the whole one.
+ *
  * Options (-D): UNWIND_MAX_FRAMES (<= 127), UNWIND_ROWS (size of the rows
  * array), UNWIND_PROCS (processes with tables), UNWIND_MAPPINGS (per process,
- * a power of two).
+ * a power of two); UNWIND_RAW, UNWIND_RAW_PAGES (stack pages copied, from
+ * the one holding RSP), UNWIND_RAW_RING (pages of the ring buffer, a power
+ * of two), UNWIND_RAW_BUDGET (raw stacks per process until it is loaded).
  */
 #ifndef BPFPROF_UNWIND_H
 #define BPFPROF_UNWIND_H
@@ -63,6 +74,8 @@
 #define STACK_READ_ERROR 8  /* a saved register could not be read */
 #define STACK_UNSUPPORTED 16 /* CFI of a form the walker does not follow */
 #define STACK_NEW_MAPPING 32 /* a PC in none of the process's known mappings (dlopen) */
+#define STACK_DEFERRED 64   /* walked with frame pointers only, its raw stack sent to user
+                             * space (UNWIND_RAW): `hash` names the unwind_raw record */
 
 /* self-metrics of the walker, `unwind_stats` (agent.unwind.layout.UnwindStat) */
 enum unwind_stat {
@@ -74,7 +87,10 @@ enum unwind_stat {
     USTAT_READ_ERROR = 5,
     USTAT_UNSUPPORTED = 6,
     USTAT_NO_REGS = 7,     /* no user registers: a kernel thread */
-    USTAT_MAX = 8,
+    USTAT_RAW = 8,         /* raw stacks sent to user space (UNWIND_RAW) */
+    USTAT_RAW_LOST = 9,    /* raw stacks not sent: ring buffer full */
+    USTAT_RAW_CAPPED = 10, /* raw stacks not sent: the process used its budget */
+    USTAT_MAX = 11,
 };
 
 struct unwind_row {
@@ -318,6 +334,83 @@ static __always_inline int unwind_step(struct unwind_state *st)
     return 0;
 }
 
+#ifdef UNWIND_RAW
+#ifndef UNWIND_RAW_PAGES
+#define UNWIND_RAW_PAGES 4
+#endif
+#ifndef UNWIND_RAW_RING
+#define UNWIND_RAW_RING 512
+#endif
+#ifndef UNWIND_RAW_BUDGET
+#define UNWIND_RAW_BUDGET 256
+#endif
+#define UNWIND_PAGE 4096
+
+/* A sample's user registers and the stack above them (agent.unwind.layout
+ * RAW_HEADER): data[] holds `pages` pages from `base`, the page of sp. */
+struct unwind_raw_stack {
+    u64 hash;     /* the STACK_DEFERRED stack's hash: what user space finds it by */
+    u64 ip, sp, bp;
+    u64 base;
+    u32 pid;
+    u32 pages;
+    u8 data[UNWIND_RAW_PAGES * UNWIND_PAGE];
+};
+
+BPF_RINGBUF_OUTPUT(unwind_raw, UNWIND_RAW_RING);
+/* Raw stacks each process sent since user space last loaded it: a process
+ * that cannot be loaded (gone, no room) stops costing copies at the budget. */
+BPF_TABLE("lru_hash", u32, u32, unwind_raw_sent, UNWIND_PROCS);
+
+/* Send the raw stack of a sample walked without tables; mark `out` deferred
+ * under a hash no walked stack has (each such sample is its own stack). */
+static __always_inline void unwind_keep_raw(u32 pid, struct unwind_regs *regs,
+                                            struct unwound_stack *out)
+{
+    u32 *sent = unwind_raw_sent.lookup(&pid);
+    if (sent && *sent >= UNWIND_RAW_BUDGET) {
+        unwind_count(USTAT_RAW_CAPPED, 1);
+        return;
+    }
+    struct unwind_raw_stack *rec = unwind_raw.ringbuf_reserve(sizeof(struct unwind_raw_stack));
+    if (!rec) {
+        unwind_count(USTAT_RAW_LOST, 1);
+        return;
+    }
+    u64 base = regs->sp & ~(u64)(UNWIND_PAGE - 1);
+    u32 pages = 0;
+    /* Page by page: the stack's top is near, and a read crossing it fails whole. */
+#pragma unroll
+    for (int i = 0; i < UNWIND_RAW_PAGES; i++) {
+        if (bpf_probe_read_user(rec->data + i * UNWIND_PAGE, UNWIND_PAGE,
+                                (void *)(base + i * UNWIND_PAGE)) != 0)
+            break;
+        pages = i + 1;
+    }
+    if (pages == 0) {
+        unwind_raw.ringbuf_discard(rec, 0);
+        return;
+    }
+    u64 token = ((bpf_ktime_get_ns() << 8) ^ bpf_get_smp_processor_id()) * 0x9e3779b97f4a7c15ULL;
+    rec->hash = token;
+    rec->ip = regs->ip;
+    rec->sp = regs->sp;
+    rec->bp = regs->bp;
+    rec->base = base;
+    rec->pid = pid;
+    rec->pages = pages;
+    unwind_raw.ringbuf_submit(rec, 0);
+    out->hash = token;
+    out->flags |= STACK_DEFERRED;
+    u32 one = 1;
+    if (sent)
+        __sync_fetch_and_add(sent, 1);
+    else
+        unwind_raw_sent.update(&pid, &one);
+    unwind_count(USTAT_RAW, 1);
+}
+#endif
+
 /* The user stack of the current task into the per-CPU scratch buffer, leaf
  * first; returns it (len 0: no user stack, as for a kernel thread). Works in
  * any program type that may call bpf_task_pt_regs (perf events, tracepoints,
@@ -366,6 +459,10 @@ static __always_inline struct unwound_stack *unwind_user_stack(u32 pid)
         unwind_count(USTAT_READ_ERROR, 1);
     if (st.flags & STACK_UNSUPPORTED)
         unwind_count(USTAT_UNSUPPORTED, 1);
+#ifdef UNWIND_RAW
+    if (!proc)
+        unwind_keep_raw(pid, &regs, out);
+#endif
     return out;
 }
 

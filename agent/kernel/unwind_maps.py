@@ -27,6 +27,8 @@ class BccUnwindMaps:
         self._rows = program["unwind_rows"]
         self._maps = program["unwind_maps"]
         self._procs = program["unwind_procs"]
+        # with UNWIND_RAW: raw stacks each process sent before it was loaded
+        self._raw_sent = _table(program, "unwind_raw_sent")
 
     def write_rows(self, first: int, data: bytes) -> None:
         _write_array(self._rows, first, data, ROW.size)
@@ -38,6 +40,9 @@ class BccUnwindMaps:
         leaf = self._procs.Leaf()
         leaf.first_map, leaf.map_count = first_map, count
         self._procs[self._procs.Key(pid)] = leaf
+        if self._raw_sent is not None:  # loaded: its next image gets a new budget
+            with contextlib.suppress(KeyError):
+                del self._raw_sent[self._raw_sent.Key(pid)]
 
     def delete_process(self, pid: int) -> None:
         with contextlib.suppress(KeyError):  # the exec tracepoint removed it already
@@ -46,6 +51,14 @@ class BccUnwindMaps:
     def stats(self) -> dict[str, int]:
         table = self._program["unwind_stats"]
         return {s.name.lower(): int(table.sum(s.value).value) for s in UnwindStat}
+
+
+def _table(program: BpfProgram, name: str) -> Any:
+    """A map the build may lack (None then)."""
+    try:
+        return program[name]
+    except KeyError:
+        return None
 
 
 def _write_array(table: Any, first: int, data: bytes, size: int) -> None:

@@ -21,6 +21,7 @@ from agent.config import BpfLimits, SourceOptions
 from agent.kernel import bcc_loader, bpfsys
 from agent.model import RawSample
 from agent.sources.program import ProgramSource, StackCache, base_cflags, to_raw_key
+from agent.sources.unwinding import Resolve, raw_cflags
 from agent.unwind.loader import UnwindLoader
 
 PROGRAM = "cpu.bpf.c"
@@ -38,6 +39,8 @@ def bpf_cflags(
     flags = base_cflags(limits, filter_pids=filter_pids, follow_forks=follow_forks, unwind=unwind)
     if include_idle:
         flags.append("-DINCLUDE_IDLE=1")
+    if unwind:  # each window frees its stack ids: a raw stack may have one of its own
+        flags += raw_cflags()
     return flags
 
 
@@ -74,8 +77,9 @@ class CpuSource(ProgramSource):
         counts = self._bpf[f"counts{old}"]
         stacks = self._bpf[f"stacks{old}"]
         user = self._bpf["ustacks"] if self._walker.active else None
+        resolve = self._walker.resolve if self._walker.raw else None
         drained = [(k, _as_int(v)) for k, v in counts.items_lookup_and_delete_batch()]
-        return read_samples(drained, stacks, user)
+        return read_samples(drained, stacks, user, resolve)
 
     @property
     def unwinder(self) -> UnwindLoader | None:
@@ -83,7 +87,10 @@ class CpuSource(ProgramSource):
 
 
 def read_samples(
-    drained: list[tuple[Any, int]], stacks: Any, user_stacks: Any = None
+    drained: list[tuple[Any, int]],
+    stacks: Any,
+    user_stacks: Any = None,
+    resolve: Resolve | None = None,
 ) -> list[RawSample]:
     """Turn drained (key, count) pairs into RawSamples, then free their stacks.
 
@@ -91,9 +98,10 @@ def read_samples(
     from the stack maps afterwards so the next use of this half starts empty.
     Samples of bpfprof's own loader children are left out (see bcc_loader).
     With the CFI walker, user stack ids index `user_stacks` (`ustacks`) and
-    a stack cut at the frame limit gets user_error -E2BIG.
+    a stack cut at the frame limit gets user_error -E2BIG, and a stack
+    taken before its process's tables were loaded is walked by `resolve`.
     """
-    cache = StackCache(0, stacks, user_stacks)
+    cache = StackCache(0, stacks, user_stacks, resolve)
     samples = [RawSample(to_raw_key(key, cache), (count,)) for key, count in drained]
     cache.free()  # every id, even those of the samples dropped below
     return [s for s in samples if not bcc_loader.is_loader(s.key.pid)]

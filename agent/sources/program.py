@@ -19,7 +19,13 @@ from agent.kernel import bcc_loader
 from agent.kernel.layout import EVENT_MAPS_CHANGED, Counter, ProcessEvent
 from agent.kernel.loaded import BpfProgram
 from agent.model import RawKey, RawStack
-from agent.sources.unwinding import Walker, first_build_flags, read_unwound, unwind_cflags
+from agent.sources.unwinding import (
+    Resolve,
+    Walker,
+    first_build_flags,
+    read_unwound,
+    unwind_cflags,
+)
 
 
 def base_cflags(
@@ -62,12 +68,20 @@ class StackCache:
     `stacks` is the program's stack map; `user_stacks` its `ustacks` when
     user stacks are walked with CFI (their ids are another map's, so the
     two are cached apart), else None: user ids index `stacks` too.
+    `resolve` walks deferred stacks from their raw copies (Walker.resolve).
     """
 
-    def __init__(self, capacity: int, stacks: Any = None, user_stacks: Any = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        stacks: Any = None,
+        user_stacks: Any = None,
+        resolve: Resolve | None = None,
+    ) -> None:
         self.capacity = capacity
         self.stacks = stacks
         self.user_stacks = user_stacks
+        self.resolve = resolve
         self._kernel: dict[int, tuple[int, ...]] = {}
         self._user: dict[int, tuple[tuple[int, ...], int]] = {}
 
@@ -90,7 +104,8 @@ class StackCache:
             return (), stack_id
         got = self._user.get(stack_id)
         if got is None:
-            got = self._user[stack_id] = read_unwound(self.user_stacks, stack_id)
+            got = read_unwound(self.user_stacks, stack_id, self.resolve)
+            self._user[stack_id] = got
         return got
 
     def free(self) -> None:
@@ -177,6 +192,8 @@ class ProgramSource:
         self._walker.start([] if self._options.follow_forks else self._targets)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
+        if self._walker.raw:
+            self._bpf["unwind_raw"].open_ring_buffer(self._walker.on_raw)
         self.attach()
 
     def _compile(self) -> BpfProgram:

@@ -17,13 +17,21 @@ the kernel refuses that build, the walker is loaded without Python frames
 
 Each loaded program has its own copy of the maps: the rows of libc go into
 every program that walks it, from the same on-disk cache.
+
+A program built with UNWIND_RAW (the CPU program) sends the registers and
+top stack pages of each sample it took before the process was loaded; the
+walker keeps them (`on_raw`) and, when the stack is read at the next drain,
+walks them with the loaded rows (`resolve`), so a process's first
+milliseconds, and children that live only that long, have whole stacks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,11 +42,12 @@ from agent.kernel import bcc_loader
 from agent.kernel.loaded import BpfProgram
 from agent.kernel.python_maps import BccPythonMaps
 from agent.kernel.unwind_maps import BccUnwindMaps
-from agent.unwind.layout import E2BIG, STACK_TRUNCATED
+from agent.unwind.layout import E2BIG, RAW_HEADER, STACK_DEFERRED, STACK_TRUNCATED
 from agent.unwind.loader import UnwindLoader, default_cache_dir
 from agent.unwind.needed import needed_libraries
 from agent.unwind.pyframes import python_cflags
 from agent.unwind.pyloader import PythonLoader
+from agent.unwind.rawwalk import RawStack, parse_raw, walk
 from agent.unwind.table import TableCache, TableError, load_unwind_info
 from agent.unwind.taskbtf import BtfError, read_fsbase_offset
 from symbolizer.elf import ElfError, read_build_id
@@ -46,6 +55,16 @@ from symbolizer.safeopen import open_regular
 
 log = logging.getLogger("bpfprof.unwind")
 CODES_PER_CALL = 8192  # python_codes(): pairs taken from the queue per call (its size)
+RAW_KEPT = 2048  # raw stacks held until their drain (16 KiB each: 32 MiB at most)
+RAW_PAGES = 4  # stack pages a raw stack keeps, from the one holding RSP
+Resolve = Callable[[int], "tuple[tuple[int, ...], int] | None"]
+
+
+def raw_cflags() -> list[str]:
+    """The flags that make the walker keep raw stacks of processes not
+    loaded yet, for a program whose stack ids are freed at each drain (a
+    raw stack is its own id)."""
+    return ["-DUNWIND_RAW=1", f"-DUNWIND_RAW_PAGES={RAW_PAGES}"]
 
 
 def unwind_cflags(limits: BpfLimits) -> list[str]:
@@ -100,6 +119,9 @@ class Walker:
         self.loader: UnwindLoader | None = None
         self.python: PythonLoader | None = None
         self.maps_reloaded = 0  # reloads the walker asked for (dlopen)
+        self.raw = False  # the loaded build keeps raw stacks (UNWIND_RAW)
+        self._raw: OrderedDict[int, RawStack] = OrderedDict()  # by hash, oldest first
+        self.raw_stats = {"resolved": 0, "unresolved": 0, "dropped": 0}
 
     @property
     def wanted(self) -> bool:
@@ -140,6 +162,7 @@ class Walker:
                         log.warning("user stacks fall back to frame pointers: %s", exc)
                     continue
                 self._maps = BccUnwindMaps(loaded)
+                self.raw = "-DUNWIND_RAW=1" in flags(True)
                 if extra:
                     self._python_maps = BccPythonMaps(loaded)
                 return loaded
@@ -206,6 +229,33 @@ class Walker:
         if changed:
             self.maps_reloaded += 1
 
+    def on_raw(self, _ctx: Any, data: int, size: int) -> None:
+        """A ring-buffer record of `unwind_raw`: keep it for its drain."""
+        if size < RAW_HEADER.size:
+            return
+        raw = parse_raw(ctypes.string_at(data, size))
+        self._raw[raw.hash] = raw
+        while len(self._raw) > RAW_KEPT:  # their stacks were lost or never read
+            self._raw.popitem(last=False)
+            self.raw_stats["dropped"] += 1
+
+    def resolve(self, stack_hash: int) -> tuple[tuple[int, ...], int] | None:
+        """(ips, user_error) of a deferred stack, walked now over its raw
+        copy with its process's rows; None (keep the frame-pointer stack)
+        when the copy or the process's mappings are missing."""
+        raw = self._raw.pop(stack_hash, None)
+        if raw is None or self.loader is None:
+            return None
+        layout = self.loader.layout(raw.pid)
+        if layout is None and self.loader.load(raw.pid):  # not announced yet
+            layout = self.loader.layout(raw.pid)
+        if layout is None:
+            self.raw_stats["unresolved"] += 1
+            return None
+        ips, flags = walk(raw, layout)
+        self.raw_stats["resolved"] += 1
+        return ips, -E2BIG if flags & STACK_TRUNCATED else 0
+
     def python_codes(self, limit: int = CODES_PER_CALL) -> list[tuple[int, int]]:
         """(pid, code object address) pairs the walker met for the first
         time since the last call, at most `limit` of them (bpf/python.h)."""
@@ -220,6 +270,8 @@ class Walker:
         out = {f"unwind_{k}": v for k, v in self._maps.stats().items()}
         out.update({f"unwind_{k}": v for k, v in vars(self.loader.stats).items()})
         out["unwind_maps_reloaded"] = self.maps_reloaded
+        if self.raw:
+            out.update({f"unwind_raw_{k}": v for k, v in self.raw_stats.items()})
         if self._python_maps is not None and self.python is not None:
             out.update({f"python_{k}": v for k, v in self._python_maps.stats().items()})
             out.update({f"python_{k}": v for k, v in vars(self.python.finder.stats).items()})
@@ -227,15 +279,23 @@ class Walker:
         return out
 
 
-def read_unwound(user_stacks: Any, stack_id: int) -> tuple[tuple[int, ...], int]:
+def read_unwound(
+    user_stacks: Any, stack_id: int, resolve: Resolve | None = None
+) -> tuple[tuple[int, ...], int]:
     """(ips leaf first, user_error) of one stack the walker stored in
-    `ustacks` (bpf/ustacks.h); a stack cut at the frame limit gets -E2BIG."""
+    `ustacks` (bpf/ustacks.h); a stack cut at the frame limit gets -E2BIG.
+    A deferred stack (walked before its tables were loaded) is walked again
+    by `resolve` from its raw copy, when it can be."""
     if stack_id < 0:
         return (), stack_id
     try:
         leaf = user_stacks[user_stacks.Key(stack_id)]
     except KeyError:
         return (), 0
+    if resolve is not None and int(leaf.flags) & STACK_DEFERRED:
+        whole = resolve(int(leaf.hash))
+        if whole is not None:
+            return whole
     return unwound_ips(leaf.ips, int(leaf.len), int(leaf.flags))
 
 

@@ -25,6 +25,12 @@ STACK_FP_USED = 4
 STACK_READ_ERROR = 8
 STACK_UNSUPPORTED = 16
 STACK_NEW_MAPPING = 32
+STACK_DEFERRED = 64  # its raw stack went to user space (UNWIND_RAW): `hash` names it
+
+# struct unwind_raw_stack (UNWIND_RAW): hash, ip, sp, bp, base, pid, pages;
+# then `pages` pages of the stack from `base` (the page holding sp).
+RAW_HEADER = struct.Struct("<QQQQQII")
+PAGE = 4096
 
 
 class UnwindStat(enum.IntEnum):
@@ -38,6 +44,9 @@ class UnwindStat(enum.IntEnum):
     READ_ERROR = 5
     UNSUPPORTED = 6
     NO_REGS = 7
+    RAW = 8  # raw stacks sent to user space
+    RAW_LOST = 9  # not sent: the ring buffer was full
+    RAW_CAPPED = 10  # not sent: the process used its budget before it was loaded
 
 
 class UnwindRow(ctypes.Structure):

@@ -13,6 +13,12 @@ when the pool runs out; rows are kept for the agent's lifetime.
 
 The maps themselves are written through a `MapWriter`, so this module has no
 BPF in it and its tests use a plain fake.
+
+For samples taken before a process was loaded (raw stacks, see
+agent/unwind/rawwalk.py), the loader also remembers each process's last
+layout (`layout(pid)`, kept after it exits: its raw stacks are walked at the
+next drain) and the rows of recently placed binaries; older ones are read
+back from the disk cache when needed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from agent.unwind.layout import pack_mapping
+from agent.unwind.rawwalk import Mapping, Rows
 from agent.unwind.table import (
     UNWIND_ROWS,
     ElfUnwindInfo,
@@ -40,6 +47,8 @@ from symbolizer.procmaps import MapEntry, parse_maps, read_maps
 
 log = logging.getLogger("bpfprof.unwind")
 MAX_FAILED = 4096  # failed files remembered (least recently seen forgotten first)
+MAX_LAYOUTS = 4096  # processes whose layout is kept for raw stacks (exited ones too)
+MAX_RECENT_ROWS = 16  # binaries whose rows stay in memory for raw stacks
 
 
 class MapWriter(Protocol):
@@ -100,6 +109,23 @@ class LoadedBinary:
     first_row: int
     row_count: int
     info: ElfUnwindInfo
+    key: str = ""  # build-id:... or a file identity
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One executable mapping of a process, as the walker's map holds it."""
+
+    start: int
+    end: int
+    base: int = 0
+    binary: LoadedBinary | None = None
+
+    def packed(self) -> bytes:
+        if self.binary is None:
+            return pack_mapping(self.start, self.end, 0, 0, 0)
+        b = self.binary
+        return pack_mapping(self.start, self.end, self.base, b.first_row, b.row_count)
 
 
 class UnwindLoader:
@@ -126,6 +152,8 @@ class UnwindLoader:
         self._failed: LruCache[str] = LruCache(MAX_FAILED)
         self._procs: dict[int, tuple[int, int]] = {}  # pid -> (first_map, count)
         self._warned: set[str] = set()
+        self._layouts: LruCache[list[Placed]] = LruCache(MAX_LAYOUTS)
+        self._recent: LruCache[Rows] = LruCache(MAX_RECENT_ROWS)
         self.stats = LoaderStats()
 
     @property
@@ -138,8 +166,29 @@ class UnwindLoader:
             entries = parse_maps(read_maps(pid, self._proc_root))
         except OSError:
             return False
-        mappings = [self._mapping(pid, e) for e in entries if e.is_exec]
-        return self._publish(pid, mappings)
+        placed = [self._mapping(pid, e) for e in entries if e.is_exec]
+        if placed:
+            self._layouts.put(str(pid), placed)
+        return self._publish(pid, [p.packed() for p in placed])
+
+    def layout(self, pid: int) -> list[Mapping] | None:
+        """The process's mappings as last loaded, with their rows, for a
+        walk in user space; None if it was never loaded."""
+        placed = self._layouts.get(str(pid))
+        if placed is None:
+            return None
+        return [Mapping(p.start, p.end, p.base, self._rows_of(p.binary)) for p in placed]
+
+    def _rows_of(self, binary: LoadedBinary | None) -> Rows | None:
+        if binary is None:
+            return None
+        rows = self._recent.get(binary.key)
+        if rows is None and binary.key.startswith("build-id:"):
+            table = self._cache.get(binary.key.removeprefix("build-id:"))
+            if table is not None and table.count == binary.row_count:
+                rows = Rows(table.data)
+                self._recent.put(binary.key, rows)
+        return rows
 
     def forget(self, pid: int) -> None:
         held = self._procs.pop(pid, None)
@@ -178,20 +227,19 @@ class UnwindLoader:
         self.stats.processes += 1
         return True
 
-    def _mapping(self, pid: int, entry: MapEntry) -> bytes:
+    def _mapping(self, pid: int, entry: MapEntry) -> Placed:
         """Every executable mapping is listed, with no rows where there is no
         table ([vdso], JIT code, a binary without CFI): the walker uses frame
         pointers there, and takes a PC outside all of them for a new mapping
         (dlopen) to tell user space about."""
-        no_rows = pack_mapping(entry.start, entry.end, 0, 0, 0)
+        no_rows = Placed(entry.start, entry.end)
         binary = self._binary(pid, entry) if entry.is_file else None
         if binary is None:
             return no_rows
         bias = binary.info.load_bias(entry.start, entry.offset)
         if bias is None:
             return no_rows
-        base = bias + binary.info.table.base
-        return pack_mapping(entry.start, entry.end, base, binary.first_row, binary.row_count)
+        return Placed(entry.start, entry.end, bias + binary.info.table.base, binary)
 
     def _binary(self, pid: int, entry: MapEntry) -> LoadedBinary | None:
         fkey = ""
@@ -216,11 +264,11 @@ class UnwindLoader:
                 self._warn("budget", f"no unwind table for {entry.path} (and maybe others): {exc}")
             log.debug("no unwind table for %s: %s", entry.path, exc)
             return None
-        loaded = self._place(info, entry.path)
+        loaded = self._place(info, entry.path, key)
         self._binaries[key] = loaded
         return loaded
 
-    def _place(self, info: ElfUnwindInfo, path: str) -> LoadedBinary | None:
+    def _place(self, info: ElfUnwindInfo, path: str, key: str) -> LoadedBinary | None:
         count = info.table.count
         if count == 0:
             return None
@@ -234,12 +282,13 @@ class UnwindLoader:
             )
             return None
         self._writer.write_rows(first, info.table.data)
+        self._recent.put(key, Rows(info.table.data))
         self.stats.binaries += 1
         self.stats.rows += count
         # The rows live in the map now: keep what placing mappings needs, not
         # a second copy of them (MiBs per large binary, for as long as we run).
         kept = replace(info, table=replace(info.table, data=b""))
-        return LoadedBinary(first, count, kept)
+        return LoadedBinary(first, count, kept, key)
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
