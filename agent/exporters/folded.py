@@ -5,6 +5,9 @@ split a line at its last space and its frames at ';'. So names are made
 safe for that (';' and line breaks replaced), inlined frames become frames
 of their own (an inlined call is still a call to whoever reads the graph),
 and an unsymbolized frame shows its module and offset rather than vanish.
+The root frame of each stack is its process (the executable's name, else
+the thread's), as in the folded output of perf's stackcollapse and BCC's
+`profile -f`, so one process's share is one box at the graph's base.
 """
 
 from __future__ import annotations
@@ -23,11 +26,17 @@ def encode(profile: model.Profile, sample_index: str | int | None = None) -> str
     idx = profile.sample_index(sample_index)
     totals: dict[tuple[str, ...], int] = {}
     for sample in profile.samples:
-        stack = folded_stack(sample.locations)
+        stack = process_frame(sample) + folded_stack(sample.locations)
         totals[stack] = totals.get(stack, 0) + sample.values[idx]
     return "".join(
         f"{';'.join(stack)} {value}\n" for stack, value in sorted(totals.items()) if value
     )
+
+
+def process_frame(sample: model.Sample) -> tuple[str, ...]:
+    """The process's root frame, or none when the sample does not name one."""
+    name = sample.labels.get("process") or sample.labels.get("comm")
+    return (sanitize(name),) if name else ()
 
 
 def folded_stack(locations: tuple[model.Location, ...]) -> tuple[str, ...]:

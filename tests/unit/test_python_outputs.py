@@ -110,7 +110,7 @@ def test_otlp_marks_python_frames_cpython() -> None:
 
 def test_folded_and_top_name_python_frames_by_qualname() -> None:
     profile = python_profile()
-    assert folded.encode(profile, "samples") == "main;b;PyObject_Call;a;read 3\n"
+    assert folded.encode(profile, "samples") == "python3.11;main;b;PyObject_Call;a;read 3\n"
     top = format_top(profile, by_cum=True)
     assert " a\n" in top and " b\n" in top
 

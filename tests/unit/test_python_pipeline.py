@@ -95,7 +95,9 @@ def test_names_read_at_poll_outlive_the_process_and_replay_from_a_capture(
     )
     replayed = replay(tmp_path / "cap")
     assert folded.encode(replayed, "samples") == folded.encode(profile, "samples")
-    assert folded.encode(profile, "samples") == ("flat;Klass.method;outer.<locals>.inner 5\n")
+    assert folded.encode(profile, "samples") == (
+        "python3.11;flat;Klass.method;outer.<locals>.inner 5\n"
+    )
     assert replayed.samples[0].locations == s.locations
 
 

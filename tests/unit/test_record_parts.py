@@ -87,7 +87,7 @@ def small_profile() -> Profile:
 def test_write_folded_atomically(tmp_path: Path) -> None:
     out = tmp_path / "p.folded"
     n = write_profile(small_profile(), out, "folded")
-    assert out.read_text() == "main 3\n" and n == len("main 3\n")
+    assert out.read_text() == "x;main 3\n" and n == len("x;main 3\n")
     assert [p.name for p in tmp_path.iterdir()] == ["p.folded"]
 
 

@@ -174,7 +174,7 @@ def test_without_binaries_the_build_ids_are_kept_and_frames_stay_addresses(
     assert not (tmp_path / "cap" / "files").exists()
     assert (
         folded.encode(replay(tmp_path / "cap"), 0)
-        == f"libc.so.6+0x{libc_offset(sleeper, start + 0x100):x} 1\n"
+        == f"sleep;libc.so.6+0x{libc_offset(sleeper, start + 0x100):x} 1\n"
     )
 
 
