@@ -4,6 +4,10 @@ The child is forked first and waits on a pipe; only once the BPF program is
 attached and the child's pid is in the target set does the parent release
 it to exec the command. So the profile sees the command from its first
 instruction, and the pid is known before anything runs.
+
+The command's life is what its profile's duration is: `released` is when
+it was let go, `ended` when it exited, stamped by a thread blocked in
+waitpid (the recording loop only looks every 100 ms or so).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 import time
 
 from agent.errors import TargetError
@@ -29,9 +34,20 @@ class HeldCommand:
         os.close(read_end)
         self.pid = pid
         self.status: int | None = None
+        self.released: float | None = None  # time.time() when let go
+        self.ended: float | None = None  # time.time() when it exited
+        self._exited = threading.Event()
+        threading.Thread(target=self._reap, name=f"wait-{pid}", daemon=True).start()
+
+    def _reap(self) -> None:
+        _, status = os.waitpid(self.pid, 0)
+        self.ended = time.time()
+        self.status = os.waitstatus_to_exitcode(status)
+        self._exited.set()
 
     def release(self) -> None:
         """Let the command run."""
+        self.released = time.time()
         os.write(self._release_fd, b"go")
         os.close(self._release_fd)
         self._release_fd = -1
@@ -49,16 +65,8 @@ class HeldCommand:
 
     def wait(self, timeout: float | None) -> int | None:
         """Wait up to `timeout` seconds (None: for ever) for the command."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-            elif deadline is not None and time.monotonic() >= deadline:
-                return None
-            else:
-                time.sleep(0.02)
-        return self.status
+        self._exited.wait(timeout)
+        return self.status if self._exited.is_set() else None
 
 
 def _child(read_end: int, release_fd: int, argv: tuple[str, ...]) -> None:  # pragma: no cover

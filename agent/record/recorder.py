@@ -5,6 +5,11 @@ new processes (whose maps and facts are captured at once, so processes that
 exit during the recording still resolve) and is drained every window into
 the aggregator; at the end the samples are resolved, built into one
 validated Profile and written.
+
+The profile's time and duration are what was sampled, not the set-up: for
+a COMMAND, its life from release to exit; otherwise from when the program
+was attached (the BPF compile, about a second or more, is left out) to
+the last drain. -d counts from there too.
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ def record(config: RecordConfig, capture: Capture | None = None) -> int:
     require_privileges("record")
     require_pids(config.pids)
     check_destination(config.output)  # not after minutes of recording
-    started = time.time()
     child = HeldCommand(config.command) if config.command else None
     options = config.source_options()
     source = registry.create_source(config.profile_type, options, config.command)
@@ -68,7 +72,7 @@ def record(config: RecordConfig, capture: Capture | None = None) -> int:
         collection.start()
         for pid in config.pids:
             collection.on_new_process(pid)
-        aggregator = run_loop(config, collection, child, started)
+        aggregator, span = run_loop(config, collection, child)
     except BaseException:
         if child:
             child.abandon()
@@ -76,12 +80,25 @@ def record(config: RecordConfig, capture: Capture | None = None) -> int:
         raise
     counters = collection.counters()[config.profile_type]
     collection.close()
-    return finish(config, aggregator, collection, counters, started, child, capture)
+    return finish(config, aggregator, collection, counters, span, child, capture)
+
+
+def sampled_span(began: float, ended: float, child: HeldCommand | None) -> tuple[float, float]:
+    """(start, end) of what the profile covers, time.time() seconds: the
+    command's life when it was released and exited within the recording,
+    else from `began` (sampling on) to `ended` (the loop left)."""
+    if child and child.released is not None:
+        began = child.released
+        if child.ended is not None:
+            ended = min(ended, child.ended)
+    return began, max(began, ended)
 
 
 def run_loop(
-    config: RecordConfig, collection: Collection, child: HeldCommand | None, started: float
-) -> Aggregator:
+    config: RecordConfig, collection: Collection, child: HeldCommand | None
+) -> tuple[Aggregator, tuple[float, float]]:
+    """Sample until the command exits, -d passes or a signal comes; the
+    aggregated samples and the span sampled (sampled_span)."""
     stop = Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     aggregator = Aggregator()
@@ -93,7 +110,8 @@ def run_loop(
         target = "pid " + ", ".join(map(str, config.pids))
     until = f" for {config.duration:g}s" if config.duration else " (Ctrl-C to stop)"
     print(f"bpfprof: recording {config.profile_type} of {target}{until}", file=sys.stderr)
-    deadline = started + config.duration if config.duration else None
+    began = child.released if child and child.released else time.time()
+    deadline = began + config.duration if config.duration else None
     next_drain = time.monotonic() + config.window
     name = config.profile_type
     try:
@@ -106,13 +124,14 @@ def run_loop(
             if time.monotonic() >= next_drain:
                 aggregator.add(collection.drain()[name])
                 next_drain += config.window
+        ended = time.time()
         collection.poll(0)
         aggregator.add(collection.drain(final=True)[name])
         aggregator.add(collection.live_heap().get(name, ()))  # inuse_*: still allocated now
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    return aggregator
+    return aggregator, sampled_span(began, ended, child)
 
 
 def finish(
@@ -120,11 +139,11 @@ def finish(
     aggregator: Aggregator,
     collection: Collection,
     counters: dict[str, int],
-    started: float,
+    span: tuple[float, float],
     child: HeldCommand | None,
     capture: Capture | None = None,
 ) -> int:
-    duration = time.time() - started
+    started, duration = span[0], span[1] - span[0]
     profile = collection.build(
         config.profile_type, aggregator.take(), int(started * 1e9), int(duration * 1e9)
     )

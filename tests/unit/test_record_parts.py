@@ -15,7 +15,7 @@ from agent.exporters.output import write_profile
 from agent.kernel.privileges import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, has_bpf_privileges
 from agent.model import Frame, Location, Mapping, Profile, Sample, ValueType
 from agent.record.command import HeldCommand
-from agent.record.recorder import require_pids
+from agent.record.recorder import require_pids, sampled_span
 
 
 def status(caps: int) -> str:
@@ -69,6 +69,27 @@ def test_wait_times_out_on_a_running_command() -> None:
     assert cmd.wait(0.1) is None
     os.kill(cmd.pid, signal.SIGKILL)
     assert cmd.wait(5) == -signal.SIGKILL
+
+
+def test_held_command_times_its_life_from_release_to_exit() -> None:
+    cmd = HeldCommand(("sleep", "0.3"))
+    time.sleep(0.3)  # held: not part of its life
+    cmd.release()
+    time.sleep(0.6)  # the recording loop looks late; the exit was stamped when it came
+    assert cmd.poll() == 0
+    assert cmd.released is not None and cmd.ended is not None
+    assert 0.29 <= cmd.ended - cmd.released <= 0.4
+
+
+def test_sampled_span_is_the_commands_life_or_the_sampling() -> None:
+    assert sampled_span(10.0, 15.0, None) == (10.0, 15.0)
+    cmd = HeldCommand(("true",))
+    assert sampled_span(10.0, 15.0, cmd) == (10.0, 15.0)  # never released
+    cmd.released, cmd.ended = 11.0, 12.5
+    assert sampled_span(10.0, 15.0, cmd) == (11.0, 12.5)
+    cmd.ended = None  # still running when -d or Ctrl-C ended the recording
+    assert sampled_span(10.0, 15.0, cmd) == (11.0, 15.0)
+    cmd.abandon()
 
 
 def test_missing_command_is_a_target_error() -> None:
