@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent.model import Frame, Location, Profile, Sample, ValueType
 from agent.tools.flamegraph import diff_graph, plain_graph, render
 from bench.flamegraph import synthetic_profile
 from tests.browser import CHROMIUM, Browser, png_pixels
@@ -135,6 +136,43 @@ def test_diff_page_colours_and_tooltip(browser: Browser, tmp_path: Path) -> None
     browser.hover(*centre(frames["hot_b"]))
     tip = browser.evaluate("document.getElementById('fg-tooltip').innerText")
     assert "Before\t25.00%" in tip and "After\t50.00%" in tip and "+25.00 points" in tip
+    assert browser.errors() == []
+
+
+# Each drawn frame's name, whether its text is seen, and for a label that is
+# cut, whether its text box holds three characters and the ellipsis.
+LABELS = """Array.from(document.querySelectorAll('#fg-chart .f:not(.merged)')).map(e => {
+  const cs = getComputedStyle(e), ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = cs.fontSize + ' ' + cs.fontFamily;
+  // clientWidth is rounded: a pixel of slack
+  const box = e.clientWidth + 1 - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+  const name = e.textContent;
+  return {name, seen: cs.color !== 'rgba(0, 0, 0, 0)', cut: e.scrollWidth > e.clientWidth,
+          room: box >= ctx.measureText(name.slice(0, 3) + '\u2026').width,
+          overflow: cs.textOverflow};
+})"""
+
+
+def test_narrow_frames_show_no_fragment_of_a_name(browser: Browser, tmp_path: Path) -> None:
+    """GIVEN frames from 1 to 45 px wide with long names, THEN a label is its
+    whole name or at least three characters and an ellipsis; a frame with
+    less room is blank to the eye, yet keeps its name for find and readers."""
+    main = Location(1, None, (Frame("main"),))
+    widths = range(2, 100, 3)
+    samples = [Sample((main,), (1000,))]
+    samples += [
+        Sample((Location(10 + w, None, (Frame(f"narrow_function_{w}"),)), main), (w,))
+        for w in widths
+    ]
+    profile = Profile(sample_types=(ValueType("samples", "count"),), samples=samples)
+    open_page(browser, tmp_path / "narrow.html", plain_graph(profile, "Narrow"))
+    frames = {f["name"]: f for f in browser.evaluate(LABELS)}
+    narrow = [frames[f"narrow_function_{w}"] for w in widths if f"narrow_function_{w}" in frames]
+    assert len(narrow) >= 20
+    fragments = [f["name"] for f in frames.values() if f["seen"] and f["cut"] and not f["room"]]
+    assert fragments == []
+    assert any(not f["seen"] for f in narrow) and any(f["seen"] and f["cut"] for f in narrow)
+    assert {f["overflow"] for f in narrow} == {"ellipsis"}
     assert browser.errors() == []
 
 

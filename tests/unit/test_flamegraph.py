@@ -163,6 +163,40 @@ def test_svg_of_another_sample_type() -> None:
     assert drawn["hot_b"][0] / (WIDTH - 2 * PAD) == pytest.approx(0.75, abs=0.001)
 
 
+def labels(svg: str) -> dict[str, str]:
+    """The text drawn in each frame, by the function its title names."""
+    out = {}
+    for g in ET.fromstring(svg).iter(f"{SVG}g"):
+        title, text = g.find(f"{SVG}title"), g.find(f"{SVG}text")
+        if title is not None and title.text:
+            out[title.text.split(" (")[0]] = text.text or "" if text is not None else ""
+    return out
+
+
+def test_svg_leaves_narrow_frames_blank_rather_than_show_a_fragment() -> None:
+    """GIVEN frames 30, 37 and 45 px wide with long names and a 12 px one
+    named `f`, THEN no label is 1-2 characters of a name: the first two are
+    blank, the third keeps three ("lon.."), and `f` has no room even for itself."""
+    main = Location(1, None, (Frame("main"),))
+    px = {"wide_function": 1180 - 30 - 37 - 45 - 12, "long_a": 30, "long_b": 37}
+    px |= {"long_c": 45, "f": 12}
+    samples = [
+        Sample((Location(2 + i, None, (Frame(name),)), main), (n,))
+        for i, (name, n) in enumerate(px.items())
+    ]
+    profile = Profile(sample_types=(ValueType("samples", "count"),), samples=samples)
+    drawn = labels(render(plain_graph(profile, "narrow"), "svg"))
+    assert drawn == {
+        "all": "all",
+        "main": "main",
+        "wide_function": "wide_function",
+        "long_a": "",
+        "long_b": "",
+        "long_c": "lon..",
+        "f": "",
+    }
+
+
 def test_svg_leaves_out_frames_narrower_than_a_tenth_of_a_pixel() -> None:
     drawn = frames(render(plain_graph(split_profile(1_000_000, 1), "s"), "svg"))
     assert "hot_a" in drawn and "hot_b" not in drawn and "work_b" not in drawn

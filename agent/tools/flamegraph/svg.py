@@ -2,7 +2,8 @@
 
 Root at the bottom, callees stacked above their callers, 1200 px wide, one
 16 px row per stack depth, each frame a `<g>` holding a `<title>` (what
-viewers show on hover), its `<rect>` and as much of its name as fits. It
+viewers show on hover), its `<rect>` and as much of its name as fits: the
+whole name, or at least three characters and "..", else nothing. It
 shows one sample type (the default, or `--sample-index`); the HTML page is
 the one to switch types, zoom and search. Frames narrower than 0.1 px are
 left out with everything above them, as flamegraph.pl's `--minwidth` does:
@@ -26,6 +27,9 @@ BOTTOM = 16
 MIN_WIDTH = 0.1  # px
 FONT = 12
 CHAR_WIDTH = 0.59 * FONT  # Verdana's mean advance, as flamegraph.pl assumes
+# A cut name keeps at least this many characters, or the frame stays blank:
+# "l.." says nothing (pprof's and speedscope's viewers leave it blank too).
+MIN_CHARS = 3
 
 
 def render_svg(graph: Graph) -> str:
@@ -67,7 +71,9 @@ def render_svg(graph: Graph) -> str:
 def _frame(graph: Graph, t: int, node: int, x: float, y: int, w: float, fill: str) -> str:
     label = graph.tree.label(node)
     fits = int((w - 6) / CHAR_WIDTH)
-    text = label if len(label) <= fits else (label[: fits - 2] + ".." if fits >= 3 else "")
+    text = label if len(label) <= fits else ""
+    if not text and fits >= MIN_CHARS + 2:
+        text = label[: fits - 2] + ".."
     title = frame_title(graph, t, node)
     where = location_text(graph.tree, node)
     if where:

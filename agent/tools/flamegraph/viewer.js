@@ -67,6 +67,28 @@
   function inlined(i) { return (kindOf(i) & 1) === 1; }
   function lineAt(i) { var l = lineOf.get(i); return l === undefined ? F.line[D.func[i]] : l; }
 
+  // A frame's label is its whole name or, cut with an ellipsis, at least its
+  // first three characters; with less room the text is there (for find and
+  // screen readers) but not drawn: "l" or "lo" says nothing (pprof and
+  // speedscope leave such frames blank too). Measured once per name.
+  var PAD_X = 7; // .f's padding and border, px
+  var pen = document.createElement("canvas").getContext("2d");
+  var roomNeeded = [], penReady = false;
+  function labelRoom(n) {
+    var r = roomNeeded[n];
+    if (r === undefined) {
+      if (!penReady) {
+        var cs = getComputedStyle(chart);
+        pen.font = cs.fontSize + " " + cs.fontFamily;
+        penReady = true;
+      }
+      var name = D.names[n];
+      r = roomNeeded[n] = Math.min(pen.measureText(name).width,
+        pen.measureText(name.slice(0, 3) + "\u2026").width);
+    }
+    return r;
+  }
+
   function esc(s) {
     return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
   }
@@ -151,7 +173,8 @@
         html[k] = '<div class="f merged" data-k="' + k + '" data-m="' + (m++) + pos +
           '" aria-label="' + -n + ' frames narrower than a pixel"></div>';
       } else {
-        var cls = (k < ancestors.length ? " anc" : "") + (matched && matched[nameOf(n)] ? " match" : "");
+        var cls = (k < ancestors.length ? " anc" : "") + (matched && matched[nameOf(n)] ? " match" : "") +
+          (ws[k] - PAD_X < labelRoom(nameOf(n)) ? " nl" : "");
         html[k] = '<div class="f' + cls + '" data-k="' + k + pos + ";background:" + colour(n) + '">' +
           escName(n) + "</div>";
       }
