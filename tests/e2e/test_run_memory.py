@@ -46,7 +46,9 @@ def test_the_agent_process_maps_no_compiler(bpfprof_cmd: list[str], tmp_path: Pa
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
+        # four programs to compile and verify, the walker's with Python frames
+        # in each (2-3.5 s apiece idle): generous for a busy host
+        deadline = time.monotonic() + 300
         while not all(list(out.glob(f"*-{t}.pb.gz")) for t in TYPES):
             if agent.poll() is not None:
                 pytest.fail(f"agent exited {agent.returncode}: {agent_log(agent)}")
