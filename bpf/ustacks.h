@@ -32,9 +32,14 @@ static __always_inline int unwind_stackid(struct unwound_stack *st, u32 half)
 {
     if (!st || st->len == 0)
         return -BPFPROF_EFAULT;
+    /* The bucket comes from the high bits of a mixed hash: the frame hash's
+     * low bits depend only on the frames' low bits, which ASLR leaves alike
+     * (it moves code by whole pages), so the same stack in many processes
+     * (children of one shell) would share its 4 buckets and collide. */
+    u32 bucket = (u32)(((st->hash ^ (st->hash >> 29)) * 0x9e3779b97f4a7c15ULL) >> 32);
 #pragma unroll
     for (int i = 0; i < USTACK_PROBES; i++) {
-        u32 id = half * STACK_ENTRIES + (u32)((st->hash + i) % STACK_ENTRIES);
+        u32 id = half * STACK_ENTRIES + (bucket + i) % STACK_ENTRIES;
         struct unwound_stack *old = ustacks.lookup(&id);
         if (!old && ustacks.insert(&id, st) == 0)
             return id;
