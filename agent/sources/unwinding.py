@@ -31,6 +31,7 @@ import ctypes
 import functools
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -65,6 +66,17 @@ def raw_cflags() -> list[str]:
     loaded yet, for a program whose stack ids are freed at each drain (a
     raw stack is its own id)."""
     return ["-DUNWIND_RAW=1", f"-DUNWIND_RAW_PAGES={RAW_PAGES}"]
+
+
+_COMPILER_ERROR = re.compile(r"\.[ch]:\d+:\d+: error:")
+
+
+def refused_by_kernel(exc: SetupError) -> bool:
+    """Whether a failed build is the kernel's refusal of that build (the
+    verifier's limits: a smaller build may pass), not a fault every build
+    shares: a compiler error in the source, a missing tracefs."""
+    text = str(exc)
+    return not (_COMPILER_ERROR.search(text) or "tracefs" in text)
 
 
 def unwind_cflags(limits: BpfLimits) -> list[str]:
@@ -156,6 +168,8 @@ class Walker:
                 except SetupError as exc:
                     if "run as root" in str(exc) and os.geteuid() != 0:
                         raise
+                    if not refused_by_kernel(exc):
+                        raise  # the same in every build: say it as it is
                     if extra:
                         log.warning("no Python frames: the kernel refused the build: %s", exc)
                     else:

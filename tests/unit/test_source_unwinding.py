@@ -251,3 +251,27 @@ def test_announce_order(filter_pids: bool, expected: list[str]) -> None:
     walker.loader = OrderLoader(log)  # type: ignore[assignment]
     walker.announce(7, lambda pid: log.append(f"snapshot {pid}"), changed=True)
     assert log == expected and walker.maps_reloaded == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "cannot compile alloc.bpf.c: /virtual/main.c:1632:16: error: use of undeclared "
+        "identifier 'X' (run with -vv for details)",
+        "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing",
+    ],
+)
+def test_a_fault_every_build_shares_is_raised_not_fallen_back_from(
+    monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    tried: list[list[str]] = []
+
+    def compile_program(name: str, flags: list[str], functions: Any = None) -> FakeProgram:
+        tried.append(flags)
+        raise SetupError(error)
+
+    monkeypatch.setattr(bcc_loader, "compile_program", compile_program)
+    source: Any = create_source("cpu", SourceOptions())
+    with pytest.raises(SetupError, match=error[:20]):
+        source._compile()
+    assert len(tried) == 1  # neither without Python frames nor with frame pointers
