@@ -303,3 +303,45 @@ def test_an_interpreter_of_an_unknown_version_gives_native_frames_and_one_warnin
     assert not any(python_frames(s) for s in profile.samples)
     loop = [s for s in profile.samples if "_PyEval_EvalFrameDefault" in native_names(s)]
     assert len(loop) >= 0.5 * len(profile.samples)
+
+
+def test_the_agent_shows_python_frames_of_a_process_it_finds_running(
+    bpfprof_cmd: list[str], tmp_path: Path
+) -> None:
+    """`bpfprof run`, whole system: a Python process started before the
+    agent is found by its interpreter and profiled with its Python frames,
+    split 3:1, in the agent's rolling files."""
+    from tests.e2e.test_run import start_agent, stop, wait_for
+
+    prog = subprocess.Popen([f"/usr/bin/python{HOST}", str(SCRIPT), "cpu", "600"])
+    out = tmp_path / "profiles"
+    config = tmp_path / "config.toml"
+    config.write_text(f'interval = 1\n[output]\ndir = "{out}"\n[profiles.cpu]\nfrequency = 99\n')
+    agent = start_agent(bpfprof_cmd, tmp_path, "-c", str(config))
+    totals = dict.fromkeys(("hot_a", "hot_b"), 0)
+
+    def enough() -> bool:
+        for f in sorted(out.glob("*-cpu.pb.gz")):
+            try:
+                samples = decode(f.read_bytes()).samples
+            except Exception:  # written or removed meanwhile: read it next time
+                continue
+            f.unlink()
+            for s in samples:
+                if s.num_labels.get("pid") != prog.pid:
+                    continue
+                hit = next((n for n, _, _ in python_frames(s) if n in totals), None)
+                if hit:
+                    totals[hit] += s.values[0]
+        return sum(totals.values()) >= 300
+
+    try:
+        wait_for(enough, agent, timeout=180)
+        stop(agent)
+    finally:
+        prog.kill()
+        prog.wait()
+        if agent.poll() is None:
+            agent.kill()
+    share = totals["hot_a"] / sum(totals.values())
+    assert share == pytest.approx(0.75, abs=TOLERANCE), totals
