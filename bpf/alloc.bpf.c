@@ -26,8 +26,11 @@
  *   LIVE_ENTRIES     sampled blocks remembered until freed
  *   PENDING_ENTRIES, COUNTDOWN_ENTRIES, TARGET_ENTRIES, EVENT_PAGES  map sizes
  *   FILTER_PIDS      report exits of `targets` only (probes are per process)
- *   FOLLOW_FORKS     add the targets' children to `targets` and tell user
- *                    space, which attaches probes to each (follow.h)
+ *   FOLLOW_FORKS     a COMMAND's tree: probes are on files, for every process,
+ *                    and only `targets` count (a forked child is one before
+ *                    it runs: follow.h); a target that execs or whose ld.so
+ *                    maps libraries (_dl_debug_state) is stopped until user
+ *                    space has probed the allocators it brings (see stop_for)
  *   NO_INUSE         allocations only: no return probes, no live table, free
  *                    not probed; samples are sent from the entry
  *   UPROBE_SESSION   also build the s_* session programs (not with NO_INUSE)
@@ -70,6 +73,35 @@ BPF_HASH(live, struct live_key, u64, LIVE_ENTRIES);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
+
+/* ld.so mapped or unmapped libraries (its debugger hook, _dl_debug_state):
+ * a dlopen'd library may bring an allocator (agent/sources/alloc.py). */
+#define ALLOC_EVENT_LIBS 8
+
+/* Whether process `pid` counts. With FOLLOW_FORKS probes are on files for
+ * every process: it does if it is in the COMMAND's tree. Otherwise probes
+ * are attached with the targets' pids only (or for everyone, wanted). */
+#ifdef FOLLOW_FORKS
+#define TARGET_NEW_CHILD 2 /* a forked child that has not allocated yet */
+static __always_inline void stop_for(u32 pid, u32 kind);
+#endif
+static __always_inline int targeted(u32 pid)
+{
+#ifdef FOLLOW_FORKS
+    u8 *t = targets.lookup(&pid);
+    if (!t)
+        return 0;
+    if (*t == TARGET_NEW_CHILD) {
+        /* its first allocation: user space reads its maps while it is
+         * stopped (a child that allocates and exits at once would be gone) */
+        *t = 1;
+        stop_for(pid, ALLOC_EVENT_FORK);
+    }
+    return 1;
+#else
+    return 1;
+#endif
+}
 
 /* Its ring buffer carries allocation records: exits, execs and forks go
  * as struct alloc_free_event (with no address), and a full buffer is a
@@ -165,7 +197,8 @@ static __always_inline void take_user_stack(struct pt_regs *ctx, struct alloc_ev
 static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (size == 0 || !sampled((u32)id, size))
+    u32 pid = id >> 32;
+    if (size == 0 || !targeted(pid) || !sampled((u32)id, size))
         return 0;
     struct alloc_event *ev = events.ringbuf_reserve(sizeof(struct alloc_event));
     if (!ev) {
@@ -187,8 +220,9 @@ static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr
 /* 1 if this call was sampled and its return is wanted. */
 static __always_inline int alloc_entry(struct pt_regs *ctx, u64 size, u64 memptr)
 {
-    u32 tid = bpf_get_current_pid_tgid();
-    if (size == 0 || !sampled(tid, size))
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id, pid = id >> 32;
+    if (size == 0 || !targeted(pid) || !sampled(tid, size))
         return 0;
     struct pending_alloc p = {.size = size, .memptr = memptr};
     struct pending_key key = {.tid = tid};
@@ -335,6 +369,44 @@ SESSION(s_posix_memalign, 1, alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(
 SESSION(s_realloc, 0, (freed(PT_REGS_PARM1(ctx)), alloc_entry(ctx, PT_REGS_PARM2(ctx), 0)))
 #endif
 
+#ifdef FOLLOW_FORKS
+/* Tell user space that `pid` has new code to probe, and stop the process
+ * (SIGSTOP, the whole thread group) until user space has attached to the
+ * allocators it brings and sent SIGCONT: its first allocation through them
+ * is then seen, however soon it comes. The record is reserved first, so a
+ * stop always has its record; a SIGCONT that overtakes the stop cancels it
+ * (the kernel drops a pending stop at SIGCONT), so nothing stays stopped. */
+static __always_inline void stop_for(u32 pid, u32 kind)
+{
+    struct alloc_free_event *ev = events.ringbuf_reserve(sizeof(struct alloc_free_event));
+    if (!ev) {
+        bump(CTR_SAMPLE_LOST);
+        return;
+    }
+    ev->kind = kind;
+    ev->pid = pid;
+    ev->addr = 0;
+    bpf_send_signal(19); /* SIGSTOP */
+    events.ringbuf_submit(ev, 0);
+}
+#endif
+
+/* ld.so calls _dl_debug_state when it starts to map or unmap libraries and
+ * when it is done (r_debug's RT_ADD, RT_CONSISTENT), before it runs their
+ * constructors: at program start and at each dlopen/dlclose. */
+int on_libs(struct pt_regs *ctx)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!targeted(pid))
+        return 0;
+#ifdef FOLLOW_FORKS
+    stop_for(pid, ALLOC_EVENT_LIBS);
+#else
+    send_event(pid, ALLOC_EVENT_LIBS);
+#endif
+    return 0;
+}
+
 /* A process that exits frees everything: user space drops its entries. */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
@@ -367,10 +439,25 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 #ifdef PYTHON_FRAMES
     python_procs.delete(&pid);  /* user space marks the new image if it is CPython */
 #endif
+#ifdef FOLLOW_FORKS
+    /* the new program and its ld.so are mapped, and may be new files */
+    stop_for(pid, ALLOC_EVENT_EXEC);
+#else
     send_event(pid, ALLOC_EVENT_EXEC);
+#endif
     return 0;
 }
 #endif
 
-#define FOLLOWED(child) send_event(child, ALLOC_EVENT_FORK)
+/* A forked child joins `targets` before it runs (the probes on its files are
+ * on already), marked new until its first allocation. Thread creation fires
+ * the tracepoint too: a thread's id is never a process id, so never met. */
+#ifdef FOLLOW_FORKS
+#define FOLLOWED(child) mark_new_child(child)
+static __always_inline void mark_new_child(u32 child)
+{
+    u8 fresh = TARGET_NEW_CHILD;
+    targets.update(&child, &fresh);
+}
+#endif
 #include "follow.h"

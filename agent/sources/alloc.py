@@ -11,12 +11,15 @@ interval), then forgotten.
 
 Probes go only where they are asked for: into the target processes (uprobes
 attached with their pid, so no other process takes a trap), or, with
-`all_processes`, into the system's libc for everyone. A COMMAND's children
-are followed (`follow_forks`): each forked child gets probes on the files it
-maps, and a target that execs another program gets probes on that program's
-allocator too; a child's allocations before its probes are attached (a few
-milliseconds after the fork) are not seen. Libraries a target loads later
-with dlopen are not probed.
+`all_processes`, into the system's libc for everyone. A COMMAND's process
+tree is followed (`follow_forks`) from its first instruction: its files are
+probed for every process and the program counts only the tree's (`targets`,
+which a fork joins in the kernel before the child runs). A process of the
+tree that execs, or whose ld.so maps libraries (its `_dl_debug_state` hook:
+program start, dlopen), is stopped by the program until the allocators in
+the files it now maps are probed too, then continued. A `--pid` target's
+dlopen'd allocators are probed the same way, without the stop (a few
+milliseconds late).
 
 User stacks are walked with CFI (agent/sources/unwinding.py, as for every
 source) unless the options ask for frame pointers: a process's tables are
@@ -32,6 +35,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +67,8 @@ from symbolizer.procmaps import MapEntry, parse_maps
 from symbolizer.safeopen import open_regular
 
 log = logging.getLogger("bpfprof.alloc")
+
+ALLOC_EVENT_LIBS = 8  # bpf/alloc.bpf.c: ld.so mapped libraries (_dl_debug_state)
 
 PROGRAM = "alloc.bpf.c"
 LIVE_ENTRIES = 1 << 18  # sampled blocks alive at once (a 512 KiB rate: 128 GiB live)
@@ -263,6 +269,7 @@ class AllocSource:
         # samples announce processes whose maps must be read while they live)
         self._to_follow: list[tuple[int, int]] = []
         self._exec_planned: set[int] = set()  # held COMMANDs: probed before their exec
+        self._stopped: set[int] = set()  # stopped by the program until probed (FOLLOW_FORKS)
 
     @property
     def bpf(self) -> BpfProgram:
@@ -288,7 +295,7 @@ class AllocSource:
             self._exec_planned.update(self._targets)
         for pid, point in self._plan():
             self._attach(pid, point)
-        if not self.probes:
+        if not any(point.role != "libraries" for _, point in self.probes):
             raise TargetError("found no allocator (malloc, jemalloc, tcmalloc, mimalloc) to probe")
 
     def _compile(self) -> BpfProgram:
@@ -315,7 +322,13 @@ class AllocSource:
             plan.extend((pid, e) for e in points)
         return plan
 
+    def _attach_pid(self, pid: int) -> int:
+        """The pid a probe is attached with: -1 (every process, the program
+        keeps the tree's) when a COMMAND's tree is followed."""
+        return -1 if self._options.follow_forks else pid
+
     def _attach(self, pid: int, point: EntryPoint) -> None:
+        pid = self._attach_pid(pid)
         entry, ret, _ = ROLES[point.role]
         if point.role == "free" and not self._options.alloc_inuse:
             return
@@ -338,11 +351,13 @@ class AllocSource:
         self.probes.append((pid, point))
         self._probed.add(_probe_id(pid, point))
 
-    def _follow(self, pid: int, points: Callable[[], list[EntryPoint]]) -> None:
-        """Probe the allocator entry points `points()` that `pid` lacks.
-        The process may be gone by now: that is counted, not raised."""
+    def _follow(self, pid: int) -> None:
+        """Probe the allocator entry points in the files `pid` maps that it
+        lacks. The process may be gone by now: that is counted, not raised."""
         try:
-            new = [e for e in points() if _probe_id(pid, e) not in self._probed]
+            probe_pid = self._attach_pid(pid)
+            points = mapped_entry_points(pid, _read(f"/proc/{pid}/maps"))
+            new = [e for e in points if _probe_id(probe_pid, e) not in self._probed]
             for point in new:
                 self._attach(pid, point)
         except (OSError, LookupError, TargetError) as e:
@@ -364,27 +379,25 @@ class AllocSource:
     def _follow_pending(self) -> None:
         pending, self._to_follow = self._to_follow, []
         for kind, pid in pending:
-            if kind == ALLOC_EVENT_FORK:
-                self._on_fork(pid)
-            else:
-                self._on_exec(pid)
+            try:
+                if kind != ALLOC_EVENT_EXEC:
+                    # mapped now, and perhaps not for long (a forked child
+                    # that allocates and exits): snapshot it while it waits
+                    self._seen.add(pid)
+                    self._announce(pid, changed=True)
+                if kind != ALLOC_EVENT_FORK and not (
+                    kind == ALLOC_EVENT_EXEC and self._planned(pid)
+                ):
+                    self._follow(pid)
+            finally:
+                self._resume(pid)
 
-    def _on_fork(self, pid: int) -> None:
-        """A target forked: the child runs its parent's image until it execs.
-        Creating a thread fires the same tracepoint; a thread shares its
-        process's probes."""
-        try:
-            if _tgid(pid) != pid:
-                return
-        except OSError:  # gone already
-            self._follow_failed += 1
-            return
-        self._follow(pid, lambda: mapped_entry_points(pid, _read(f"/proc/{pid}/maps")))
-
-    def _on_exec(self, pid: int) -> None:
-        """A followed target exec'd: its new program may bring another
-        allocator (its libraries are not mapped yet: ld.so's rules name them)."""
-        self._follow(pid, lambda: entry_points(command_files(os.readlink(f"/proc/{pid}/exe"))))
+    def _resume(self, pid: int) -> None:
+        """Continue a process the program stopped for its probes."""
+        if pid in self._stopped:
+            self._stopped.discard(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     # -- events ------------------------------------------------------------
 
@@ -402,9 +415,12 @@ class AllocSource:
         elif kind == ALLOC_EVENT_EXEC:
             self._process_exited(pid)  # the old program's heap went with it
             self._seen.discard(pid)  # announced (and its tables loaded) again on its next sample
-            if self._options.follow_forks and not self._planned(pid):
+            if self._options.follow_forks:
+                self._stopped.add(pid)  # the new program and its ld.so are mapped
                 self._to_follow.append((kind, pid))
-        elif kind == ALLOC_EVENT_FORK:
+        elif kind in (ALLOC_EVENT_LIBS, ALLOC_EVENT_FORK):
+            if self._options.follow_forks:
+                self._stopped.add(pid)
             self._to_follow.append((kind, pid))
         elif kind == ALLOC_EVENT_MAPS_CHANGED:
             self._announce(pid, changed=True)
@@ -430,7 +446,7 @@ class AllocSource:
         """Everything the process held is gone, here and in the kernel; what
         it held is kept aside for the next live_heap(): the leaks at exit."""
         gone = [k for k in self._live if k[0] == pid]
-        live = self.bpf["live"] if self._bpf is not None else None
+        live = self.bpf["live"] if gone and self._bpf is not None else None
         for k in gone:
             key, objects, space = self._live.pop(k)
             t = self._ended.setdefault(key, _Totals())
@@ -493,6 +509,8 @@ class AllocSource:
         return self._walker.python_codes() if self._bpf is not None else []
 
     def close(self) -> None:
+        for pid in list(self._stopped):  # never leave one stopped
+            self._resume(pid)
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -503,15 +521,6 @@ def _probe_id(pid: int, point: EntryPoint) -> tuple[int, str, str]:
     whichever path reached it (a command's real path, a map_files link)."""
     dev, ino = point.inode
     return pid, f"{dev}:{ino}" if ino else point.path, point.symbol
-
-
-def _tgid(pid: int) -> int:
-    """The process a task id belongs to (itself for a process)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Tgid:"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/{pid}/status has no Tgid")
 
 
 def _read(path: str) -> str:

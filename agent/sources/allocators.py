@@ -35,6 +35,9 @@ ROLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "memalign": ("on_memalign", "on_return", ("rdi", "rsi")),
     "posix_memalign": ("on_posix_memalign", "on_posix_memalign_return", ("rdi", "rsi", "rdx")),
     "free": ("on_free", "", ("rdi",)),
+    # ld.so's debugger hook: libraries were (or are about to be) mapped, so a
+    # dlopen'd allocator is probed before its first call (agent/sources/alloc.py)
+    "libraries": ("on_libs", "", ()),
 }
 
 # Entry points by name. Allocator-specific names are probed too, since a
@@ -69,6 +72,8 @@ SYMBOLS: dict[str, str] = {
     "mi_realloc": "realloc",
     "mi_free": "free",
     "mi_malloc_aligned": "malloc",
+    # ld.so (not an allocator): where it tells debuggers of new libraries
+    "_dl_debug_state": "libraries",
 }
 CXX_SYMBOLS: dict[str, str] = {
     "_Znwm": "malloc",  # operator new(size_t)

@@ -121,3 +121,65 @@ def test_what_leaked_at_exit_is_the_profiles_inuse(bpfprof_cmd: list[str], tmp_p
     sigma = expected_error([(size, 4 * n)], RATE)
     assert abs(whole - sum(truth.values())) <= 4 * sigma + 64 * 1024, (whole, truth)
     assert 2.4 < inuse["leak_a"] / inuse["leak_b"] < 3.75, inuse
+
+
+TREE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static void *volatile sink;
+#define WORK(name) \
+    __attribute__((noinline)) static void name(int n, size_t size) \
+    { for (int i = 0; i < n; i++) { void *p = malloc(size); sink = p; free(p); } }
+WORK(in_root)
+WORK(in_child)
+WORK(after_exec)
+int main(int argc, char **argv)
+{
+    int n = atoi(argv[2]);
+    size_t size = strtoul(argv[3], 0, 0);
+    if (strcmp(argv[1], "exec") == 0) { /* from its first instruction */
+        after_exec(n, size);
+        return 0;
+    }
+    in_root(n, size);
+    pid_t pid = fork();
+    if (pid == 0) { /* the child allocates at once, then is gone */
+        in_child(n, size);
+        _exit(0);
+    }
+    waitpid(pid, 0, 0);
+    /* the new image runs on another libc file (another inode): argv[4] */
+    setenv("LD_LIBRARY_PATH", argv[4], 1);
+    char *args[] = {argv[0], "exec", argv[2], argv[3], 0};
+    execv(argv[0], args);
+    return 1;
+}
+"""
+
+
+def test_a_commands_children_are_seen_from_their_first_allocation(
+    bpfprof_cmd: list[str], tmp_path: Path
+) -> None:
+    """A forked child that allocates at once and exits, and an exec into a
+    program on another libc file (a copy: another inode, as a chroot's),
+    allocating from its first instruction: each function's alloc_space
+    within 4 sigma of what it allocated. Before, the fork's child lost what
+    it allocated before its per-process probes (~all of it here) and the
+    exec'd program's libc was looked up on the host (none of it seen)."""
+    exe = build(tmp_path, "tree", TREE_C, "-fno-ipa-icf")  # three functions, not one
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    shutil.copy("/lib/x86_64-linux-gnu/libc.so.6", libdir / "libc.so.6")
+    n, size = 2000, 64 * 1024
+    out = tmp_path / "tree.pb.gz"
+    record(bpfprof_cmd, out, "--", str(exe), "root", str(n), str(size), str(libdir))
+    profile = decode(out.read_bytes())
+    got = by_function(profile, 1, {"in_root", "in_child", "after_exec"})
+    sigma = expected_error([(size, n)], RATE)
+    for name, bytes_ in got.items():
+        assert abs(bytes_ - n * size) <= 4 * sigma, (name, got, n * size, sigma)
+    pids = {s.num_labels["pid"] for s in profile.samples if "in_child" in str(s.locations)}
+    assert len(pids) == 1

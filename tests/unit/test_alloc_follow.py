@@ -1,6 +1,7 @@
-"""The allocation source follows a COMMAND's children: a fork gives the child
-probes on the files it maps, an exec probes the new program's allocator,
-threads and vanished processes are told apart. No BPF: a fake program
+"""The allocation source follows a COMMAND's process tree: its files are
+probed for every process (a forked child needs nothing), an exec or ld.so's
+hook probes the files the process maps now, once, and continues the process
+the program stopped; vanished processes are counted. No BPF: a fake program
 records the attachments; the processes are real."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from agent.config import SourceOptions
 from agent.kernel import uprobes
 from agent.kernel.layout import ALLOC_EVENT_EXEC, ALLOC_EVENT_FORK, AllocFreeEvent
 from agent.sources.alloc import (
+    ALLOC_EVENT_LIBS,
     AllocSource,
     _file_entry_points,
     alloc_cflags,
@@ -95,68 +98,77 @@ def symbols(bpf: FakeBpf, pid: int) -> set[str]:
     return {sym for _, p, sym in bpf.attached if p == pid}
 
 
-def test_a_forked_child_gets_probes_on_its_allocator_once(child: int) -> None:
+EVERYONE = -1  # a COMMAND's files are probed for every process; the program keeps its tree's
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_an_exec_probes_the_files_the_new_program_maps_once(child: int) -> None:
     source, bpf = following()
-    event(source, ALLOC_EVENT_FORK, child)
-    assert {"malloc", "free", "calloc", "realloc"} <= symbols(bpf, child)
+    event(source, ALLOC_EVENT_EXEC, child)  # not seen before: all of it is new
+    assert {"malloc", "free", "calloc", "realloc"} <= symbols(bpf, EVERYONE)
+    assert "_dl_debug_state" in symbols(bpf, EVERYONE)  # ld.so's hook: dlopen is followed
     # session programs where there is a return to see; free has an entry probe
-    assert ("session", child, "malloc") in bpf.attached
-    assert ("uprobe", child, "free") in bpf.attached
+    assert ("session", EVERYONE, "malloc") in bpf.attached
+    assert ("uprobe", EVERYONE, "free") in bpf.attached
     n = len(bpf.attached)
-    event(source, ALLOC_EVENT_FORK, child)  # told twice: nothing attached twice
-    event(source, ALLOC_EVENT_EXEC, child)  # same libc after the exec: nothing new
+    event(source, ALLOC_EVENT_LIBS, child)  # told again: nothing attached twice
+    event(source, ALLOC_EVENT_EXEC, child)
     assert len(bpf.attached) == n
     assert (source._followed, source._follow_failed) == (1, 0)
 
 
-def test_without_sessions_the_child_gets_entry_and_return_probes(child: int) -> None:
+def test_without_sessions_the_files_get_entry_and_return_probes(child: int) -> None:
     source, bpf = following(sessions=False)
-    event(source, ALLOC_EVENT_FORK, child)
-    assert ("uprobe", child, "malloc") in bpf.attached
-    assert ("uretprobe", child, "malloc") in bpf.attached
+    event(source, ALLOC_EVENT_EXEC, child)
+    assert ("uprobe", EVERYONE, "malloc") in bpf.attached
+    assert ("uretprobe", EVERYONE, "malloc") in bpf.attached
 
 
-def test_a_new_thread_is_not_a_new_process() -> None:
+def test_a_fork_needs_no_probes(child: int) -> None:
+    """The child joins the program's targets at its fork, before it runs,
+    and its files are its parent's, probed for every process already."""
     source, bpf = following()
-    started, done = threading.Event(), threading.Event()
-    tid: list[int] = []
-
-    def run() -> None:
-        tid.append(threading.get_native_id())
-        started.set()
-        done.wait(10)
-
-    t = threading.Thread(target=run)
-    t.start()
-    started.wait(10)
-    try:
-        event(source, ALLOC_EVENT_FORK, tid[0])
-    finally:
-        done.set()
-        t.join()
+    event(source, ALLOC_EVENT_FORK, child)
     assert bpf.attached == [] and source._follow_failed == 0
 
 
-def test_a_child_gone_before_its_probes_is_counted() -> None:
+def test_a_process_gone_before_its_probes_is_counted() -> None:
     proc = subprocess.Popen(["true"])
     proc.wait()
     source, bpf = following()
-    event(source, ALLOC_EVENT_FORK, proc.pid)
     event(source, ALLOC_EVENT_EXEC, proc.pid)
+    event(source, ALLOC_EVENT_LIBS, proc.pid)
     assert bpf.attached == [] and source._follow_failed == 2
 
 
 def test_an_attach_the_kernel_refuses_is_counted_not_raised(child: int) -> None:
     source, bpf = following()
     bpf.fail = True
-    event(source, ALLOC_EVENT_FORK, child)
+    event(source, ALLOC_EVENT_EXEC, child)
     assert (source._followed, source._follow_failed) == (0, 1)
 
 
-def test_an_exec_probes_the_new_programs_allocator(child: int) -> None:
+@pytest.mark.parametrize("kind", [ALLOC_EVENT_EXEC, ALLOC_EVENT_LIBS])
+def test_a_process_the_program_stopped_is_continued_once_probed(child: int, kind: int) -> None:
+    """bpf/alloc.bpf.c stops a followed process at an exec or at ld.so's
+    hook; user space continues it after the attach, failed or not."""
     source, bpf = following()
-    event(source, ALLOC_EVENT_EXEC, child)  # not seen forking: all of it is new
-    assert {"malloc", "free"} <= symbols(bpf, child)
+    bpf.fail = kind == ALLOC_EVENT_LIBS
+    os.kill(child, signal.SIGSTOP)
+    for _ in range(100):
+        if state(child) == "T":
+            break
+        threading.Event().wait(0.01)
+    assert state(child) == "T"
+    event(source, kind, child)
+    for _ in range(100):
+        if state(child) != "T":
+            break
+        threading.Event().wait(0.01)
+    assert state(child) in "SR" and source._stopped == set()
 
 
 def test_a_held_commands_first_exec_runs_what_was_probed_before(child: int) -> None:
@@ -165,15 +177,17 @@ def test_a_held_commands_first_exec_runs_what_was_probed_before(child: int) -> N
     event(source, ALLOC_EVENT_EXEC, child)
     assert bpf.attached == []
     event(source, ALLOC_EVENT_EXEC, child)  # a later exec is another program
-    assert "malloc" in symbols(bpf, child)
+    assert "malloc" in symbols(bpf, EVERYONE)
 
 
-def test_exec_events_are_not_followed_without_a_command(child: int) -> None:
+def test_without_a_command_execs_are_not_followed_and_dlopen_is_per_process(child: int) -> None:
     source = AllocSource(SourceOptions(filter_pids=True))
     bpf = FakeBpf()
     source._bpf = bpf
     event(source, ALLOC_EVENT_EXEC, child)
     assert bpf.attached == []
+    event(source, ALLOC_EVENT_LIBS, child)  # a --pid target's ld.so mapped a library
+    assert "malloc" in symbols(bpf, child) and source._stopped == set()
 
 
 def test_follow_forks_is_compiled_in_only_for_targets() -> None:
