@@ -183,3 +183,62 @@ def test_a_commands_children_are_seen_from_their_first_allocation(
         assert abs(bytes_ - n * size) <= 4 * sigma, (name, got, n * size, sigma)
     pids = {s.num_labels["pid"] for s in profile.samples if "in_child" in str(s.locations)}
     assert len(pids) == 1
+
+
+DLOPEN_LIB_C = r"""
+#include <stddef.h>
+/* an allocator of its own, named as tcmalloc's API: a bump arena */
+static char arena[64 << 20];
+static size_t used;
+__attribute__((noinline)) void *tc_malloc(size_t size)
+{
+    if (used + size > sizeof(arena))
+        used = 0;
+    void *p = arena + used;
+    used += (size + 15) & ~(size_t)15;
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+__attribute__((noinline)) void tc_free(void *p) { __asm__ volatile("" :: "r"(p) : "memory"); }
+"""
+
+DLOPEN_C = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+static void *volatile sink;
+typedef void *(*alloc_fn)(size_t);
+typedef void (*free_fn)(void *);
+__attribute__((noinline)) static void use_dlopened(alloc_fn a, free_fn f, int n, size_t size)
+{
+    for (int i = 0; i < n; i++) { void *p = a(size); sink = p; f(p); }
+}
+int main(int argc, char **argv)
+{
+    void *lib = dlopen(argv[1], RTLD_NOW);
+    if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    alloc_fn a = (alloc_fn)dlsym(lib, "tc_malloc");
+    free_fn f = (free_fn)dlsym(lib, "tc_free");
+    use_dlopened(a, f, atoi(argv[2]), strtoul(argv[3], 0, 0));
+    puts("done");
+    return 0;
+}
+"""
+
+
+def test_an_allocator_loaded_with_dlopen_is_followed(
+    bpfprof_cmd: list[str], tmp_path: Path
+) -> None:
+    """A library dlopen'd at run time that exports an allocator's names is
+    probed before its first call (the program stops at ld.so's hook until
+    it is): its allocations, from right after dlopen, within 4 sigma."""
+    lib = build(tmp_path, "libtc.so", DLOPEN_LIB_C, "-shared", "-fPIC")
+    exe = build(tmp_path, "dlopener", DLOPEN_C, "-ldl")
+    n, size = 2000, 64 * 1024
+    out = tmp_path / "dlopen.pb.gz"
+    proc = record(bpfprof_cmd, out, "--", str(exe), str(lib), str(n), str(size))
+    assert "done" in proc.stdout
+    profile = decode(out.read_bytes())
+    got = by_function(profile, 1, {"use_dlopened"})["use_dlopened"]
+    sigma = expected_error([(size, n)], RATE)
+    assert abs(got - n * size) <= 4 * sigma, (got, n * size, sigma)
