@@ -18,6 +18,7 @@ SUITES = {  # name -> module with main(argv) -> int
     "symbolizer": "bench.symbolizer",
     "flamegraph": "bench.flamegraph",
     "python": "bench.python",
+    "realworld": "bench.realworld",
 }
 
 
