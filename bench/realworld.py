@@ -206,11 +206,19 @@ class View:
     py_self: dict[str, float] = field(default_factory=dict)
 
 
+def leaf_key(name: str, dso: str = "") -> str:
+    """A leaf's function, or `? BINARY` when it has no name: unnamed code
+    is compared per binary, as pprof shows it."""
+    if name.startswith("? "):
+        return name
+    return plain(name) if not unnamed(name) else f"? {Path(dso).name or '[unknown]'}"
+
+
 def summarize(stacks: list[tuple[list[str], int]], leaf: list[str]) -> View:
     total = sum(c for _, c in stacks) or 1
     leaves: Counter[str] = Counter()
     for name, (_, c) in zip(leaf, stacks, strict=True):
-        leaves[plain(name) if not unnamed(name) else "?"] += c
+        leaves[leaf_key(name)] += c
     frames = sum(len(s) * c for s, c in stacks) or 1
     return View(
         self_share={k: v / total for k, v in leaves.items()},
@@ -238,8 +246,10 @@ def bpfprof_view(path: Path) -> View:
             leaf.append("")
         elif first.kind == CPYTHON:
             leaf.append(EVAL_LOOP)  # the native view: the interpreter loop perf sees
+        elif first.frames and not unnamed(first.frames[-1].function):
+            leaf.append(first.frames[-1].function)
         else:
-            leaf.append(first.frames[-1].function if first.frames else "")
+            leaf.append(leaf_key("", first.mapping.file if first.mapping else ""))
         inner = next((loc for loc in s.locations if loc.kind == CPYTHON), None)
         if inner is not None and inner.frames:
             with_py += v
@@ -251,12 +261,12 @@ def bpfprof_view(path: Path) -> View:
     return view
 
 
-_PERF_ROW = re.compile(r"^\s+([\d.]+)%\s+\[(.)\]\s+(.*?)\s*$")
+_PERF_ROW = re.compile(r"^\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)\s*$")
 
 
 def perf_view(data: Path) -> View:
     """Self shares from `perf report`, reach and unnamed from `perf script`."""
-    flat = ["--stdio", "--no-children", "--sort", "sym", "-g", "none"]
+    flat = ["--stdio", "--no-children", "--sort", "dso,sym", "-g", "none"]
     report = _run(["perf", "report", "-i", str(data), *flat])
     script = _run(["perf", "script", "-i", str(data), "-F", "comm,pid,tid,ip,sym"])
     stacks: list[tuple[list[str], int]] = []
@@ -269,8 +279,7 @@ def perf_view(data: Path) -> View:
     shares: Counter[str] = Counter()
     for line in report.splitlines():
         if m := _PERF_ROW.match(line):
-            name = m.group(3)
-            shares[plain(name) if not unnamed(name) else "?"] += float(m.group(1)) / 100
+            shares[leaf_key(m.group(4), m.group(2))] += float(m.group(1)) / 100
     view.self_share = dict(shares)
     return view
 
@@ -354,6 +363,7 @@ def run_program(prog: Program, cmd: list[str], w: Path, res: Result) -> None:
     def note(tool: str, s: float) -> None:
         res.secs.setdefault(tool, []).append(s)
 
+    note("alone", timed(cmd, w))
     pb = w / "cpu.pb.gz"
     note("bpfprof", timed([BPFPROF, "record", "-F", "99", "-o", str(pb), "--", *cmd], w))
     res.bpf.append(bpfprof_view(pb))
@@ -387,9 +397,12 @@ def top_functions(res: Result) -> list[str]:
     both: Counter[str] = Counter()
     for v in [*res.bpf, *res.perf]:
         for k, s in v.self_share.items():
-            if k != "?":
-                both[k] = max(both[k], s)
+            both[k] = max(both[k], s)
     return [k for k, _ in both.most_common(TOP)]
+
+
+def unnamed_leaf(v: View) -> float:
+    return sum(s for k, s in v.self_share.items() if k.startswith("? "))
 
 
 def report(res: Result) -> list[str]:
@@ -398,7 +411,8 @@ def report(res: Result) -> list[str]:
     for f in funcs:
         b = [v.self_share.get(f, 0.0) for v in res.bpf]
         p = [v.self_share.get(f, 0.0) for v in res.perf]
-        rows.append(f"| `{f}` | {pct(b)} | {pct(p)} |")
+        label = f"{f[2:]} (unnamed)" if f.startswith("? ") else f"`{f}`"
+        rows.append(f"| {label} | {pct(b)} | {pct(p)} |")
     diffs = [  # per repetition: the largest difference over the top functions
         max(abs(b.self_share.get(f, 0.0) - p.self_share.get(f, 0.0)) for f in funcs)
         for b, p in zip(res.bpf, res.perf, strict=True)
@@ -408,7 +422,7 @@ def report(res: Result) -> list[str]:
         return f"| {label} | {pct([get(v) for v in res.bpf])} | {pct([get(v) for v in res.perf])} |"
 
     rows += [
-        row("unnamed leaf", lambda v: v.self_share.get("?", 0.0)),
+        row("unnamed leaf, all binaries", unnamed_leaf),
         f"| **max abs difference, top {len(funcs)}** | {span([d * 100 for d in diffs], '.1f')} "
         "points | |",
         f"| samples | {span([v.samples for v in res.bpf], 'd')} | "
