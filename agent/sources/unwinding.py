@@ -306,10 +306,13 @@ def read_unwound(
         leaf = user_stacks[user_stacks.Key(stack_id)]
     except KeyError:
         return (), 0
-    if resolve is not None and int(leaf.flags) & STACK_DEFERRED:
-        whole = resolve(int(leaf.hash))
+    if int(leaf.flags) & STACK_DEFERRED:
+        whole = resolve(int(leaf.hash)) if resolve is not None else None
         if whole is not None:
             return whole
+        # the walk stopped where its tables were missing and was not redone:
+        # what lies above the frame-pointer frames is unknown, so say so
+        return unwound_ips(leaf.ips, int(leaf.len), int(leaf.flags) | STACK_TRUNCATED)
     return unwound_ips(leaf.ips, int(leaf.len), int(leaf.flags))
 
 

@@ -594,7 +594,9 @@ def test_c_threads_get_no_python_frames_and_cost_one_search_per_second(
             assert python_part(r) == () and not r.flags & pyframes.STACK_PYTHON, r
     main = by_thread["main"]
     assert chains(main, c)[(threads["main"], MAIN)] >= 0.9 * len(main)
-    assert delta[PyStat.NO_TSTATE] == len(by_thread["native"])
+    # (the counter is the program's, for every process: a sample taken at
+    # the window's edge may be counted and not collected)
+    assert 0 <= delta[PyStat.NO_TSTATE] - len(by_thread["native"]) <= 2
     assert delta[PyStat.FRAMES] == sum(len(python_part(r)) for r in main)
     # main and the C thread with a state: one search each; the other C
     # thread: one per PY_NO_TSTATE_NS (1 s) of the run

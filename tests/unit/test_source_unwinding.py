@@ -275,3 +275,18 @@ def test_a_fault_every_build_shares_is_raised_not_fallen_back_from(
     with pytest.raises(SetupError, match=error[:20]):
         source._compile()
     assert len(tried) == 1  # neither without Python frames nor with frame pointers
+
+
+def test_a_deferred_stack_is_walked_again_or_marked_truncated() -> None:
+    from agent.sources.unwinding import read_unwound
+    from agent.unwind.layout import STACK_DEFERRED
+
+    leaf = SimpleNamespace(ips=[0x401000, 0, 0], len=1, flags=STACK_DEFERRED, hash=77)
+    table = FakeTable({5: leaf})
+    whole = ((0x401000, 0x401100, 0x401200), 0)
+    assert read_unwound(table, 5, lambda h: whole if h == 77 else None) == whole
+    # not walked again (its process's tables never came): its root is unknown
+    assert read_unwound(table, 5, lambda h: None) == ((0x401000,), -E2BIG)
+    assert read_unwound(table, 5) == ((0x401000,), -E2BIG)
+    leaf.flags = 0
+    assert read_unwound(table, 5, lambda h: whole) == ((0x401000,), 0)
