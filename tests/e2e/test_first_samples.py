@@ -36,7 +36,7 @@ def reach_main(stacks: list[tuple[list[str], int]], leaf: str) -> tuple[int, int
     return sum(n for _, n in hits), sum(n for f, n in hits if "main" in f[: f.index(leaf)])
 
 
-def record_children(bpfprof_cmd: list[str], prog: Path, tmp_path: Path) -> tuple[int, int]:
+def record_children(bpfprof_cmd: list[str], prog: Path, tmp_path: Path) -> tuple[int, int, str]:
     out = tmp_path / "children.folded"
     env = {**os.environ, "BPFPROF_CACHE_DIR": str(tmp_path / "cache")}
     script = f"for i in $(seq {CHILDREN}); do {prog} chain {SECONDS} </dev/null; done"
@@ -47,14 +47,14 @@ def record_children(bpfprof_cmd: list[str], prog: Path, tmp_path: Path) -> tuple
     # the same stack in 30 processes that ASLR moved by whole pages once
     # shared its ustacks buckets: a third of the samples lost their user stack
     assert "user stacks lost" not in done.stderr, done.stderr
-    return reach_main(folded(out), "hot")
+    return (*reach_main(folded(out), "hot"), done.stderr)
 
 
 def test_short_lived_children_reach_main_from_their_first_samples(
     bpfprof_cmd: list[str], unwind_prog: Path, tmp_path: Path
 ) -> None:
-    total, good = record_children(bpfprof_cmd, unwind_prog, tmp_path)
+    total, good, said = record_children(bpfprof_cmd, unwind_prog, tmp_path)
     # 30 children x 50 ms at 997 Hz: up to 1500 samples (fewer on a busy
     # host); too few means the recording missed the children
-    assert total >= 200, total
-    assert good / total >= GOAL, (good, total)
+    assert total >= 200, (total, said)
+    assert good / total >= GOAL, (good, total, said)
