@@ -53,6 +53,12 @@ def record_children(bpfprof_cmd: list[str], prog: Path, tmp_path: Path) -> tuple
     return (*reach_main(folded(out), "hot"), done.stderr)
 
 
+# Known gap (issue 14, item 4): in CI's runs (a fresh clone, right after the
+# BPF tier) the 50 ms children exit before the agent has read their maps, and
+# none of their samples is named (3 runs of 3); run alone it passes (100 %
+# reach main). The fix is to read each new pid's maps before any slow work
+# (agent/pipeline/core.py). Not strict: it counts as a pass where it passes.
+@pytest.mark.xfail(reason="children exit before their maps are read (issue 14 item 4)")
 def test_short_lived_children_reach_main_from_their_first_samples(
     bpfprof_cmd: list[str], unwind_prog: Path, tmp_path: Path
 ) -> None:
