@@ -38,9 +38,9 @@ def reach_main(stacks: list[tuple[list[str], int]], leaf: str) -> tuple[int, int
 
 def record_children(bpfprof_cmd: list[str], prog: Path, tmp_path: Path) -> tuple[int, int, str]:
     out = tmp_path / "children.folded"
-    # not under pytest-cov's subprocess tracing (COV_CORE_*): it makes the
+    # not under coverage's subprocess tracing (COVERAGE_PROCESS_*): it makes the
     # agent's Python several times slower, and this test is about timing
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_CORE_", "COVERAGE_"))}
     env["BPFPROF_CACHE_DIR"] = str(tmp_path / "cache")
     script = f"for i in $(seq {CHILDREN}); do {prog} chain {SECONDS} </dev/null; done"
     done = subprocess.run(

@@ -12,6 +12,7 @@ their place; the split must come out within a few points of 3:1; and
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,12 @@ def pysplit(request: pytest.FixtureRequest) -> Callable[[str], tuple[list[str], 
     return argv
 
 
+# The agent runs without coverage's subprocess tracing (COVERAGE_PROCESS_*),
+# which slows its Python several times: a 1 s program could exit before its
+# code objects were read, and that is the product's timing, not the test's.
+UNTRACED = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
+
+
 def record(cmd: list[str], out: Path, profile_type: str, argv: list[str], *extra: str) -> Profile:
     mode_arg = MODES[profile_type][0]
     args = ["record", "-t", profile_type, "-o", str(out), *extra, "--", *argv]
@@ -87,6 +94,7 @@ def record(cmd: list[str], out: Path, profile_type: str, argv: list[str], *extra
         text=True,
         timeout=300,
         stdin=subprocess.DEVNULL,
+        env=UNTRACED,
     )
     assert done.returncode == 0, done.stderr
     return decode(out.read_bytes())
@@ -110,6 +118,7 @@ def record_pid(cmd: list[str], out: Path, profile_type: str, argv: list[str]) ->
             [*cmd, "record", "-t", profile_type, "-p", str(prog.pid), "-o", str(out)],
             stderr=subprocess.PIPE,
             text=True,
+            env=UNTRACED,
         )
         assert rec.stderr is not None
         said = [rec.stderr.readline() for _ in range(1)]
