@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from symbolizer.cpython.code import BadCodeObject, CodeInfo
 from symbolizer.cpython.codecache import CodeCache
 from symbolizer.cpython.memory import MemoryReadError, ProcessMemory
-from symbolizer.cpython.target import PythonTarget, TargetFinder
+from symbolizer.cpython.target import LoopPlaces, PythonTarget, TargetFinder
 from symbolizer.procmaps import MapEntry
 
 MAX_PROCESSES = 4096
@@ -57,7 +57,7 @@ class PyName:
 
 
 @dataclass(frozen=True)
-class SavedTarget:
+class SavedTarget(LoopPlaces):
     """What the splice needs of a process's CPython, without its memory
     (a replay): the interpreter's path and version, where its loop runs."""
 
@@ -66,15 +66,6 @@ class SavedTarget:
     eval_ranges: Ranges
     text: Ranges
     split_loop: bool = False
-
-    def in_eval(self, address: int) -> bool:
-        return any(lo <= address < hi for lo, hi in self.eval_ranges)
-
-    def in_text(self, address: int) -> bool:
-        return any(lo <= address < hi for lo, hi in self.text)
-
-    def in_split_loop(self, address: int) -> bool:
-        return self.split_loop and self.in_text(address)
 
     @classmethod
     def of(cls, target: PythonTarget | SavedTarget) -> SavedTarget:

@@ -57,18 +57,13 @@ _WARNED: set[FileKey] = set()
 MAX_WARNED = 4096
 
 
-@dataclass(frozen=True)
-class PythonTarget:
-    """One process's CPython, as runtime addresses of that process."""
+class LoopPlaces:
+    """Where a process's eval loop runs, for the splice: what a live target
+    and a saved one (a replay's, symbolizer/cpython/names.py) share."""
 
-    path: str  # the interpreter's mapping path, as the process's maps show it
-    version: tuple[int, int]
-    layout: WalkLayout
-    runtime: int
-    code_type: int
     eval_ranges: tuple[tuple[int, int], ...]
     text: tuple[tuple[int, int], ...]
-    split_loop: bool = False
+    split_loop: bool
 
     def in_eval(self, address: int) -> bool:
         return any(lo <= address < hi for lo, hi in self.eval_ranges)
@@ -79,6 +74,20 @@ class PythonTarget:
     def in_split_loop(self, address: int) -> bool:
         """Whether an unnamed `address` may be the loop's split-off part."""
         return self.split_loop and self.in_text(address)
+
+
+@dataclass(frozen=True)
+class PythonTarget(LoopPlaces):
+    """One process's CPython, as runtime addresses of that process."""
+
+    path: str  # the interpreter's mapping path, as the process's maps show it
+    version: tuple[int, int]
+    layout: WalkLayout
+    runtime: int
+    code_type: int
+    eval_ranges: tuple[tuple[int, int], ...]
+    text: tuple[tuple[int, int], ...]
+    split_loop: bool = False
 
 
 @dataclass
