@@ -161,7 +161,7 @@ class Walker:
         With Python frames wanted, the walker's build with them is tried
         first, then the walker's without them."""
         if self.wanted:
-            python = python_frames_cflags(self._options.limits) if self._options.python else []
+            python = first_build_flags(self._options)
             for extra in [python, []] if python else [[]]:
                 try:
                     loaded = bcc_loader.compile_program(program, flags(True) + extra, functions)
