@@ -49,7 +49,11 @@
  * appended, it goes into `python_codes_seen` (an LRU hash) and onto the
  * `python_new_codes` queue, so user space reads the code object's name
  * while the process lives (Walker.python_codes). The pair is keyed by the
- * process entry's `generation` too, which user space changes when it marks
+ * code object's mark as well as its address (one more read per frame looked
+ * up): a code object freed during start-up can leave its address to a
+ * function that runs for the rest of the process's life, which must be
+ * sent and read too, not taken for the first one. It is also keyed by the
+ * process entry's `generation`, which user space changes when it marks
  * a new image of the same pid, so an exec'd interpreter's code objects are
  * sent again. A full queue counts PSTAT_CODES_DROPPED and forgets the pair,
  * so a later sample sends it. A stack equal to the last one this CPU sent
@@ -147,6 +151,7 @@ struct py_layout {
     s32 owner_cstack;
     s32 frame_is_entry;
     s32 owner_skip_from;  /* owners >= this are no Python function's frame (3.12+), -1 otherwise */
+    s32 code_filename;    /* PyCodeObject.co_filename: the code object's mark starts here */
 };
 
 struct py_proc {
@@ -159,11 +164,13 @@ struct py_proc {
 };
 
 /* A (process, code object) pair: key of python_codes_seen, value of the
- * python_new_codes queue. */
+ * python_new_codes queue. `mark` tells two code objects at one address
+ * apart (py_code_mark), so a freed one's successor is sent too. */
 struct py_code_ref {
     u32 pid;
     u32 generation;
     u64 code;
+    u64 mark;
 };
 
 struct py_thread {
@@ -383,10 +390,23 @@ static __always_inline void py_walk_frames(struct py_walk *st, struct unwound_st
     py_flush(st, out);
 }
 
+/* A code object's mark: its three pointers from co_filename on (the file,
+ * name and qualname strings from 3.11, file, name and line table before),
+ * mixed into one u64; 0 when unreadable. A code object is immutable, so
+ * its mark never changes; another code object that reuses its address
+ * holds other string objects unless it has the same file and names. */
+static __always_inline u64 py_code_mark(struct py_layout *l, u64 code)
+{
+    u64 m[3] = {};
+    if (l->code_filename < 0 || bpf_probe_read_user(m, sizeof(m), (void *)(code + l->code_filename)) != 0)
+        return 0;
+    return m[0] ^ (m[1] * 0x9e3779b97f4a7c15ULL) ^ (m[2] * 0xc2b2ae3d27d4eb4fULL);
+}
+
 /* Queue the code objects of out->ips[first, len) that this process has not
  * sent yet (see the top of this file). */
 static __always_inline void py_note_codes(struct py_walk *st, struct unwound_stack *out,
-                                          u32 pid, u32 gen, u32 first)
+                                          struct py_layout *l, u32 pid, u32 gen, u32 first)
 {
     if (st->sent_hash == out->hash && st->sent_pid == pid && st->sent_gen == gen) {
         py_count(PSTAT_CODES_SKIPPED, 1);
@@ -408,6 +428,7 @@ static __always_inline void py_note_codes(struct py_walk *st, struct unwound_sta
         if (ref.code == st->prev_code)
             continue;
         st->prev_code = ref.code;
+        ref.mark = py_code_mark(l, ref.code);
         if (python_codes_seen.lookup(&ref))
             continue;
         u8 one = 1;
@@ -472,7 +493,7 @@ static __always_inline void python_append(u32 pid, u32 tid, struct unwound_stack
         out->hash = st->hash ^ st->len;
         out->flags |= STACK_PYTHON;
         py_count(PSTAT_FRAMES, st->frames);
-        py_note_codes(st, out, pid, proc->generation, first);
+        py_note_codes(st, out, l, pid, proc->generation, first);
     }
 }
 

@@ -86,6 +86,7 @@ class PyLayout(ctypes.Structure):
             "owner_cstack",
             "frame_is_entry",
             "owner_skip_from",
+            "code_filename",
         )
     )
 
@@ -104,12 +105,14 @@ class PyProc(ctypes.Structure):
 
 
 class PyCodeRef(ctypes.Structure):
-    """struct py_code_ref: a (process, code object) pair the walker met first."""
+    """struct py_code_ref: a (process, code object) pair the walker met
+    first; `mark` (py_code_mark) tells code objects at one address apart."""
 
     _fields_ = (
         ("pid", ctypes.c_uint32),
         ("generation", ctypes.c_uint32),
         ("code", ctypes.c_uint64),
+        ("mark", ctypes.c_uint64),
     )
 
 

@@ -33,6 +33,7 @@ from agent.sources.offcpu import OffCpuSource
 from symbolizer.cpython.code import read_code
 from symbolizer.cpython.frames import split
 from symbolizer.cpython.memory import ProcessMemory
+from symbolizer.cpython.names import PythonNames
 from symbolizer.cpython.target import TargetFinder
 from symbolizer.procmaps import parse_maps, read_maps
 from tests.pyroots import install_script, python_in
@@ -155,6 +156,42 @@ def test_python_off_gives_no_tagged_frames() -> None:
     assert len(run.own()) >= 50
     assert all(not run.python(s) for s in run.own())
     assert run.codes == [] and not any(k.startswith("python_") for k in run.counters)
+
+
+def test_a_code_object_at_a_freed_ones_address_is_sent_and_named_after_exit() -> None:
+    """first() runs, is freed, and second() gets its code object's address
+    and runs until the child exits: the walker must send the address again
+    (its mark differs), so the names read while the child lived, and kept
+    after it exits, say second, not first."""
+    source = CpuSource(options("cpu"))
+    names = PythonNames()
+    source.start()  # before the child: first() must be sampled
+    proc, _ = start_child([PYTHON, str(PROGRAM), "reuse", "3"])
+    sent: list[tuple[int, int]] = []
+    try:
+        names.observe(proc.pid, parse_maps(read_maps(proc.pid)))
+        source.add_targets([proc.pid])
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            source.poll(50, lambda _pid: None)
+            for pid, code in source.python_codes():
+                sent.append((pid, code))
+                names.prefetch(pid, code)
+        assert proc.stdout is not None
+        reused = json.loads(proc.stdout.readline())["reused"]
+        assert reused, "the child's second code object did not take the first one's address"
+        proc.wait(10)
+        for pid, code in source.python_codes():
+            sent.append((pid, code))
+            names.prefetch(pid, code)
+        assert sent.count((proc.pid, reused)) == 2, sent
+        name = names.frame(proc.pid, reused, None)
+        assert name is not None and (name.qualname, name.filename) == ("second", "<second>")
+        assert names.counters()["python_gone_answers"] == 1
+    finally:
+        source.close()
+        proc.kill()
+        proc.wait()
 
 
 def python_entry(source: Any, pid: int) -> Any:

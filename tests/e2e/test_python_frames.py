@@ -169,15 +169,6 @@ def split_share(profile: Profile, pair: tuple[str, str], index: int) -> tuple[fl
 # start_thread (the host's is named through its debug symbols), so the
 # threads' native frames below the Python ones show as addresses.
 CASES = [(t, v) for t in sorted(MODES) for v in VERSIONS if t != "lock" or v == HOST]
-# A known bug, found by this case in about one run of four: a code object
-# freed during start-up (an imported module's `<module>`) leaves its address
-# to grow_a's; the kernel sends each (pid, address) once, so grow_a is never
-# read while the process lives, and after it exits the cache answers with
-# the old object's name. Left open in issue 13's closing note.
-REUSED = pytest.mark.xfail(reason="a reused code address keeps its old name after exit")
-CASES = [
-    pytest.param(t, v, marks=REUSED) if (t, v) == ("alloc", HOST) else (t, v) for t, v in CASES
-]
 
 
 @pytest.mark.parametrize(("profile_type", "version"), CASES)

@@ -9,6 +9,10 @@
     alloc   churn() allocates and drops 200 kB bytearrays
     exec    burn() spins until SIGUSR1 (or SECONDS), then the process execs
             PROGRAM ARGS
+    reuse   first() spins for a third of SECONDS and its code object is
+            freed; second(), from another file, gets a code object at the
+            same address (prints a second JSON line: {"reused": ADDRESS}
+            or {"reused": 0} if no address came back) and spins for the rest
 
 Prints one JSON line first: each function's code object address (id()),
 then works under `<module> -> main -> LEAF` until SECONDS have passed.
@@ -16,6 +20,7 @@ Standard library only: the Debian roots this runs in carry the
 interpreter's minimal package.
 """
 
+import gc
 import json
 import os
 import signal
@@ -53,9 +58,39 @@ def churn():
             kept.clear()
 
 
+SPIN = "def {0}(end):\n    while time.monotonic() < end:\n        pass\n"
+
+
+def made(name):
+    """A new function `name` whose code object is its own, from file <name>."""
+    scope = {"time": time}
+    exec(compile(SPIN.format(name), f"<{name}>", "exec"), scope)
+    return scope[name]
+
+
+def reuse():
+    first = made("first")
+    address = id(first.__code__)
+    first(time.monotonic() + (END - time.monotonic()) / 3)
+    del first
+    gc.collect()  # the function and its globals hold each other
+    held = []  # functions whose code objects took other addresses stay alive
+    for _ in range(1000):
+        second = made("second")
+        if id(second.__code__) == address:
+            break
+        held.append(second)
+    else:
+        address = 0
+    print(json.dumps({"reused": address}), flush=True)
+    second(END)
+
+
 def main(mode):
     if mode in ("cpu", "exec"):
         burn()
+    elif mode == "reuse":
+        reuse()
     elif mode == "offcpu":
         nap()
     elif mode == "alloc":
