@@ -107,8 +107,8 @@
 #define PY_ADDR_MASK ((1ULL << 48) - 1)
 
 /* struct unwound_stack.flags, beside unwind.h's STACK_* */
-#define STACK_PYTHON 64         /* Python frames follow the native ones */
-#define STACK_PY_TRUNCATED 128  /* the frame chain went on past PY_MAX_FRAMES or the room in ips */
+#define STACK_PYTHON 256        /* Python frames follow the native ones */
+#define STACK_PY_TRUNCATED 512  /* the frame chain went on past PY_MAX_FRAMES or the room in ips */
 
 /* instr_kind */
 #define PY_INSTR_LASTI_BYTES 0  /* f_lasti counts bytes (3.8, 3.9) */
@@ -490,7 +490,8 @@ static __always_inline void python_append(u32 pid, u32 tid, struct unwound_stack
     if (st->frames) {
         u32 first = out->len;
         out->len = st->len;
-        out->hash = st->hash ^ st->len;
+        if (!(out->flags & STACK_DEFERRED))  /* a deferred stack keeps its raw record's name */
+            out->hash = st->hash ^ st->len;
         out->flags |= STACK_PYTHON;
         py_count(PSTAT_FRAMES, st->frames);
         py_note_codes(st, out, l, pid, proc->generation, first);

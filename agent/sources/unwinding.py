@@ -46,7 +46,7 @@ from agent.kernel.unwind_maps import BccUnwindMaps
 from agent.unwind.layout import E2BIG, RAW_HEADER, STACK_DEFERRED, STACK_TRUNCATED
 from agent.unwind.loader import UnwindLoader, default_cache_dir
 from agent.unwind.needed import needed_libraries
-from agent.unwind.pyframes import python_cflags
+from agent.unwind.pyframes import PY_FRAME, python_cflags
 from agent.unwind.pyloader import PythonLoader
 from agent.unwind.rawwalk import RawStack, parse_raw, walk
 from agent.unwind.table import TableCache, TableError, load_unwind_info
@@ -308,8 +308,11 @@ def read_unwound(
         return (), 0
     if int(leaf.flags) & STACK_DEFERRED:
         whole = resolve(int(leaf.hash)) if resolve is not None else None
-        if whole is not None:
-            return whole
+        if whole is not None:  # the native part walked again; Python frames kept
+            ips, error = whole
+            kept = leaf.ips[: min(int(leaf.len), len(leaf.ips))]
+            python = tuple(int(ip) for ip in kept if int(ip) & PY_FRAME)
+            return ips + python, error
         # the walk stopped where its tables were missing and was not redone:
         # what lies above the frame-pointer frames is unknown, so say so
         return unwound_ips(leaf.ips, int(leaf.len), int(leaf.flags) | STACK_TRUNCATED)

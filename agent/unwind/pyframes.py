@@ -42,9 +42,11 @@ __all__ = [
 
 MAX_FRAMES = 128  # PY_MAX_FRAMES: frames followed per walk, shims included
 
-# struct unwound_stack.flags beside unwind.h's STACK_*
-STACK_PYTHON = 64
-STACK_PY_TRUNCATED = 128
+# struct unwound_stack.flags beside unwind.h's STACK_* (agent.unwind.layout):
+# bits of their own (STACK_PYTHON once shared STACK_DEFERRED's 64, and every
+# Python stack was taken for a deferred one and marked truncated)
+STACK_PYTHON = 256
+STACK_PY_TRUNCATED = 512
 
 
 class PyStat(enum.IntEnum):

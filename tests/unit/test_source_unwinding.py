@@ -290,3 +290,28 @@ def test_a_deferred_stack_is_walked_again_or_marked_truncated() -> None:
     assert read_unwound(table, 5) == ((0x401000,), -E2BIG)
     leaf.flags = 0
     assert read_unwound(table, 5, lambda h: whole) == ((0x401000,), 0)
+
+
+def test_a_deferred_stack_keeps_its_python_frames_and_a_python_one_is_not_deferred() -> None:
+    from agent.sources.unwinding import read_unwound
+    from agent.unwind.layout import STACK_DEFERRED
+    from agent.unwind.pyframes import PY_ENTRY, PY_FRAME, STACK_PYTHON
+
+    py = PY_FRAME | PY_ENTRY | 0x7F0000001000
+    flags = STACK_DEFERRED | STACK_PYTHON
+    leaf = SimpleNamespace(ips=[0x401000, py, 0], len=2, flags=flags, hash=9)
+    table = FakeTable({5: leaf})
+    whole = ((0x401000, 0x401100), 0)
+    assert read_unwound(table, 5, lambda h: whole if h == 9 else None) == ((*whole[0], py), 0)
+    # a walked stack with Python frames is whole as it is: never sent to resolve
+    leaf.flags = STACK_PYTHON
+    assert read_unwound(table, 5, lambda h: None) == ((0x401000, py), 0)
+
+
+def test_the_walkers_stack_flags_are_distinct_bits() -> None:
+    from agent.unwind import layout, pyframes
+
+    flags = [v for m in (layout, pyframes) for k, v in vars(m).items() if k.startswith("STACK_")]
+    assert len(flags) == 9
+    assert all(f and f & (f - 1) == 0 for f in flags)  # one bit each
+    assert len(set(flags)) == len(flags)
