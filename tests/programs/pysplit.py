@@ -36,10 +36,16 @@ def hot_b(n):
 
 
 def run_cpu(seconds):
+    # each round's unit is drawn from [0.5, 1.5) x UNIT: rounds of one length
+    # last one time, and a sampling period near a multiple of it keeps
+    # hitting one phase of the round (hotsplit.c measured this)
     end = time.monotonic() + seconds
+    state = 12345
     while time.monotonic() < end:
-        hot_a(3 * UNIT)
-        hot_b(UNIT)
+        state = (state * 1103515245 + 12345) % 2147483648
+        n = UNIT // 2 + state % UNIT
+        hot_a(3 * n)
+        hot_b(n)
 
 
 def grow_a(size):
