@@ -18,6 +18,7 @@ and telemetry on a clock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -26,10 +27,14 @@ from agent.pipeline.builder import ProfileSpec, build_profile
 from agent.pipeline.procinfo import ProcessFacts, ProcessTable, process_resource
 from agent.pipeline.resolve import StackResolver
 from agent.sources.base import PythonCodeSource, SampleSource, SnapshotSource
+from agent.unwind.needed import needed_libraries
 from symbolizer import Symbolizer, parse_maps, read_maps
 from symbolizer.cpython.names import PythonNames
+from symbolizer.elf import ElfError
 
 Resource = tuple[tuple[str, str | int], ...]
+
+log = logging.getLogger("bpfprof.collection")
 
 
 class Forgets(Protocol):
@@ -80,6 +85,18 @@ class Collection:
     def close(self) -> None:
         for source, _ in self.streams.values():
             source.close()
+
+    def prewarm(self, executables: Iterable[str]) -> None:
+        """Read the symbol tables of executables and the libraries they
+        need before they run (the walker builds their unwind tables the same
+        way): a held command's first announcement then finds them cached,
+        instead of parsing libc while the command's first children start
+        and exit unread. Host paths of bpfprof's own COMMAND."""
+        for path in [p for exe in executables for p in (exe, *needed_libraries(exe))]:
+            try:
+                self.symbolizer.load_file(path)
+            except (OSError, ElfError) as exc:
+                log.debug("no symbols for %s before start: %s", path, exc)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to `timeout_ms` once in all, taking each source's new

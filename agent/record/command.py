@@ -19,6 +19,7 @@ import threading
 import time
 
 from agent.errors import TargetError
+from agent.kernel import held
 
 
 class HeldCommand:
@@ -32,6 +33,7 @@ class HeldCommand:
         if pid == 0:  # pragma: no cover - the child only waits, then execs
             _child(read_end, self._release_fd, argv)
         os.close(read_end)
+        held.hold(pid)  # not announced as the copy of us it is until it execs
         self.pid = pid
         self.status: int | None = None
         self.released: float | None = None  # time.time() when let go
@@ -71,6 +73,7 @@ class HeldCommand:
 
 def _child(read_end: int, release_fd: int, argv: tuple[str, ...]) -> None:  # pragma: no cover
     try:
+        held.name_self()
         os.close(release_fd)
         if os.read(read_end, 2) != b"go":
             os._exit(125)  # the parent gave up before releasing us

@@ -70,6 +70,7 @@ def record(config: RecordConfig, capture: Capture | None = None) -> int:
     try:
         source.add_targets((child.pid,) if child else config.pids)
         collection.start()
+        collection.prewarm(options.prewarm)  # the held command's files, before it runs
         for pid in config.pids:
             collection.on_new_process(pid)
         aggregator, span = run_loop(config, collection, child)

@@ -131,3 +131,29 @@ def test_profiles_and_resources_come_from_the_process_table() -> None:
     assert attrs["host.name"] == "h" and attrs["process.pid"] == ME
     assert attrs["deployment.environment"] == "test"
     assert attrs["process.executable.name"] == c.processes.get(ME).exe_name
+
+
+def test_prewarm_reads_the_commands_symbol_tables_so_its_first_process_hits_the_cache(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import subprocess
+    import time
+
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    c = Collection({})
+    c.prewarm([sleep, str(tmp_path / "missing")])  # a missing file is skipped
+    parsed = c.symbolizer.stats.table_cache_hits
+    proc = subprocess.Popen([sleep, "5"])
+    try:
+        end = time.monotonic() + 5
+        while os.readlink(f"/proc/{proc.pid}/exe") != os.path.realpath(sleep):
+            assert time.monotonic() < end, "sleep did not start"
+            time.sleep(0.01)
+        c.on_new_process(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    # sleep itself and libc came from the prewarmed tables, none parsed again
+    assert c.symbolizer.stats.table_cache_hits - parsed >= 2
