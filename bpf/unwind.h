@@ -19,9 +19,10 @@
  * pastes this header into the program text before compiling it.
  *
  * A process whose tables user space has not loaded yet (its first
- * milliseconds, or a short-lived child) is walked with frame pointers only,
- * which in code without them stops at the leaf. With UNWIND_RAW, such a
- * sample also sends its registers and the top pages of its stack to user
+ * milliseconds, or a short-lived child), or whose walk meets a PC in a
+ * mapping it was not told of (loaded at exec, before ld.so mapped libc; a
+ * dlopen), is walked with frame pointers only there, which in code without
+ * them stops. With UNWIND_RAW, such a sample also sends its registers and the top pages of its stack to user
  * space (`unwind_raw` ring buffer), and its stack is marked STACK_DEFERRED
  * with a hash of its own: once the tables are there, user space walks the
  * copy with the same rows (agent/unwind/rawwalk.py) and replaces the
@@ -31,7 +32,7 @@
  * array), UNWIND_PROCS (processes with tables), UNWIND_MAPPINGS (per process,
  * a power of two); UNWIND_RAW, UNWIND_RAW_PAGES (stack pages copied, from
  * the one holding RSP), UNWIND_RAW_RING (pages of the ring buffer, a power
- * of two), UNWIND_RAW_BUDGET (raw stacks per process until it is loaded).
+ * of two), UNWIND_RAW_BUDGET (raw stacks per process until it is (re)loaded).
  */
 #ifndef BPFPROF_UNWIND_H
 #define BPFPROF_UNWIND_H
@@ -460,7 +461,9 @@ static __always_inline struct unwound_stack *unwind_user_stack(u32 pid)
     if (st.flags & STACK_UNSUPPORTED)
         unwind_count(USTAT_UNSUPPORTED, 1);
 #ifdef UNWIND_RAW
-    if (!proc)
+    /* Not loaded yet, or loaded before a mapping the walk met (the exec-time
+     * load precedes ld.so mapping libc): the rows come, the copy waits. */
+    if (!proc || (st.flags & STACK_NEW_MAPPING))
         unwind_keep_raw(pid, &regs, out);
 #endif
     return out;

@@ -84,6 +84,7 @@ class StackCache:
         self.resolve = resolve
         self._kernel: dict[int, tuple[int, ...]] = {}
         self._user: dict[int, tuple[tuple[int, ...], int]] = {}
+        self._deferred: list[int] = []  # ids of deferred stacks read (read_unwound)
 
     def __len__(self) -> int:
         return len(self._kernel) + len(self._user)
@@ -104,9 +105,19 @@ class StackCache:
             return (), stack_id
         got = self._user.get(stack_id)
         if got is None:
-            got = read_unwound(self.user_stacks, stack_id, self.resolve)
+            got = read_unwound(self.user_stacks, stack_id, self.resolve, self._deferred)
             self._user[stack_id] = got
         return got
+
+    def free_deferred(self) -> None:
+        """Delete the deferred stacks read so far from `user_stacks`, and
+        forget them: each was one sample's own (a raw record's hash), so no
+        later sample names its id, and its bucket is free for another."""
+        for stack_id in self._deferred:
+            self._user.pop(stack_id, None)
+            with contextlib.suppress(KeyError):
+                del self.user_stacks[self.user_stacks.Key(stack_id)]
+        self._deferred.clear()
 
     def free(self) -> None:
         """Delete every id read from its map (a retired half of a double
@@ -116,6 +127,7 @@ class StackCache:
                 with contextlib.suppress(KeyError):  # already gone: nothing to free
                     del table[table.Key(stack_id)]
             ids.clear()
+        self._deferred.clear()
 
 
 def to_raw_key(key: Any, cache: StackCache, tag: str = "") -> RawKey:

@@ -39,7 +39,7 @@ from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
 from agent.errors import SetupError
-from agent.kernel import bcc_loader
+from agent.kernel import bcc_loader, held
 from agent.kernel.loaded import BpfProgram
 from agent.kernel.python_maps import BccPythonMaps
 from agent.kernel.unwind_maps import BccUnwindMaps
@@ -197,7 +197,8 @@ class Walker:
             self.python = PythonLoader(self._python_maps, max_procs=limits.seen_entries)
         self.prewarm(self._options.prewarm)
         for pid in targets:
-            self.load(pid)
+            if not held.is_held(pid):
+                self.load(pid)
 
     def announce(
         self, pid: int, observe: Callable[[int], None] | None, *, changed: bool = False
@@ -209,6 +210,8 @@ class Walker:
         process may be gone by the time a cold table is built."""
         if bcc_loader.is_loader(pid):
             return  # bpfprof's own compiler at work (see bcc_loader)
+        if held.is_held(pid):
+            return  # our held COMMAND child, still a copy of us: its exec announces it
         if self._options.filter_pids:
             self.load(pid, changed=changed)
         if observe is not None:
@@ -294,12 +297,16 @@ class Walker:
 
 
 def read_unwound(
-    user_stacks: Any, stack_id: int, resolve: Resolve | None = None
+    user_stacks: Any,
+    stack_id: int,
+    resolve: Resolve | None = None,
+    deferred: list[int] | None = None,
 ) -> tuple[tuple[int, ...], int]:
     """(ips leaf first, user_error) of one stack the walker stored in
     `ustacks` (bpf/ustacks.h); a stack cut at the frame limit gets -E2BIG.
     A deferred stack (walked before its tables were loaded) is walked again
-    by `resolve` from its raw copy, when it can be."""
+    by `resolve` from its raw copy, when it can be; its id is appended to
+    `deferred`."""
     if stack_id < 0:
         return (), stack_id
     try:
@@ -307,6 +314,8 @@ def read_unwound(
     except KeyError:
         return (), 0
     if int(leaf.flags) & STACK_DEFERRED:
+        if deferred is not None:
+            deferred.append(stack_id)
         whole = resolve(int(leaf.hash)) if resolve is not None else None
         if whole is not None:  # the native part walked again; Python frames kept
             ips, error = whole

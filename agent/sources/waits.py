@@ -21,6 +21,7 @@ from agent.config import BpfLimits, SourceOptions
 from agent.kernel import bcc_loader
 from agent.model import RawSample
 from agent.sources.program import ProgramSource, StackCache, base_cflags
+from agent.sources.unwinding import raw_cflags
 
 
 def common_cflags(
@@ -34,6 +35,8 @@ def common_cflags(
     """The -D flags both wait programs take: a pure function of the options."""
     flags = base_cflags(limits, filter_pids=filter_pids, follow_forks=follow_forks, unwind=unwind)
     flags[5:5] = [f"-DPENDING_ENTRIES={limits.target_entries * 4}", f"-DSELF_PID={self_pid}"]
+    if unwind:  # a wait before its process's tables are loaded keeps its raw stack
+        flags += raw_cflags()
     return flags
 
 
@@ -64,12 +67,17 @@ class WaitSource(ProgramSource):
     def loaded(self) -> None:
         self._cache.stacks = self._bpf["stacks"]
         self._cache.user_stacks = self._bpf["ustacks"] if self._walker.active else None
+        self._cache.resolve = self._walker.resolve if self._walker.raw else None
 
     def drain(self) -> list[RawSample]:
-        """Flip the counts' double buffer and read the retired half."""
+        """Flip the counts' double buffer and read the retired half. The
+        deferred stacks read are freed: each is one wait's own (its id
+        comes from its raw record's unique hash), unlike the shared ones."""
         counts = self._bpf[f"counts{self.retire_window()}"]
         drained = counts.items_lookup_and_delete_batch()
-        return [self.sample(k, v) for k, v in drained if not bcc_loader.is_loader(_pid(k))]
+        samples = [self.sample(k, v) for k, v in drained if not bcc_loader.is_loader(_pid(k))]
+        self._cache.free_deferred()
+        return samples
 
     def counters(self) -> dict[str, int]:
         out = super().counters()

@@ -10,6 +10,7 @@
  *   deep    main -> run -> recurse x 200 -> hot (deeper than 127 frames)
  *   mixed   main -> run -> fp_middle (frame pointers, no CFI) -> work -> hot
  *   dlopen  main -> run -> lib_run (in $UNWIND_LIB, loaded now) -> work -> hot
+ *   nap     main -> run -> nap -> usleep (libc): off CPU, 1 ms at a time
  *
  * Prints "ready <pid>" once its libraries are mapped, then waits for a line
  * on stdin before the measured work, so a test can load the tables first
@@ -110,6 +111,14 @@ __attribute__((noinline)) void recurse(int depth)
 
 void fp_middle(void (*next)(void)); /* unwind_fp.c: frame pointers, no CFI */
 
+__attribute__((noinline)) void nap(void)
+{
+    while (now() < deadline) {
+        usleep(1000);
+        NOT_TAIL();
+    }
+}
+
 __attribute__((noinline)) void run(const char *mode)
 {
     if (strcmp(mode, "chain") == 0) {
@@ -125,6 +134,8 @@ __attribute__((noinline)) void run(const char *mode)
         pthread_join(t, NULL);
     } else if (strcmp(mode, "deep") == 0) {
         recurse(200);
+    } else if (strcmp(mode, "nap") == 0) {
+        nap();
     } else if (strcmp(mode, "mixed") == 0) {
         fp_middle(work);
     } else if (strcmp(mode, "dlopen") == 0) {
