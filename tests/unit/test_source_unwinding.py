@@ -188,6 +188,33 @@ def test_walked_user_stacks_and_kernel_stacks_are_read_from_their_own_maps() -> 
     assert cache.user_stacks.reads == 2 and cache.stacks.reads == 1 and len(cache) == 3
 
 
+def test_a_wait_programs_deferred_stacks_are_freed_once_read_and_shared_ones_kept() -> None:
+    from agent.unwind.layout import STACK_DEFERRED
+
+    class Deletable(FakeTable):
+        def __delitem__(self, key: int) -> None:
+            del self.items[key]
+
+    cache = StackCache(16)
+    cache.stacks = FakeTable({})
+    cache.user_stacks = Deletable(
+        {
+            1: SimpleNamespace(len=1, flags=0, ips=[0x401000]),
+            2: SimpleNamespace(len=1, flags=STACK_DEFERRED, ips=[0x7F0000001000], hash=99),
+        }
+    )
+    cache.resolve = lambda h: ((0x7F0000001000, 0x401000), 0) if h == 99 else None
+    assert to_raw_key(sample_key(2, -14), cache).stack.user == (0x7F0000001000, 0x401000)
+    to_raw_key(sample_key(1, -14), cache)
+    cache.free_deferred()
+    assert set(cache.user_stacks.items) == {1}  # the shared stack stays for later waits
+    # the freed id's bucket may hold another stack next: read afresh, not from the cache
+    cache.user_stacks.items[2] = SimpleNamespace(len=1, flags=0, ips=[0x402000])
+    assert to_raw_key(sample_key(2, -14), cache).stack.user == (0x402000,)
+    cache.free_deferred()  # nothing deferred was read since: nothing freed
+    assert set(cache.user_stacks.items) == {1, 2}
+
+
 def test_with_frame_pointers_user_ids_index_the_stack_map() -> None:
     cache = StackCache(16)
     cache.stacks = FakeTable({4: SimpleNamespace(ip=[0x401000, 0])})
