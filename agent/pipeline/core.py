@@ -27,7 +27,6 @@ from agent.pipeline.builder import ProfileSpec, build_profile
 from agent.pipeline.procinfo import ProcessFacts, ProcessTable, process_resource
 from agent.pipeline.resolve import StackResolver
 from agent.sources.base import PythonCodeSource, SampleSource, SnapshotSource
-from agent.unwind.needed import needed_libraries
 from symbolizer import Symbolizer, parse_maps, read_maps
 from symbolizer.cpython.names import PythonNames
 from symbolizer.elf import ElfError
@@ -86,13 +85,13 @@ class Collection:
         for source, _ in self.streams.values():
             source.close()
 
-    def prewarm(self, executables: Iterable[str]) -> None:
-        """Read the symbol tables of executables and the libraries they
-        need before they run (the walker builds their unwind tables the same
-        way): a held command's first announcement then finds them cached,
-        instead of parsing libc while the command's first children start
-        and exit unread. Host paths of bpfprof's own COMMAND."""
-        for path in [p for exe in executables for p in (exe, *needed_libraries(exe))]:
+    def prewarm(self, files: Iterable[str]) -> None:
+        """Read the symbol tables of files before they run (a COMMAND's
+        executable and libraries, whose unwind tables the walker builds the
+        same way): a held command's first announcement then finds them
+        cached, instead of parsing libc while the command's first children
+        start and exit unread. Host paths of bpfprof's own COMMAND."""
+        for path in files:
             try:
                 self.symbolizer.load_file(path)
             except (OSError, ElfError) as exc:

@@ -32,6 +32,7 @@ from agent.pipeline.aggregate import Aggregator
 from agent.pipeline.core import Collection
 from agent.record.capture import Capture
 from agent.record.command import HeldCommand
+from agent.sources.unwinding import command_files
 
 log = logging.getLogger("bpfprof.record")
 
@@ -70,7 +71,7 @@ def record(config: RecordConfig, capture: Capture | None = None) -> int:
     try:
         source.add_targets((child.pid,) if child else config.pids)
         collection.start()
-        collection.prewarm(options.prewarm)  # the held command's files, before it runs
+        collection.prewarm(command_files(options.prewarm))  # before the command runs
         for pid in config.pids:
             collection.on_new_process(pid)
         aggregator, span = run_loop(config, collection, child)

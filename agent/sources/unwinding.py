@@ -227,7 +227,7 @@ class Walker:
         if self.loader is None:
             return
         cache = self.loader.cache
-        for path in [p for exe in executables for p in (exe, *needed_libraries(exe))]:
+        for path in command_files(executables):
             try:
                 with open_regular(path, nofollow=False) as f:
                     build_id = read_build_id(f)
@@ -294,6 +294,12 @@ class Walker:
             out.update({f"python_{k}": v for k, v in vars(self.python.finder.stats).items()})
             out.update({f"python_{k}": v for k, v in vars(self.python.stats).items()})
         return out
+
+
+def command_files(executables: Iterable[str]) -> list[str]:
+    """Executables and the libraries each needs (ld.so's rules): the files
+    of a COMMAND, whose tables are read before it runs."""
+    return [p for exe in executables for p in (exe, *needed_libraries(exe))]
 
 
 def read_unwound(

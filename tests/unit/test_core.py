@@ -13,6 +13,7 @@ from agent.pipeline import core
 from agent.pipeline.builder import alloc_spec, cpu_spec
 from agent.pipeline.core import Collection
 from agent.pipeline.procinfo import ProcessFacts
+from agent.sources.unwinding import command_files
 from tests import fake_sources as fakes
 
 ME = os.getpid()
@@ -143,7 +144,7 @@ def test_prewarm_reads_the_commands_symbol_tables_so_its_first_process_hits_the_
     sleep = shutil.which("sleep")
     assert sleep is not None
     c = Collection({})
-    c.prewarm([sleep, str(tmp_path / "missing")])  # a missing file is skipped
+    c.prewarm([*command_files([sleep]), str(tmp_path / "missing")])  # missing: skipped
     parsed = c.symbolizer.stats.table_cache_hits
     proc = subprocess.Popen([sleep, "5"])
     try:
