@@ -192,6 +192,24 @@ def test_a_symlink_to_dev_urandom_is_refused(
     agent.stop()
 
 
+def _jit_state(agent: Agent, pid: int, exited: int | None) -> str:
+    """What a failed wait saw: whether the program ran, its map, its leaves."""
+    try:
+        text = _map_path(pid).read_text()[:500]
+    except OSError as exc:
+        text = f"unreadable: {exc}"
+    leaves: dict[str, int] = {}
+    for s in _samples(agent, pid):
+        leaf = _leaf_name(s) or (hex(s.locations[0].address) if s.locations else "-")
+        leaves[leaf] = leaves.get(leaf, 0) + 1
+    totals = agent.status().get("totals", {})
+    perf = {k: v for k, v in totals.items() if "perf_map" in k or "miss" in k}
+    return (
+        f"jit pid {pid} {'exited ' + str(exited) if exited is not None else 'running'}; "
+        f"map: {text!r}; leaves: {leaves}; totals: {perf}; log: {agent.log[:3000]}"
+    )
+
+
 def test_jit_code_that_appears_after_the_first_look_is_named(
     hostile: Hostile, start_agent: Callable[..., Agent]
 ) -> None:
@@ -201,7 +219,10 @@ def test_jit_code_that_appears_after_the_first_look_is_named(
     proc = hostile.popen([str(exe)])
     try:
         for name in ("jit_region_first", "jit_region_second"):
-            _wait_samples(agent, proc.pid, lambda s, n=name: _leaf_name(s) == n, name)
+            try:
+                _wait_samples(agent, proc.pid, lambda s, n=name: _leaf_name(s) == n, name)
+            except pytest.fail.Exception:
+                pytest.fail(_jit_state(agent, proc.pid, proc.poll()))
         agent.assert_healthy()
         agent.stop()
     finally:
