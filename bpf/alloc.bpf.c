@@ -11,10 +11,12 @@
  * with its stack, and its address into `live`, so the free probe can tell
  * in one lookup whether a freed block was sampled.
  *
- * With UPROBE_SESSION (Linux 6.13+) each allocator has one session program
- * (s_*) that runs at the entry and, only when the entry returns 0, at the
- * return: an unsampled call takes one trap instead of two, which is most of
- * what a probed malloc costs. The program tells its two runs apart by the
+ * With UPROBE_SESSION (Linux 6.13+) one session program (s_alloc) is on
+ * every allocator, told which by its link's cookie (ROLE_*): it runs at the
+ * entry and, only when the entry returns 0, at the return. An unsampled call
+ * takes one trap instead of two, which is most of what a probed malloc
+ * costs; and the stack walk, most of the program, is compiled and verified
+ * once instead of once per allocator. The program tells its two runs apart by the
  * stack pointer: at the entry it points at the return address, after the
  * return 8 bytes higher; a sampled entry stores its call under (thread,
  * sp), which the return finds under (thread, sp - 8). Without sessions, a
@@ -33,7 +35,8 @@
  *                    space has probed the allocators it brings (see stop_for)
  *   NO_INUSE         allocations only: no return probes, no live table, free
  *                    not probed; samples are sent from the entry
- *   UPROBE_SESSION   also build the s_* session programs (not with NO_INUSE)
+ *   UPROBE_SESSION   build s_alloc instead of the per-allocator entry and
+ *                    return programs (not with NO_INUSE)
  *   UNWIND_DWARF     walk user stacks with CFI (unwind.h, as cpu.bpf.c) instead
  *                    of frame pointers (bpf_get_stack)
  *   PYTHON_FRAMES    with UNWIND_DWARF: Python frames after the native ones
@@ -290,6 +293,7 @@ static __always_inline void freed(u64 addr)
         bump(CTR_SAMPLE_LOST);
 }
 
+#ifndef UPROBE_SESSION
 int on_malloc(struct pt_regs *ctx)
 {
     alloc_entry(ctx, PT_REGS_PARM1(ctx), 0);
@@ -331,6 +335,7 @@ static __always_inline int uretprobe_return(struct pt_regs *ctx, int via_memptr)
 
 int on_return(struct pt_regs *ctx) { return uretprobe_return(ctx, 0); }
 int on_posix_memalign_return(struct pt_regs *ctx) { return uretprobe_return(ctx, 1); }
+#endif
 
 int on_free(struct pt_regs *ctx)
 {
@@ -350,23 +355,37 @@ static __always_inline struct pending_alloc *session_return(struct pt_regs *ctx,
     return pending.lookup(key);
 }
 
-/* Each returns 0 at a sampled entry (run my return) and 1 at any other. */
-#define SESSION(name, via_memptr, entry)                       \
-    int name(struct pt_regs *ctx)                              \
-    {                                                          \
-        struct pending_key key;                                \
-        struct pending_alloc *p = session_return(ctx, &key);   \
-        if (p)                                                 \
-            return alloc_return(ctx, &key, p, via_memptr);     \
-        return !(entry);                                       \
-    }
+/* The cookie of each session link: the allocator it is on
+ * (agent/sources/alloc.py SESSION_ROLES). */
+#define ROLE_MALLOC 0
+#define ROLE_CALLOC 1
+#define ROLE_REALLOC 2
+#define ROLE_MEMALIGN 3
+#define ROLE_POSIX_MEMALIGN 4
 
-SESSION(s_malloc, 0, alloc_entry(ctx, PT_REGS_PARM1(ctx), 0))
-SESSION(s_calloc, 0, alloc_entry(ctx, PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0))
-SESSION(s_memalign, 0, alloc_entry(ctx, PT_REGS_PARM2(ctx), 0))
-SESSION(s_posix_memalign, 1, alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx)))
-/* realloc(p, n) frees p (when it succeeds) and allocates n. */
-SESSION(s_realloc, 0, (freed(PT_REGS_PARM1(ctx)), alloc_entry(ctx, PT_REGS_PARM2(ctx), 0)))
+/* Returns 0 at a sampled entry (run my return) and 1 at any other. */
+int s_alloc(struct pt_regs *ctx)
+{
+    u64 role = bpf_get_attach_cookie(ctx);
+    struct pending_key key;
+    struct pending_alloc *p = session_return(ctx, &key);
+    if (p)
+        return alloc_return(ctx, &key, p, role == ROLE_POSIX_MEMALIGN);
+    u64 first = PT_REGS_PARM1(ctx), second = PT_REGS_PARM2(ctx);
+    switch (role) {
+    case ROLE_CALLOC:
+        return !alloc_entry(ctx, first * second, 0);
+    case ROLE_REALLOC: /* realloc(p, n) frees p (when it succeeds) and allocates n */
+        freed(first);
+        return !alloc_entry(ctx, second, 0);
+    case ROLE_MEMALIGN:
+        return !alloc_entry(ctx, second, 0);
+    case ROLE_POSIX_MEMALIGN:
+        return !alloc_entry(ctx, PT_REGS_PARM3(ctx), first);
+    default:
+        return !alloc_entry(ctx, first, 0);
+    }
+}
 #endif
 
 #ifdef FOLLOW_FORKS

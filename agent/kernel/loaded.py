@@ -62,7 +62,7 @@ class BpfProgram(Protocol):
     ) -> None: ...
 
     def attach_uprobe_session(
-        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1
+        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1, cookie: int = 0
     ) -> None: ...
 
     def ring_buffer_poll(self, timeout: int = -1) -> None: ...
@@ -337,13 +337,15 @@ class LoadedProgram:
         self._uprobe_events.append(event)
 
     def attach_uprobe_session(
-        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1
+        self, name: bytes, sym: bytes, fn_name: str | bytes, pid: int = -1, cookie: int = 0
     ) -> None:
-        """A uprobe session at `sym`'s entry (agent/kernel/sessions.py); the
-        function must have been loaded as "uprobe_session". Raises OSError."""
+        """A uprobe session at `sym`'s entry (agent/kernel/sessions.py), whose
+        program's bpf_get_attach_cookie() gives `cookie`; the function must
+        have been loaded as "uprobe_session". Raises OSError."""
         path = uprobes.probe_path(name.decode(), pid)
         offset = uprobes.symbol_offset(path, sym.decode())
-        self._raw.append(sessions.link(self._function(fn_name), path.encode(), [offset], pid))
+        fd = self._function(fn_name)
+        self._raw.append(sessions.link(fd, path.encode(), [offset], pid, [cookie]))
 
     def attach_tracepoint(self, tp: str | bytes, fn_name: str | bytes) -> None:
         """`tp` is "category:name"; the function must be a tracepoint program."""

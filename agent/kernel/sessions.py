@@ -46,12 +46,21 @@ def supported(
 
 
 def link_attr(
-    prog_fd: int, path: bytes, offsets: list[int], pid: int
+    prog_fd: int, path: bytes, offsets: list[int], pid: int, cookies: list[int] | None = None
 ) -> tuple[bytes, list[object]]:
     """The bpf_attr of BPF_LINK_CREATE for a uprobe session, and the buffers
-    its pointers point into (keep them alive until the call returns)."""
+    its pointers point into (keep them alive until the call returns).
+    `cookies`: one per offset, what bpf_get_attach_cookie() gives there."""
     path_buf = ctypes.create_string_buffer(path)
     offs = (ctypes.c_uint64 * len(offsets))(*offsets)
+    keep: list[object] = [path_buf, offs]
+    cookies_at = 0
+    if cookies is not None:
+        if len(cookies) != len(offsets):
+            raise ValueError(f"{len(cookies)} cookies for {len(offsets)} offsets")
+        values = (ctypes.c_uint64 * len(cookies))(*cookies)
+        keep.append(values)
+        cookies_at = ctypes.addressof(values)
     attr = struct.pack(
         "=IIII QQQQ III 4x",
         prog_fd,
@@ -61,19 +70,21 @@ def link_attr(
         ctypes.addressof(path_buf),
         ctypes.addressof(offs),
         0,  # ref_ctr_offsets
-        0,  # cookies
+        cookies_at,
         len(offsets),
         0,  # uprobe_multi.flags (not a return probe: the session decides)
         max(pid, 0),  # 0: every process
     )
-    return attr, [path_buf, offs]
+    return attr, keep
 
 
-def link(prog_fd: int, path: bytes, offsets: list[int], pid: int) -> int:
+def link(
+    prog_fd: int, path: bytes, offsets: list[int], pid: int, cookies: list[int] | None = None
+) -> int:
     """A uprobe session link of `prog_fd` at these file offsets of `path`
-    (in process `pid`, or every process if pid <= 0); the link's fd, which
-    detaches when closed. Raises OSError."""
-    attr, keep = link_attr(prog_fd, path, offsets, pid)
+    (in process `pid`, or every process if pid <= 0), with a cookie per
+    offset; the link's fd, which detaches when closed. Raises OSError."""
+    attr, keep = link_attr(prog_fd, path, offsets, pid, cookies)
     buf = ctypes.create_string_buffer(attr, ATTR_SIZE)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long

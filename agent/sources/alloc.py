@@ -75,14 +75,15 @@ LIVE_ENTRIES = 1 << 18  # sampled blocks alive at once (a 512 KiB rate: 128 GiB 
 MIN_EVENT_PAGES = 2048  # 8 MiB of ring buffer: ~7000 samples between polls
 
 
-# The session program of each allocator role that has a return probe
-# (bpf/alloc.bpf.c, UPROBE_SESSION).
-SESSIONS = {
-    "malloc": "s_malloc",
-    "calloc": "s_calloc",
-    "realloc": "s_realloc",
-    "memalign": "s_memalign",
-    "posix_memalign": "s_posix_memalign",
+# The one session program (bpf/alloc.bpf.c, UPROBE_SESSION), and the cookie
+# (ROLE_*) its link on each allocator role with a return probe carries.
+SESSION_PROGRAM = "s_alloc"
+SESSION_ROLES = {
+    "malloc": 0,
+    "calloc": 1,
+    "realloc": 2,
+    "memalign": 3,
+    "posix_memalign": 4,
 }
 
 
@@ -300,7 +301,7 @@ class AllocSource:
 
     def _compile(self) -> BpfProgram:
         """The walker's build if wanted and accepted, else the frame-pointer one."""
-        functions = dict.fromkeys(SESSIONS.values(), "uprobe_session") if self.sessions else None
+        functions = {SESSION_PROGRAM: "uprobe_session"} if self.sessions else None
         return self._walker.compile(
             PROGRAM,
             lambda unwind: alloc_cflags(self._options, unwind, self.sessions),
@@ -336,7 +337,11 @@ class AllocSource:
         if ret and self.sessions:
             # one program at the entry and, for sampled calls only, the return
             self.bpf.attach_uprobe_session(
-                name=point.path.encode(), sym=sym, fn_name=SESSIONS[point.role], pid=pid
+                name=point.path.encode(),
+                sym=sym,
+                fn_name=SESSION_PROGRAM,
+                pid=pid,
+                cookie=SESSION_ROLES[point.role],
             )
         else:
             self.bpf.attach_uprobe(

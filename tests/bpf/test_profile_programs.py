@@ -116,6 +116,13 @@ class Run:
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
 
+    def release(self, source: WaitSource | AllocSource, sym: Symbolizer) -> None:
+        """Start `source` on the program, snapshot it for `sym`, let it run."""
+        source.add_targets([self.proc.pid])
+        source.start()
+        sym.observe(self.proc.pid)
+        self.send()
+
     def line(self, source: WaitSource | AllocSource, seen: list[int]) -> str:
         """Poll the source until the program prints its next line."""
         deadline = time.monotonic() + 120
@@ -242,10 +249,7 @@ def lock_profile(
     source = LockSource(options)
     sym = Symbolizer()
     try:
-        source.add_targets([run.proc.pid])
-        source.start()
-        sym.observe(run.proc.pid)
-        run.send()
+        run.release(source, sym)
         words = run.line(source, []).split()  # waited_ns N locks N idle_ns N
         samples = source.drain() + source.drain()
         if counters is not None:
@@ -336,10 +340,7 @@ def test_allocations_split_three_to_one_and_the_hoard_stays_live(
     source = AllocSource(SourceOptions(filter_pids=True, alloc_rate=rate))
     sym = Symbolizer()
     try:
-        source.add_targets([run.proc.pid])
-        source.start()
-        sym.observe(run.proc.pid)
-        run.send()
+        run.release(source, sym)
         done = run.line(source, []).split()
         allocs = source.drain()
         live = source.live_heap()
@@ -471,3 +472,52 @@ def test_all_processes_probes_the_system_libc(built: Callable[..., Path]) -> Non
         source.close()
         run.close()
     assert run.proc.pid in pids
+
+
+ROLE_FUNCTIONS = ("by_malloc", "by_calloc", "by_realloc", "by_memalign", "by_posix_memalign")
+
+
+@pytest.mark.parametrize("with_sessions", [True, False], ids=["sessions", "uretprobes"])
+def test_every_allocator_entry_point_is_counted_once_and_live(
+    built: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, with_sessions: bool
+) -> None:
+    """malloc, calloc, realloc, memalign and posix_memalign, each from its
+    own function: its bytes within sampling error, its blocks live, both with
+    the one session program (the role from its link's cookie) and with
+    entry probes and uretprobes (kernels before 6.13)."""
+    from agent.kernel import sessions
+
+    if with_sessions and not sessions.supported():
+        pytest.skip("this kernel has no uprobe sessions")
+    if not with_sessions:
+        monkeypatch.setenv("BPFPROF_UPROBE_SESSIONS", "0")
+    units, block, rate = 4096, 4096, 64 * 1024
+    run = Run([str(built("allocroles")), str(units), str(block)])
+    source = AllocSource(SourceOptions(filter_pids=True, alloc_rate=rate))
+    assert source.sessions is with_sessions
+    sym = Symbolizer()
+    try:
+        run.release(source, sym)
+        assert run.line(source, []).strip() == "done"
+        allocs = source.drain()
+        live = source.live_heap()
+        counters = source.counters()
+    finally:
+        source.close()
+        run.close()
+    assert counters["sample_lost"] == 0 and counters["live_full"] == 0
+
+    def by(samples: list[RawSample], index: int) -> dict[str, int]:
+        out = dict.fromkeys(ROLE_FUNCTIONS, 0)
+        for s in samples:
+            leaf = functions(sym, s)[:1]
+            if leaf and leaf[0] in out:
+                out[leaf[0]] += s.values[index]
+        return out
+
+    allocated, inuse = by(allocs, 1), by(live, 3)
+    sd = expected_error([(block, units)], rate)
+    for name in ROLE_FUNCTIONS:
+        truth = units * (block + (16 if name == "by_realloc" else 0))
+        assert abs(allocated[name] - truth) < 4 * sd, (name, allocated, truth, sd)
+        assert abs(inuse[name] - units * block) < 4 * sd, (name, inuse, units * block, sd)

@@ -55,7 +55,9 @@ class FakeBpf:
     def attach_uretprobe(self, *, name: bytes, sym: bytes, fn_name: str, pid: int) -> None:
         self._add("uretprobe", pid, sym)
 
-    def attach_uprobe_session(self, *, name: bytes, sym: bytes, fn_name: str, pid: int) -> None:
+    def attach_uprobe_session(
+        self, *, name: bytes, sym: bytes, fn_name: str, pid: int, cookie: int
+    ) -> None:
         self._add("session", pid, sym)
 
     def ring_buffer_poll(self, timeout: int = -1) -> None:

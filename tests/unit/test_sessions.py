@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import struct
+from pathlib import Path
 
 import pytest
 
 from agent.config import SourceOptions
 from agent.kernel import sessions
-from agent.sources.alloc import SESSIONS, alloc_cflags, use_sessions
+from agent.sources.alloc import SESSION_ROLES, alloc_cflags, use_sessions
 from agent.sources.allocators import ROLES
 
 
@@ -52,5 +54,21 @@ def test_sessions_replace_the_return_probes_only_for_the_live_heap() -> None:
     assert not use_sessions(SourceOptions(), False)
     assert "-DUPROBE_SESSION=1" in alloc_cflags(SourceOptions(), False, True)
     assert "-DUPROBE_SESSION=1" not in alloc_cflags(SourceOptions(), False, False)
-    # every role with a return probe has a session program
-    assert {role for role, (_, ret, _) in ROLES.items() if ret} == set(SESSIONS)
+    # every role with a return probe has a session cookie
+    assert {role for role, (_, ret, _) in ROLES.items() if ret} == set(SESSION_ROLES)
+
+
+def test_session_cookies_are_the_programs_roles() -> None:
+    """The cookie each link carries is the ROLE_* the program dispatches on."""
+    text = (Path(__file__).parents[2] / "bpf" / "alloc.bpf.c").read_text()
+    defined = {m[0].lower(): int(m[1]) for m in re.findall(r"#define ROLE_(\w+) (\d+)", text)}
+    assert defined == SESSION_ROLES
+
+
+def test_link_attr_carries_one_cookie_per_offset() -> None:
+    attr, keep = sessions.link_attr(7, b"/x", [0x10, 0x20], 0, [3, 4])
+    (cookies,) = struct.unpack_from("=Q", attr, 40)
+    assert (ctypes.c_uint64 * 2).from_address(cookies)[:] == [3, 4]
+    assert len(keep) == 3
+    with pytest.raises(ValueError, match="1 cookies for 2 offsets"):
+        sessions.link_attr(7, b"/x", [0x10, 0x20], 0, [3])
