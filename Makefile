@@ -27,10 +27,10 @@ demo: setup ## record a 10 s system-wide CPU profile to profile.pb.gz, its flame
 test: setup-test ## run the whole test suite (unit, BPF, end-to-end) with a 90% coverage gate
 	$(BIN)/pytest $(COV)
 
-# Opt-in (not part of `make test`): boots a Debian 12 container under
+# Not part of `make test` (CI runs it after): boots a Debian 12 container under
 # systemd-nspawn, installs the unit with packaging/install.sh and drives it
 # with systemctl. The container's root is cached in /var/cache/bpfprof-tests.
-test-systemd: setup-test ## opt-in: the unit under a real systemd in a Debian 12 container (root; 3 min more the first time)
+test-systemd: setup-test ## the unit under a real systemd in a Debian 12 container (root; ~1.5 min more the first time; CI runs it after `make test`)
 	BPFPROF_TEST_SYSTEMD=1 $(BIN)/pytest -v -p no:cacheprovider tests/systemd
 
 # Lint needs only the venv's tools, so it sets up just when they are missing
