@@ -195,6 +195,7 @@ struct py_walk {
     u32 sent_gen;   /* and generation */
     u64 prev_code;  /* py_note_codes: the frame before's, skipped (recursion) */
     u32 dropped;    /* py_note_codes: pairs the full queue refused */
+    u32 queued;     /* py_note_codes: pairs queued (python_wake) */
     u32 next;       /* py_note_codes: the index in ips looked at next */
     u8 b[PY_WINDOW * 2];  /* the frame read; room for any masked size or offset + 8 */
 };
@@ -206,6 +207,11 @@ BPF_PERCPU_ARRAY(python_walks, struct py_walk, 1);
 BPF_PERCPU_ARRAY(python_stats, u64, PSTAT_MAX);
 BPF_TABLE("lru_hash", struct py_code_ref, u8, python_codes_seen, PY_CODES_SEEN);
 BPF_QUEUE(python_new_codes, struct py_code_ref, PY_CODES_QUEUE);
+/* One record (the count queued) per stack that queued code objects: a queue
+ * wakes no one, and a short-lived process is gone by the time a poll that
+ * timed out comes round to reading its code objects. The poll that takes
+ * this ring returns at once, and its code objects are read then. */
+BPF_RINGBUF_OUTPUT(python_wake, 1);
 
 static __always_inline void py_count(int idx, u64 n)
 {
@@ -414,6 +420,7 @@ static __always_inline void py_note_codes(struct py_walk *st, struct unwound_sta
     }
     st->prev_code = 0;
     st->dropped = 0;
+    st->queued = 0;
     st->next = first;
     u32 len = out->len;
     /* The index lives in the map value, read again each time: a local one
@@ -436,11 +443,16 @@ static __always_inline void py_note_codes(struct py_walk *st, struct unwound_sta
             continue;  /* another CPU inserted it meanwhile, and sends it */
         if (python_new_codes.push(&ref, 0) == 0) {
             py_count(PSTAT_CODES_NEW, 1);
+            st->queued++;
         } else {
             python_codes_seen.delete(&ref);  /* not sent: a later sample tries again */
             py_count(PSTAT_CODES_DROPPED, 1);
             st->dropped = 1;
         }
+    }
+    if (st->queued) {
+        u64 queued = st->queued;
+        python_wake.ringbuf_output(&queued, sizeof(queued), 0);  /* full: one is pending */
     }
     if (!st->dropped) {
         st->sent_hash = out->hash;

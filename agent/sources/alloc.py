@@ -292,6 +292,7 @@ class AllocSource:
         for pid in self._targets:
             table[table.Key(pid)] = table.Leaf(1)
         self.bpf["events"].open_ring_buffer(self._on_event)
+        self._walker.open_rings(self.bpf)
         if self._command:
             self._exec_planned.update(self._targets)
         for pid, point in self._plan():

@@ -204,8 +204,7 @@ class ProgramSource:
         self._walker.start([] if self._options.follow_forks else self._targets)
         self._write_targets(self._targets)
         self._bpf["events"].open_ring_buffer(self._on_event)
-        if self._walker.raw:
-            self._bpf["unwind_raw"].open_ring_buffer(self._walker.on_raw)
+        self._walker.open_rings(self._bpf)
         self.attach()
 
     def _compile(self) -> BpfProgram:

@@ -246,6 +246,16 @@ class Walker:
         if changed:
             self.maps_reloaded += 1
 
+    def open_rings(self, bpf: BpfProgram) -> None:
+        """Take the walker's ring buffers into the program's poll: the raw
+        stacks, and the wake-ups a stack with new code objects sends, so the
+        poll returns and the code objects are read while a short-lived
+        process still lives (bpf/python.h, python_wake)."""
+        if self.raw:
+            bpf["unwind_raw"].open_ring_buffer(self.on_raw)
+        if self._python_maps is not None:
+            bpf["python_wake"].open_ring_buffer(_woken)
+
     def on_raw(self, _ctx: Any, data: int, size: int) -> None:
         """A ring-buffer record of `unwind_raw`: keep it for its drain."""
         if size < RAW_HEADER.size:
@@ -294,6 +304,10 @@ class Walker:
             out.update({f"python_{k}": v for k, v in vars(self.python.finder.stats).items()})
             out.update({f"python_{k}": v for k, v in vars(self.python.stats).items()})
         return out
+
+
+def _woken(_ctx: Any, _data: int, _size: int) -> None:
+    """A python_wake record: its only work is to end the poll."""
 
 
 def command_files(executables: Iterable[str]) -> list[str]:
