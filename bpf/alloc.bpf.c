@@ -293,38 +293,40 @@ static __always_inline void freed(u64 addr)
         bump(CTR_SAMPLE_LOST);
 }
 
+/* The cookie of each session link: the allocator it is on
+ * (agent/sources/alloc.py SESSION_ROLES). */
+#define ROLE_MALLOC 0
+#define ROLE_CALLOC 1
+#define ROLE_REALLOC 2
+#define ROLE_MEMALIGN 3
+#define ROLE_POSIX_MEMALIGN 4
+
+/* The entry of a call to the allocator `role`: its size, and where
+ * posix_memalign writes the address; alloc_entry's answer. */
+static __always_inline int role_entry(struct pt_regs *ctx, u64 role)
+{
+    u64 first = PT_REGS_PARM1(ctx), second = PT_REGS_PARM2(ctx);
+    switch (role) {
+    case ROLE_CALLOC:
+        return alloc_entry(ctx, first * second, 0);
+    case ROLE_REALLOC: /* realloc(p, n) frees p (when it succeeds) and allocates n */
+        freed(first);
+        return alloc_entry(ctx, second, 0);
+    case ROLE_MEMALIGN:
+        return alloc_entry(ctx, second, 0);
+    case ROLE_POSIX_MEMALIGN:
+        return alloc_entry(ctx, PT_REGS_PARM3(ctx), first);
+    default:
+        return alloc_entry(ctx, first, 0);
+    }
+}
+
 #ifndef UPROBE_SESSION
-int on_malloc(struct pt_regs *ctx)
-{
-    alloc_entry(ctx, PT_REGS_PARM1(ctx), 0);
-    return 0;
-}
-
-int on_calloc(struct pt_regs *ctx)
-{
-    alloc_entry(ctx, PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx), 0);
-    return 0;
-}
-
-int on_memalign(struct pt_regs *ctx)
-{
-    alloc_entry(ctx, PT_REGS_PARM2(ctx), 0);
-    return 0;
-}
-
-int on_posix_memalign(struct pt_regs *ctx)
-{
-    alloc_entry(ctx, PT_REGS_PARM3(ctx), PT_REGS_PARM1(ctx));
-    return 0;
-}
-
-/* realloc(p, n) frees p (when it succeeds) and allocates n. */
-int on_realloc(struct pt_regs *ctx)
-{
-    freed(PT_REGS_PARM1(ctx));
-    alloc_entry(ctx, PT_REGS_PARM2(ctx), 0);
-    return 0;
-}
+int on_malloc(struct pt_regs *ctx) { role_entry(ctx, ROLE_MALLOC); return 0; }
+int on_calloc(struct pt_regs *ctx) { role_entry(ctx, ROLE_CALLOC); return 0; }
+int on_realloc(struct pt_regs *ctx) { role_entry(ctx, ROLE_REALLOC); return 0; }
+int on_memalign(struct pt_regs *ctx) { role_entry(ctx, ROLE_MEMALIGN); return 0; }
+int on_posix_memalign(struct pt_regs *ctx) { role_entry(ctx, ROLE_POSIX_MEMALIGN); return 0; }
 
 static __always_inline int uretprobe_return(struct pt_regs *ctx, int via_memptr)
 {
@@ -355,14 +357,6 @@ static __always_inline struct pending_alloc *session_return(struct pt_regs *ctx,
     return pending.lookup(key);
 }
 
-/* The cookie of each session link: the allocator it is on
- * (agent/sources/alloc.py SESSION_ROLES). */
-#define ROLE_MALLOC 0
-#define ROLE_CALLOC 1
-#define ROLE_REALLOC 2
-#define ROLE_MEMALIGN 3
-#define ROLE_POSIX_MEMALIGN 4
-
 /* Returns 0 at a sampled entry (run my return) and 1 at any other. */
 int s_alloc(struct pt_regs *ctx)
 {
@@ -371,20 +365,7 @@ int s_alloc(struct pt_regs *ctx)
     struct pending_alloc *p = session_return(ctx, &key);
     if (p)
         return alloc_return(ctx, &key, p, role == ROLE_POSIX_MEMALIGN);
-    u64 first = PT_REGS_PARM1(ctx), second = PT_REGS_PARM2(ctx);
-    switch (role) {
-    case ROLE_CALLOC:
-        return !alloc_entry(ctx, first * second, 0);
-    case ROLE_REALLOC: /* realloc(p, n) frees p (when it succeeds) and allocates n */
-        freed(first);
-        return !alloc_entry(ctx, second, 0);
-    case ROLE_MEMALIGN:
-        return !alloc_entry(ctx, second, 0);
-    case ROLE_POSIX_MEMALIGN:
-        return !alloc_entry(ctx, PT_REGS_PARM3(ctx), first);
-    default:
-        return !alloc_entry(ctx, first, 0);
-    }
+    return !role_entry(ctx, role);
 }
 #endif
 
