@@ -193,44 +193,78 @@ def test_offcpu_time_of_a_known_sleep(built: Callable[..., Path]) -> None:
 
 
 def sleeper_offcpu(
-    exe: Path, args: list[str], options: SourceOptions
-) -> tuple[list[RawSample], int, dict[str, int]]:
-    """The off-CPU samples of sleeper ARGS, the sleep it measured, counters."""
+    exe: Path, args: list[str], *options: SourceOptions
+) -> tuple[list[list[RawSample]], int, list[dict[str, int]], list[int]]:
+    """sleeper ARGS's off-CPU samples and counters under each of `options`,
+    each a source of its own, all tracing the same run; the sleep the
+    program measured, and each nap's own length if ARGS asked for the list."""
     run = Run([str(exe), *args])
-    source = OffCpuSource(options)
+    sources = [OffCpuSource(o) for o in options]
     try:
-        source.add_targets([run.proc.pid])
-        source.start()
+        for source in sources:
+            source.add_targets([run.proc.pid])
+            source.start()
         run.send()
-        slept = int(run.line(source, []).split()[1])
-        samples = source.drain() + source.drain()
-        counters = source.counters()
-        assert source.unwinding == (options.unwind == "dwarf")
+        slept = int(run.line(sources[0], []).split()[1])
+        naps = [int(n) for n in run.line(sources[0], []).split()[1:]] if len(args) > 2 else []
+        samples = [source.drain() + source.drain() for source in sources]
+        counters = [source.counters() for source in sources]
+        for source, o in zip(sources, options, strict=True):
+            assert source.unwinding == (o.unwind == "dwarf")
     finally:
-        source.close()
+        for source in sources:
+            source.close()
         run.close()
-    return samples, slept, counters
+    return samples, slept, counters, naps
+
+
+def sampling_sd(naps: list[int], max_weight: int, sample_ns: int = 1_000_000) -> float:
+    """The standard deviation of the weighted total of blocks `naps` long,
+    each sampled as bpf/waits.h wait_weight does from the block before it
+    (weight w = SAMPLE_NS // previous, 1 to max_weight, kept 1 in w times):
+    each block adds (w - 1) * ns^2 to the variance."""
+    variance = 0.0
+    for previous, ns in zip([sample_ns, *naps], naps, strict=False):
+        w = 1 if previous >= sample_ns else min(max_weight, max(1, sample_ns // previous))
+        variance += (w - 1) * ns * ns
+    return float(variance**0.5)
 
 
 def test_sampled_short_blocks_are_unbiased(built: Callable[..., Path]) -> None:
-    """4,000 naps of 50 us (about 110 us off the CPU each): a thread whose
-    blocks are that short takes stacks for about 1 in 9 of them (the
-    probability is its last block over 1 ms), each counted 9 times. So far
-    fewer stacks than blocks, and a total within the sampling error of the
-    program's own: relative standard deviation sqrt(8/4000) = 4.5%, the
-    bound about 4 of those."""
-    options = SourceOptions(filter_pids=True, wait_sampling=16)
-    samples, slept, counters = sleeper_offcpu(built("sleeper"), ["4000", "0.05"], options)
-    total = sum(s.values[0] for s in samples)
-    assert 0.8 * slept <= total <= 1.2 * slept, (total, slept)
-    assert 0 < counters["samples"] <= 4000 // 3, counters
+    """16,000 naps of 50 us (about 110 us off the CPU each on an idle host),
+    traced at once by a source that samples short blocks and one that takes
+    every block. The sampling one takes stacks for about 1 in 9 naps (the
+    probability is the thread's last block over 1 ms), each counted 9 times:
+    far fewer stacks than blocks, and a total within the sampling error of
+    the exact one. That error is computed from the lengths the naps really
+    had: about 2.6 % of the total on an idle host, more on a busy one, where
+    a nap stretched to milliseconds is counted up to 16 times from one
+    sample. The bound is 4 of those: a weight one too small (9 -> 8) is
+    an 11 % bias, and fails it."""
+    exact = SourceOptions(filter_pids=True, wait_sampling=1)
+    sampled = SourceOptions(filter_pids=True, wait_sampling=16)
+    exe = built("sleeper")
+    naps_asked = 16_000
+    args = [str(naps_asked), "0.05", "list"]
+    samples, slept, counters, naps = sleeper_offcpu(exe, args, exact, sampled)
+    assert len(naps) == naps_asked and sum(naps) == slept
+    truth, total = (sum(s.values[0] for s in got) for got in samples)
+    # the program's clock reads and syscall edges are in its naps, not in
+    # the blocks: 85-90 % of a 125 us nap is off the CPU
+    assert 0.75 * slept <= truth <= 1.05 * slept, (truth, slept)
+    # (a nap whose timer fires before the thread leaves the CPU is no block)
+    assert counters[0]["samples"] >= 0.97 * naps_asked and counters[0]["map_full"] == 0, counters[0]
+    sd = sampling_sd(naps, 16)
+    assert abs(total - truth) <= 4 * sd, (total, truth, sd)
+    assert 0 < counters[1]["samples"] <= naps_asked // 3, counters[1]
 
 
 def test_offcpu_threshold_drops_short_blocks(built: Callable[..., Path]) -> None:
     """Naps of 60 ms pass a 50 ms threshold, the program's short blocks do
     not. With the frame-pointer build of the program (--unwind fp)."""
     options = SourceOptions(filter_pids=True, min_block_us=50_000, unwind="fp")
-    samples, slept, _ = sleeper_offcpu(built("sleeper", FP), ["4", "60"], options)
+    got, slept, _, _ = sleeper_offcpu(built("sleeper", FP), ["4", "60"], options)
+    samples = got[0]
     assert not [s for s in samples if s.values[0] < 50_000_000]
     assert 0.97 * slept <= sum(s.values[0] for s in samples) <= 1.05 * slept
 

@@ -1,10 +1,11 @@
 /* Ground truth for off-CPU profiles: main -> sleepy -> nap sleeps ROUNDS
  * times MS milliseconds, a known total, between short bursts of work.
  *
- * usage: sleeper ROUNDS MS   (MS may be fractional: 0.05 is 50 us)
+ * usage: sleeper ROUNDS MS [list]   (MS may be fractional: 0.05 is 50 us)
  * Prints "ready <pid>", then waits for a line (or EOF) on stdin to start;
  * prints "slept_ns <total>" at the end, the total measured by the program
- * around each nanosleep. Built with frame
+ * around each nanosleep; with "list", then "naps <ns> <ns> ...", each nap's
+ * own length in order. Built with frame
  * pointers: nap's frame leads the unwinder from libc back into sleepy(). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,11 +28,15 @@ __attribute__((noinline)) unsigned long long nap(double ms)
     return now_ns() - t0;
 }
 
-__attribute__((noinline)) unsigned long long sleepy(long rounds, double ms)
+__attribute__((noinline)) unsigned long long sleepy(long rounds, double ms, unsigned long long *naps)
 {
     unsigned long long slept = 0;
-    for (long r = 0; r < rounds; r++)
-        slept += nap(ms);
+    for (long r = 0; r < rounds; r++) {
+        unsigned long long one = nap(ms);
+        if (naps)
+            naps[r] = one;
+        slept += one;
+    }
     return slept;
 }
 
@@ -39,12 +44,19 @@ int main(int argc, char **argv)
 {
     long rounds = argc > 1 ? atol(argv[1]) : 20;
     double ms = argc > 2 ? atof(argv[2]) : 50;
+    unsigned long long *naps = argc > 3 ? calloc(rounds, sizeof(*naps)) : NULL;
     printf("ready %d\n", (int)getpid());
     fflush(stdout);
     char go[8];
     if (!fgets(go, sizeof(go), stdin)) /* a line (or EOF) on stdin starts the run */
         go[0] = 0;
-    unsigned long long slept = sleepy(rounds, ms);
+    unsigned long long slept = sleepy(rounds, ms, naps);
     printf("slept_ns %llu\n", slept);
+    if (naps) {
+        printf("naps");
+        for (long r = 0; r < rounds; r++)
+            printf(" %llu", naps[r]);
+        printf("\n");
+    }
     return 0;
 }
