@@ -257,8 +257,13 @@ UNWIND_TRUNCATED = CounterMeaning(
 )
 # What every program with a counts map and stack maps can lose (bpf/waits.h,
 # bpf/cpu.bpf.c), and what the follow and unwind code add to each.
+STACKS_EXPIRED = CounterMeaning(
+    "stacks_expired",
+    "waits whose stacks were let go before they ended (their stack generation was reused)",
+    LOST_STACKS,
+)
 STACK_COUNTERS = (MAP_FULL, USER_COLLISION, KERNEL_COLLISION, STACK_ERROR, EVENT_LOST)
-WAIT_COUNTERS = (*STACK_COUNTERS, TARGETS_FULL, PENDING_FULL, UNWIND_TRUNCATED)
+WAIT_COUNTERS = (*STACK_COUNTERS, TARGETS_FULL, PENDING_FULL, UNWIND_TRUNCATED, STACKS_EXPIRED)
 
 
 # -- the settings ---------------------------------------------------------------

@@ -23,7 +23,7 @@
  * wait's kernel stack is always the syscall path, so it is taken only for
  * kernel locks.
  *
- * Counts are double-buffered (cpu.bpf.c), with one stack map as in
+ * Counts are double-buffered (cpu.bpf.c), with stacks by generation as in
  * offcpu.bpf.c. The code both share is in waits.h.
  *
  * Compile-time options (-D, see agent/sources/lock.py):
@@ -60,8 +60,9 @@ struct wait_id {
 
 BPF_HASH(counts0, struct lock_key, struct wait_value, MAX_ENTRIES);
 BPF_HASH(counts1, struct lock_key, struct wait_value, MAX_ENTRIES);
-BPF_STACK_TRACE(stacks, STACK_ENTRIES);
-BPF_ARRAY(window, u32, 1);
+BPF_STACK_TRACE(stacks0, STACK_ENTRIES);
+BPF_STACK_TRACE(stacks1, STACK_ENTRIES);
+BPF_ARRAY(window, u32, 2); /* [0]: counts half, [1]: stack generation (waits.h) */
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);

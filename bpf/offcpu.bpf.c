@@ -20,10 +20,10 @@
  *
  * Counts are double-buffered like cpu.bpf.c's; stacks are not. A thread may
  * block across any number of drains, so the stack ids taken when it left the
- * CPU must stay valid until it returns: there is one stack map (and one
- * `ustacks` range for walked user stacks), never cleared while the program
- * lives (user space caches each id it has read).
- * A long-running user recreates the source when the map gets crowded.
+ * CPU must stay valid until it returns: stacks go by generation, not by
+ * window (waits.h), and user space keeps a generation's stacks that waits
+ * in flight (this program's `start` entries) still name after it empties
+ * that generation's maps.
  *
  * Compile-time options (-D, see agent/sources/offcpu.py):
  *   MAX_ENTRIES, STACK_ENTRIES, TARGET_ENTRIES, SEEN_ENTRIES, EVENT_PAGES
@@ -45,8 +45,9 @@ struct offcpu_start {
 
 BPF_HASH(counts0, struct sample_key, struct wait_value, MAX_ENTRIES);
 BPF_HASH(counts1, struct sample_key, struct wait_value, MAX_ENTRIES);
-BPF_STACK_TRACE(stacks, STACK_ENTRIES);
-BPF_ARRAY(window, u32, 1);
+BPF_STACK_TRACE(stacks0, STACK_ENTRIES);
+BPF_STACK_TRACE(stacks1, STACK_ENTRIES);
+BPF_ARRAY(window, u32, 2); /* [0]: counts half, [1]: stack generation (waits.h) */
 BPF_PERCPU_ARRAY(counters, u64, CTR_MAX);
 BPF_HASH(targets, u32, u8, TARGET_ENTRIES);
 BPF_TABLE("lru_hash", u32, u8, seen, SEEN_ENTRIES);

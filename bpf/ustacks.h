@@ -10,7 +10,7 @@
  * USTACK_HALVES (default 1) splits the ids into that many ranges of
  * STACK_ENTRIES buckets: cpu.bpf.c double-buffers its stacks with two
  * halves, and user space frees a retired half's ids after reading them;
- * the wait programs keep one range for their lifetime.
+ * the wait programs use one half per stack generation (waits.h).
  *
  * Include after unwind.h. bpf.expanded() pastes it into the program, since
  * BCC rewrites map calls only in the main file.

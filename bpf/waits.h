@@ -4,14 +4,29 @@
  * counts.
  *
  * Include it after declaring the maps it uses: counts0 and counts1 (keyed
- * by WAIT_KEY, valued by struct wait_value), stacks, window, counters,
- * seen and events. bpf.expanded() pastes it into the program, because BCC
- * rewrites map calls (`counts0.lookup(...)`) only in the main file.
+ * by WAIT_KEY, valued by struct wait_value), stacks0 and stacks1, window
+ * (two slots), counters, seen and events. bpf.expanded() pastes it into the
+ * program, because BCC rewrites map calls (`counts0.lookup(...)`) only in
+ * the main file.
  *
  * With UNWIND_DWARF, user stacks are walked with CFI (unwind.h) and their
- * ids index `ustacks` (ustacks.h); `stacks` then holds kernel stacks only.
- * With PYTHON_FRAMES too, a CPython process's Python frames follow its
- * native ones (python.h).
+ * ids index `ustacks` (ustacks.h, two halves); the stack maps then hold
+ * kernel stacks only. With PYTHON_FRAMES too, a CPython process's Python
+ * frames follow its native ones (python.h).
+ *
+ * Stack generations. A wait's stacks may be taken long before it is
+ * counted (off-CPU takes them when the thread leaves the CPU), so they
+ * cannot live in a half that each drain empties, as cpu.bpf.c's do; and a
+ * map never emptied fills up on a long-running host (each new process
+ * brings new addresses, so new stacks) until every new stack collides.
+ * So stacks go to the half of generation window[1]: stacks0 or stacks1,
+ * and ustacks' half of the same parity. User space moves to the next
+ * generation when the current one's maps fill, and one drain later reads
+ * what is left in the other half (the generation before) into its own
+ * cache and empties it. A stack id carries its generation in bits
+ * STACK_GEN_SHIFT and up (modulo STACK_GEN_MASK + 1), so user space knows
+ * which map, or which of its cached generations, an id is from however
+ * long the wait lasts (agent/sources/waits.py, StackGenerations).
  */
 #ifndef BPFPROF_WAITS_H
 #define BPFPROF_WAITS_H
@@ -21,6 +36,7 @@
 #ifdef PYTHON_FRAMES
 #include "python.h"
 #endif
+#define USTACK_HALVES 2
 #include "ustacks.h"
 #endif
 
@@ -33,23 +49,45 @@
  * it starts in the user code that called into the kernel. Without `kernel`
  * the kernel stack is recorded as -EFAULT: none, as for a user-mode CPU
  * sample. */
+#define STACK_GEN_SHIFT 23 /* ids are below 2 * STACK_ENTRIES <= 2^23 */
+#define STACK_GEN_MASK 0xff
+
+/* A stack id (or -errno, kept as it is) tagged with its generation. */
+static __always_inline int stack_tag(int id, u32 gen)
+{
+    return id < 0 ? id : id | (int)((gen & STACK_GEN_MASK) << STACK_GEN_SHIFT);
+}
+
+static __always_inline int stack_in(void *ctx, u32 half, u64 flags)
+{
+    if (half)
+        return stacks1.get_stackid(ctx, flags);
+    return stacks0.get_stackid(ctx, flags);
+}
+
 static __always_inline void take_stacks(void *ctx, struct sample_key *key, int kernel)
 {
+    int one = 1;
+    u32 *g = window.lookup(&one);
+    u32 gen = g ? *g : 0;
+    u32 half = gen & 1;
 #ifdef UNWIND_DWARF
     struct unwound_stack *st = unwind_user_stack(key->pid);
 #ifdef PYTHON_FRAMES
     python_append(key->pid, key->tid, st);  /* before the stack is hashed into ustacks */
 #endif
-    key->user_stack_id = unwind_stackid(st, 0);
+    int user = unwind_stackid(st, half);
     if (unwind_maps_stale(key->pid, st))
         send_event(key->pid, EVENT_MAPS_CHANGED);
 #else
-    key->user_stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    int user = stack_in(ctx, half, BPF_F_USER_STACK);
 #endif
-    key->kernel_stack_id = kernel ? stacks.get_stackid(ctx, 0) : -BPFPROF_EFAULT;
-    stack_error(key->user_stack_id, CTR_USER_COLLISION);
-    if (key->kernel_stack_id == -BPFPROF_EEXIST)
+    int kstack = kernel ? stack_in(ctx, half, 0) : -BPFPROF_EFAULT;
+    stack_error(user, CTR_USER_COLLISION);
+    if (kstack == -BPFPROF_EEXIST)
         bump(CTR_KERNEL_COLLISION);
+    key->user_stack_id = stack_tag(user, gen);
+    key->kernel_stack_id = stack_tag(kstack, gen);
 }
 
 /* Sampling of waits. Stacks cost more than a short wait's tracing, so a

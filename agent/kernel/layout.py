@@ -57,6 +57,10 @@ EVENT_MAPS_CHANGED = 2  # the unwinder met a mapping it was not told of (dlopen)
 EFAULT = 14  # no stack of this kind: a kernel thread has no user stack
 EEXIST = 17  # hash-bucket collision in the stack map
 
+# The wait programs tag a stack id with its generation (bpf/waits.h).
+STACK_GEN_SHIFT = 23
+STACK_GEN_MASK = 0xFF
+
 
 class WaitValue(ctypes.Structure):
     """struct wait_value: the off-CPU and lock counts' value."""

@@ -145,7 +145,11 @@ def lost_stack(what: str, error: int) -> Location | None:
         return None
     if error == -errno.E2BIG:  # the frames are there, but the outermost ones are not
         return Location(address=0, frames=(Frame(f"[{what} stack truncated]"),))
-    reason = "stack-map collision" if error == -errno.EEXIST else f"error {-error}"
+    reasons = {
+        -errno.EEXIST: "stack-map collision",
+        -errno.ENOENT: "wait outlived its stack generation",  # agent/sources/waits.py
+    }
+    reason = reasons.get(error, f"error {-error}")
     return Location(address=0, frames=(Frame(f"[{what} stack lost: {reason}]"),))
 
 

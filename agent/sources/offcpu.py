@@ -45,3 +45,11 @@ class OffCpuSource(WaitSource):
 
     def sample(self, key: Any, value: Any) -> RawSample:
         return RawSample(to_raw_key(key, self._cache), (int(value.total_ns),))
+
+    def in_flight(self) -> set[int]:
+        """The stacks of the threads off the CPU now, sampled."""
+        named: set[int] = set()
+        for leaf in self._bpf["start"].values():
+            if leaf.ts and leaf.weight:
+                named.update((int(leaf.key.user_stack_id), int(leaf.key.kernel_stack_id)))
+        return named

@@ -12,7 +12,7 @@ import ctypes
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from agent.config import BpfLimits, SourceOptions
 from agent.kernel import bcc_loader
@@ -89,18 +89,19 @@ class StackCache:
     def __len__(self) -> int:
         return len(self._kernel) + len(self._user)
 
-    def kernel(self, stack_id: int) -> tuple[int, ...]:
+    def kernel(self, stack_id: int) -> tuple[tuple[int, ...], int]:
+        """(ips, kernel_error) of a kernel stack id."""
         if stack_id < 0:
-            return ()
+            return (), stack_id
         ips = self._kernel.get(stack_id)
         if ips is None:
             ips = self._kernel[stack_id] = read_stack(self.stacks, stack_id)
-        return ips
+        return ips, 0
 
     def user(self, stack_id: int) -> tuple[tuple[int, ...], int]:
         """(ips, user_error) of a user stack id."""
         if self.user_stacks is None:
-            return self.kernel(stack_id), min(stack_id, 0)
+            return self.kernel(stack_id)
         if stack_id < 0:
             return (), stack_id
         got = self._user.get(stack_id)
@@ -108,16 +109,6 @@ class StackCache:
             got = read_unwound(self.user_stacks, stack_id, self.resolve, self._deferred)
             self._user[stack_id] = got
         return got
-
-    def free_deferred(self) -> None:
-        """Delete the deferred stacks read so far from `user_stacks`, and
-        forget them: each was one sample's own (a raw record's hash), so no
-        later sample names its id, and its bucket is free for another."""
-        for stack_id in self._deferred:
-            self._user.pop(stack_id, None)
-            with contextlib.suppress(KeyError):
-                del self.user_stacks[self.user_stacks.Key(stack_id)]
-        self._deferred.clear()
 
     def free(self) -> None:
         """Delete every id read from its map (a retired half of a double
@@ -130,15 +121,18 @@ class StackCache:
         self._deferred.clear()
 
 
-def to_raw_key(key: Any, cache: StackCache, tag: str = "") -> RawKey:
+class Stacks(Protocol):
+    """What to_raw_key reads stack ids through: (ips, -errno or 0)."""
+
+    def user(self, stack_id: int) -> tuple[tuple[int, ...], int]: ...
+    def kernel(self, stack_id: int) -> tuple[tuple[int, ...], int]: ...
+
+
+def to_raw_key(key: Any, cache: Stacks, tag: str = "") -> RawKey:
     """A struct sample_key (as BCC returns it) to the neutral RawKey."""
     user, user_error = cache.user(key.user_stack_id)
-    raw = RawStack(
-        user=user,
-        kernel=cache.kernel(key.kernel_stack_id),
-        user_error=user_error,
-        kernel_error=min(key.kernel_stack_id, 0),
-    )
+    kernel, kernel_error = cache.kernel(key.kernel_stack_id)
+    raw = RawStack(user=user, kernel=kernel, user_error=user_error, kernel_error=kernel_error)
     comm = bytes(key.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
     return RawKey(key.pid, key.tid, comm, raw, tag)
 

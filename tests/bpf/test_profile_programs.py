@@ -259,6 +259,52 @@ def test_sampled_short_blocks_are_unbiased(built: Callable[..., Path]) -> None:
     assert 0 < counters[1]["samples"] <= naps_asked // 3, counters[1]
 
 
+def test_offcpu_stacks_past_the_stack_map_are_kept_by_generations(
+    built: Callable[..., Path],
+) -> None:
+    """stackchurn naps 4 ms at 100 depths, in nap_a and then nap_b, 8 times
+    over (200 distinct user stacks, about 24 new ones per drain) while its
+    second thread sleeps through it all, under maps of 128 buckets (the
+    least --stack-storage-size allows), drained every 100 ms as `record`
+    does. One map for the program's life lost 310 of 804 stacks (every one
+    past the 128th, and more to crowding) and named 123 of the 200; with a
+    generation per 128 // 4 ids, next to none are lost, and the long sleep,
+    whose stack was taken in the first generation, keeps it through all the
+    later ones."""
+    exe = built("stackchurn", ("-O0", "-g"))
+    options = SourceOptions(filter_pids=True, wait_sampling=1, limits=BpfLimits(stack_entries=128))
+    run = Run([str(exe), "100", "8", "4000"])
+    source = OffCpuSource(options)
+    sym = Symbolizer()
+    samples: list[RawSample] = []
+    try:
+        run.release(source, sym)
+        deadline = time.monotonic() + 60
+        while run.lines.empty():
+            assert time.monotonic() < deadline, "stackchurn did not finish"
+            source.poll(100, lambda pid: None)
+            samples += source.drain()
+        words = run.lines.get().split()  # long_ns N naps N
+        samples += source.drain() + source.drain()
+        counters = source.counters()
+    finally:
+        source.close()
+        run.close()
+    long_ns, naps = int(words[1]), int(words[3])
+    assert naps == 800
+    assert counters["stack_generations"] >= 16 and counters["stacks_expired"] == 0, counters
+    assert counters["user_collision"] + counters["kernel_collision"] <= 0.01 * naps, counters
+    named = [(s, functions(sym, s)) for s in samples]
+    long = sum(s.values[0] for s, n in named if "long_nap" in n)
+    assert 0.97 * long_ns <= long <= 1.03 * long_ns, (long, long_ns)
+    shapes = {
+        (n[n.index("descend") - 1], n.count("descend"))
+        for _, n in named
+        if "descend" in n and n[n.index("descend") - 1] in ("nap_a", "nap_b")
+    }
+    assert len(shapes) >= 0.98 * 200, sorted(shapes)
+
+
 def test_offcpu_threshold_drops_short_blocks(built: Callable[..., Path]) -> None:
     """Naps of 60 ms pass a 50 ms threshold, the program's short blocks do
     not. With the frame-pointer build of the program (--unwind fp)."""

@@ -171,6 +171,14 @@ def test_resolver_cache_is_bounded_and_answers_stay_right() -> None:
         (-EEXIST, -EFAULT, ["[user stack lost: stack-map collision]"]),
         (0, -EEXIST, ["[kernel stack lost: stack-map collision]"]),
         (-12, -EFAULT, ["[user stack lost: error 12]"]),
+        (
+            -2,
+            -2,
+            [
+                "[kernel stack lost: wait outlived its stack generation]",
+                "[user stack lost: wait outlived its stack generation]",
+            ],
+        ),
     ],
 )
 def test_lost_stacks_become_marked_pseudo_frames(ue: int, ke: int, expected: list[str]) -> None:

@@ -26,6 +26,7 @@ from agent.registry import create_source, render_program
 from agent.sources.alloc import AllocSource, alloc_cflags
 from agent.sources.program import StackCache, to_raw_key
 from agent.sources.unwinding import Walker
+from agent.sources.waits import StackGenerations
 from agent.unwind.layout import E2BIG, STACK_TRUNCATED
 
 
@@ -195,8 +196,7 @@ def test_a_wait_programs_deferred_stacks_are_freed_once_read_and_shared_ones_kep
         def __delitem__(self, key: int) -> None:
             del self.items[key]
 
-    cache = StackCache(16)
-    cache.stacks = FakeTable({})
+    cache = StackGenerations(64, stacks=(FakeTable({}), FakeTable({})))  # no move: 2 ids read
     cache.user_stacks = Deletable(
         {
             1: SimpleNamespace(len=1, flags=0, ips=[0x401000]),
@@ -206,12 +206,12 @@ def test_a_wait_programs_deferred_stacks_are_freed_once_read_and_shared_ones_kep
     cache.resolve = lambda h: ((0x7F0000001000, 0x401000), 0) if h == 99 else None
     assert to_raw_key(sample_key(2, -14), cache).stack.user == (0x7F0000001000, 0x401000)
     to_raw_key(sample_key(1, -14), cache)
-    cache.free_deferred()
+    cache.after_drain()
     assert set(cache.user_stacks.items) == {1}  # the shared stack stays for later waits
     # the freed id's bucket may hold another stack next: read afresh, not from the cache
     cache.user_stacks.items[2] = SimpleNamespace(len=1, flags=0, ips=[0x402000])
     assert to_raw_key(sample_key(2, -14), cache).stack.user == (0x402000,)
-    cache.free_deferred()  # nothing deferred was read since: nothing freed
+    cache.after_drain()  # nothing deferred was read since: nothing freed
     assert set(cache.user_stacks.items) == {1, 2}
 
 
