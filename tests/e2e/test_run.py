@@ -198,6 +198,7 @@ def test_collector_outage_loses_no_interval(
         process = psutil.Process(agent.pid)
         rss_before = process.memory_info().rss
         receiver.stop()
+        down_ns = time.time_ns()
         peak, spooled = rss_before, 0
         down_until = time.monotonic() + 20
         while time.monotonic() < down_until:
@@ -205,6 +206,7 @@ def test_collector_outage_loses_no_interval(
             spooled = max(spooled, len(list((tmp_path / "spool").glob("*.otlp"))))
             time.sleep(0.5)
         status = (tmp_path / "status.json").read_text()
+        up_ns = time.time_ns()
         receiver = GrpcReceiver(receiver.port).start()
         wait_for(lambda: not list((tmp_path / "spool").glob("*.otlp")), agent, timeout=60)
         stop(agent)
@@ -215,9 +217,11 @@ def test_collector_outage_loses_no_interval(
     assert spooled >= 5, "a 20 s outage at 1 s intervals should have gone to the spool"
     assert '"queue"' in status
     got = intervals(receiver.received.snapshot())
-    # contiguous: each interval starts where the previous one ended
+    # contiguous: each interval starts where the previous one ended, from
+    # before the outage to after it (intervals run long on a busy host, so
+    # their number is not the measure: 19 in 20 s has been seen)
     gaps = [(a, b) for a, b in itertools.pairwise(got) if a[0] + a[1] != b[0]]
-    assert gaps == [] and len(got) >= 22
+    assert gaps == [] and got[0][0] <= down_ns and sum(got[-1]) >= up_ns, (got, down_ns, up_ns)
     assert peak - rss_before < 64 << 20, "memory grew while the collector was down"
 
 
