@@ -52,6 +52,7 @@ class ProcessInfo:
     snapshots: list[Snapshot] = field(default_factory=list)
     # (length, hash) of the newest snapshot's maps text: "unchanged" without parsing
     maps_digest: tuple[int, int] = (0, 0)
+    exited: bool = False  # it exited before its maps or one of its files could be read
 
     def add(self, snapshot: Snapshot, keep: int) -> None:
         self.snapshots.insert(0, snapshot)

@@ -8,6 +8,7 @@ the boundary where every failure is caught, counted and logged once.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import time
@@ -47,6 +48,14 @@ from symbolizer.stats import SymbolizerStats
 
 MAX_ELF_ANSWERS = 1 << 16  # bounds resolve_elf's memo
 RECHECK_FILE_S = 1.0  # how long a stat'ed file is trusted unchanged
+
+log = logging.getLogger("bpfprof.symbolizer")
+
+
+def _gone(exc: OSError) -> bool:
+    """Whether reading a process's /proc entry failed because it exited."""
+    return isinstance(exc, FileNotFoundError | ProcessLookupError)
+
 
 # Opens the file behind a process's mapping (process.open_mapped's contract).
 Opener = Callable[[int, MapEntry], tuple[BinaryIO, Place]]
@@ -122,6 +131,13 @@ class Symbolizer:
 
     # -- processes -------------------------------------------------------
 
+    def _exited(self, info: ProcessInfo, what: str) -> None:
+        """Count, once per process, one that exited before `what` was read."""
+        log.debug("pid %d exited before %s could be read", info.pid, what)
+        if not info.exited:
+            info.exited = True
+            self.stats.exited_unread += 1
+
     def observe(self, pid: int, maps_text: str | None = None) -> bool:
         """Capture the maps of `pid` and load its executable mappings' tables;
         True if they differ from the last capture (a new snapshot).
@@ -137,7 +153,10 @@ class Symbolizer:
             text = read_maps(pid, self.proc_root) if maps_text is None else maps_text
         except OSError as exc:
             self.stats.vanished_pids += 1
-            self.stats.warn_once(f"pid:{pid}", f"cannot read maps of pid {pid}: {exc}")
+            if _gone(exc):  # it exited: on a busy host, hundreds a second; counted, not warned
+                self._exited(info, "its maps")
+            else:
+                self.stats.warn_once(f"pid:{pid}", f"cannot read maps of pid {pid}: {exc}")
             return False
         self.stats.observed += 1
         info.exe = read_exe(pid, self.proc_root) or info.exe
@@ -372,7 +391,12 @@ class Symbolizer:
             return None
         except OSError as exc:
             self.stats.unreadable_files += 1
-            self.stats.warn_once(f"open:{entry.path}", f"cannot open {entry.path}: {exc}")
+            proc = f"{self.proc_root}/{pid}"
+            # it exited meanwhile: its /proc entry is gone, or (a zombie) its root
+            if _gone(exc) and (exc.filename == f"{proc}/root" or not os.path.exists(proc)):
+                self._exited(self._procs.setdefault(pid, ProcessInfo(pid)), entry.path)
+            else:
+                self.stats.warn_once(f"open:{entry.path}", f"cannot open {entry.path}: {exc}")
             return None
         root = f"{self.proc_root}/{pid}/root"
         with f:

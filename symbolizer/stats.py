@@ -19,6 +19,7 @@ class SymbolizerStats:
 
     observed: int = 0  # observe() calls that read a maps text
     vanished_pids: int = 0  # pids whose /proc entry was gone (or hidden) at observe()
+    exited_unread: int = 0  # processes that exited before their maps or a file could be read
     unreadable_files: int = 0  # mapped files that could not be opened
     refused_files: int = 0  # files refused: not the mapped inode, not a regular file
     bad_elf: int = 0  # files that opened but are not usable ELF

@@ -164,6 +164,7 @@ def finish(
         file=sys.stderr,
     )
     report_counters(counters, config)
+    report_exited(collection.symbolizer.stats.exited_unread)
     report_python(collection.python_counters())  # the sources are closed by now
     if child and child.status is not None and child.status != 0:
         print(f"bpfprof: note: the command exited with status {child.status}", file=sys.stderr)
@@ -185,6 +186,18 @@ def warn_all_processes(config: RecordConfig) -> None:
     cost = registry.get(config.profile_type).host_wide_cost
     if cost and config.all_processes:
         log.warning("%s", cost)
+
+
+def report_exited(processes: int) -> None:
+    """One line for the processes that exited before their maps or files
+    were read (each was counted, not warned about: a busy host starts and
+    ends hundreds a second)."""
+    if processes:
+        log.warning(
+            "%d processes exited before their memory maps or files could be read: "
+            "their frames show as addresses",
+            processes,
+        )
 
 
 def report_python(counters: dict[str, int]) -> None:

@@ -152,3 +152,15 @@ def test_no_python_frames_reaches_every_recorded_source(monkeypatch: pytest.Monk
         assert done.exit_code == 0, done.output
         assert seen[-1].python is want
         assert seen[-1].source_options().python is want
+
+
+def test_processes_that_exited_unread_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    from agent.record.recorder import report_exited
+
+    with caplog.at_level(logging.WARNING, "bpfprof.record"):
+        report_exited(0)
+        report_exited(437)
+    assert caplog.messages == [
+        "437 processes exited before their memory maps or files could be read: "
+        "their frames show as addresses"
+    ]

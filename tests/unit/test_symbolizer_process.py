@@ -113,7 +113,12 @@ def test_deleted_library_resolves_through_map_files(programs: Programs, tmp_path
     assert sym.process_name(run.pid) == exe.name
 
 
-def test_vanished_pid_is_recorded_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_pid_that_exited_is_recorded_and_counted_once_not_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process that exits before its maps are read is the common case on
+    a busy host (hundreds a second): counted once for record's one-line
+    summary, not a warning each."""
     pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # can never exist
     sym = Symbolizer()
     with caplog.at_level(logging.WARNING, logger="bpfprof.symbolizer"):
@@ -122,8 +127,21 @@ def test_vanished_pid_is_recorded_and_warned_once(caplog: pytest.LogCaptureFixtu
         frame = sym.resolve_user(pid, 0x401000)
     assert (frame.function, frame.mapping, frame.address) == (None, None, 0x401000)
     assert sym.stats.vanished_pids == 2 and sym.stats.misses == 1
-    assert len(caplog.records) == 1
+    assert sym.stats.exited_unread == 1
+    assert caplog.records == []
     assert sym.process_name(pid) == "" and sym.executable_path(pid) == ""
+
+
+def test_maps_unreadable_for_another_reason_are_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "77" / "maps").mkdir(parents=True)  # reading it fails, and not as "gone"
+    sym = Symbolizer(proc_root=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="bpfprof.symbolizer"):
+        sym.observe(77)
+        sym.observe(77)
+    assert [r.getMessage()[:26] for r in caplog.records] == ["cannot read maps of pid 77"]
+    assert sym.stats.exited_unread == 0
 
 
 # -- fake /proc trees ----------------------------------------------------------
@@ -377,3 +395,26 @@ def test_is_mapped_compares_device_and_inode(dev: str, inode: int, expected: boo
     ]
     assert is_mapped(st, entry) is expected
     assert is_mapped(st, entry, device=False) is (expected or dev == "00:00")
+
+
+def test_a_file_of_a_process_that_exited_meanwhile_is_counted_not_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Maps read (here: given), then the process is gone before its files
+    are opened: counted once; a file missing from a live process is warned."""
+    maps = "00400000-00401000 r-xp 00000000 08:01 1234 /usr/bin/prog\n"
+    sym = Symbolizer(proc_root=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="bpfprof.symbolizer"):
+        sym.observe(88, maps_text=maps)
+    assert caplog.records == [] and sym.stats.exited_unread == 1
+    assert sym.stats.unreadable_files == 1
+    (tmp_path / "89" / "root").mkdir(parents=True)  # alive, but the file is not there
+    with caplog.at_level(logging.WARNING, logger="bpfprof.symbolizer"):
+        sym.observe(89, maps_text=maps)
+    assert [r.getMessage()[:25] for r in caplog.records] == ["cannot open /usr/bin/prog"]
+    assert sym.stats.exited_unread == 1
+    (tmp_path / "90").mkdir()  # a zombie: its entry is there, its root is not
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bpfprof.symbolizer"):
+        sym.observe(90, maps_text=maps.replace("prog", "other"))
+    assert caplog.records == [] and sym.stats.exited_unread == 2
