@@ -99,8 +99,12 @@ static __always_inline void switch_in(u64 task)
     u64 delta = bpf_ktime_get_ns() - s->ts;
     s->ts = 0;
     s->last_ns = delta;
-    if (s->weight == 0 || delta < MIN_BLOCK_NS)
+    if (s->weight == 0)
         return;
+    if (delta < MIN_BLOCK_NS) {
+        drop_stacks(&s->key);
+        return;
+    }
     struct sample_key key = s->key;
     count_wait(&key, key.pid, s->weight, delta);
 }

@@ -58,6 +58,22 @@ static __always_inline int stack_tag(int id, u32 gen)
     return id < 0 ? id : id | (int)((gen & STACK_GEN_MASK) << STACK_GEN_SHIFT);
 }
 
+/* A wait that took stacks and is not counted after all (off-CPU: shorter
+ * than MIN_BLOCK_NS): a deferred user stack is that wait's alone (its id
+ * comes from its raw record's hash), so free its bucket now; nothing else
+ * would (user space frees the deferred stacks it reads). */
+static __always_inline void drop_stacks(struct sample_key *key)
+{
+#ifdef UNWIND_DWARF
+    if (key->user_stack_id < 0)
+        return;
+    u32 id = (u32)key->user_stack_id & ((1U << STACK_GEN_SHIFT) - 1);
+    struct unwound_stack *st = ustacks.lookup(&id);
+    if (st && (st->flags & STACK_DEFERRED))
+        ustacks.delete(&id);
+#endif
+}
+
 static __always_inline int stack_in(void *ctx, u32 half, u64 flags)
 {
     if (half)

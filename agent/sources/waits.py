@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.config import BpfLimits, SourceOptions
 from agent.kernel import bcc_loader
-from agent.kernel.layout import STACK_GEN_MASK, STACK_GEN_SHIFT
+from agent.kernel.layout import STACK_GEN_MASK, STACK_GEN_SHIFT, Counter
 from agent.model import RawSample
 from agent.sources.program import ProgramSource, base_cflags, read_stack
 from agent.sources.unwinding import Resolve, raw_cflags, read_unwound
@@ -61,26 +61,35 @@ class StackGenerations:
     1) * capacity) of `user_stacks` (`ustacks`, with the walker). Each id
     is read from its map once and cached under its tagged value.
 
-    `after_drain()` runs the generations: once the current generation has
-    filled its maps to a load where new stacks would collide (below), the
-    program moves to the next (`window[1]`); at the drain after that (no program can still be
-    writing the old half by then, programs run for microseconds) the old
-    generation's maps are read into the cache whole and emptied. Its cached
-    stacks are then kept while a wait may still name them: for two drains,
-    after that only those `in_flight()` named in one of its last two looks
-    (a wait that ends between a drain and its look is drained the next
-    time; one in flight at a look is seen by it). A wait never starts in
-    an old generation, so the set only shrinks.
+    `maintain()` (at each poll and drain) runs the generations: once the
+    current generation has filled its maps to a load where new stacks would
+    collide (below), the program moves to the next (`window[1]`), at most
+    once every capacity / MOVE_RATE seconds; at a call at least GRACE_S later (no program
+    can still be writing the old half by then, programs run for
+    microseconds) the old generation's maps are read into the cache whole
+    and emptied. `after_drain()` then keeps its cached stacks while a wait
+    may still name them: for two drains, after that only those
+    `in_flight()` named in one of its last two looks (a wait that ends
+    between a drain and its look is drained the next time; one in flight
+    at a look is seen by it). A wait never starts in an old generation, so
+    the set only shrinks.
 
     A new stack collides in a stack map (bpf_get_stackid: one bucket, no
     probing) with the probability of the map's load, and in `ustacks` (4
     buckets probed) about the fourth power of it; a generation ends at 1/32
-    of the stack maps or 1/8 of its `ustacks` half, whichever comes first.
+    of the stack maps or 1/8 of its `ustacks` half read, whichever comes
+    first, or when `collisions()` (the program's count of stacks lost to
+    them) has grown since the last look: the maps also hold stacks no one
+    reads (off-CPU takes them before it knows whether a block is long
+    enough to count), which only the collisions tell of.
     """
 
     STACK_FILL = 32
     USTACK_FILL = 8
     GRACE_S = 0.01  # an old half is emptied no sooner than this after the move
+    # Moves are capacity / MOVE_RATE seconds apart at least: each empties a
+    # half, so this bounds the entries read for that to MOVE_RATE a second.
+    MOVE_RATE = 16384
 
     def __init__(
         self,
@@ -90,6 +99,7 @@ class StackGenerations:
         user_stacks: Any = None,
         resolve: Resolve | None = None,
         in_flight: Callable[[], set[int]] = set,
+        collisions: Callable[[], int] = int,
     ) -> None:
         self.capacity = capacity
         self.window = window
@@ -97,6 +107,8 @@ class StackGenerations:
         self.user_stacks = user_stacks
         self.resolve = resolve
         self.in_flight = in_flight
+        self.collisions = collisions
+        self._collided = 0
         self.generation = 0
         self.flips = 0
         self.expired = 0  # ids named after their generation's stacks were let go
@@ -104,8 +116,9 @@ class StackGenerations:
         self._user: dict[int, tuple[tuple[int, ...], int]] = {}
         self._deferred: list[int] = []  # tagged ids of deferred stacks read
         self._read = [0, 0]  # ids of the current generation read: stack maps, ustacks
-        self._to_empty: int | None = None  # the generation whose half the next drain empties
-        self._moved_at = 0.0
+        self._to_empty: int | None = None  # the generation whose half is to be emptied
+        self.move_every_s = capacity / self.MOVE_RATE
+        self._moved_at = -self.move_every_s
         self._retired: dict[int, int] = {}  # tag -> drains since its half was emptied
         self._last_look: set[int] = set()
 
@@ -150,19 +163,29 @@ class StackGenerations:
         return got
 
     def after_drain(self) -> None:
-        """Free the deferred stacks read; empty, retire, prune, move on."""
+        """Free the deferred stacks read, let go of retired stacks no wait
+        can name any more, and maintain()."""
         self._free_deferred()
+        if self._retired:
+            self._prune()
+        self.maintain()
+
+    def maintain(self) -> None:
+        """Empty the old half once the grace has passed; move on when the
+        current generation is full. Safe at any time (a drain or a poll):
+        what a drain must come first for is in after_drain."""
         if self._to_empty is not None and time.monotonic() - self._moved_at >= self.GRACE_S:
             self._empty(self._to_empty)
             self._retired[gen_tag(self._to_empty)] = 0
             self._to_empty = None
-        if self._retired:
-            self._prune()
-        if self._to_empty is not None:
-            return  # the half to move to is not empty yet
+        if self._to_empty is not None or time.monotonic() - self._moved_at < self.move_every_s:
+            return  # the half to move to is not empty yet, or the last move was just now
+        collided, self._collided = self._collided, self.collisions()
         stacks, ustacks = self._read
         full = (max(1, self.capacity // fill) for fill in (self.STACK_FILL, self.USTACK_FILL))
-        if any(read >= limit for read, limit in zip((stacks, ustacks), full, strict=True)):
+        if self._collided > collided or any(
+            read >= limit for read, limit in zip((stacks, ustacks), full, strict=True)
+        ):
             self._next()
 
     def _free_deferred(self) -> None:
@@ -242,7 +265,9 @@ class WaitSource(ProgramSource):
 
     def __init__(self, options: SourceOptions, cache_dir: Path | None = None) -> None:
         super().__init__(options, cache_dir)
-        self._cache = StackGenerations(options.limits.stack_entries, in_flight=self.in_flight)
+        self._cache = StackGenerations(
+            options.limits.stack_entries, in_flight=self.in_flight, collisions=self._collisions
+        )
 
     def cflags(self, unwind: bool | None = None) -> list[str]:
         return common_cflags(
@@ -261,6 +286,18 @@ class WaitSource(ProgramSource):
         they began, and they are counted when they end): none for a
         program that takes stacks when a wait ends."""
         return set()
+
+    def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
+        """Wait for events; between drains (the agent's are 10 s apart),
+        move to a new stack generation as soon as the current one fills."""
+        super().poll(timeout_ms, on_new_process)
+        self._cache.maintain()
+
+    def _collisions(self) -> int:
+        """Stacks lost to collisions so far, user and kernel."""
+        table = self._bpf["counters"]
+        counters = (Counter.USER_COLLISION, Counter.KERNEL_COLLISION)
+        return sum(int(table.sum(c.value).value) for c in counters)
 
     def loaded(self) -> None:
         self._cache.window = self._bpf["window"]

@@ -79,7 +79,7 @@ class Program:
             user_stacks=self.ustacks if walker else None,
             in_flight=self.look,
         )
-        cache.GRACE_S = 0  # drains here are microseconds apart; see the test of the grace
+        cache.GRACE_S = cache.move_every_s = 0  # drains here are microseconds apart
         return cache
 
     def take(self, generation: int, bucket: int, ip: int) -> tuple[int, int]:
@@ -253,3 +253,39 @@ def test_drains_closer_than_the_grace_leave_the_old_half_alone() -> None:
     cache.GRACE_S = 0
     cache.after_drain()
     assert not prog.stacks[0].items and cache.generation == 2
+
+
+def test_collisions_end_a_generation_that_reads_did_not_fill() -> None:
+    """Stacks taken for blocks too short to count are never read, yet fill
+    the maps: a collision the program counted since the last drain moves
+    it on."""
+    prog = Program()
+    lost = [0]
+    cache = StackGenerations(
+        CAPACITY, prog.window, prog.stacks, prog.ustacks, None, set, lambda: lost[0]
+    )
+    cache.GRACE_S = 0
+    cache.after_drain()
+    assert cache.generation == 0
+    lost[0] = 3
+    cache.after_drain()
+    assert cache.generation == 1
+    cache.after_drain()  # empties half 0; no new collision: stays
+    cache.after_drain()
+    assert cache.generation == 1
+
+
+def test_moves_are_spaced_by_the_size_of_the_maps() -> None:
+    """Each move empties a half: at most MOVE_RATE entries a second read."""
+    assert StackGenerations(16384).move_every_s == 1.0
+    assert StackGenerations(128).move_every_s == 128 / 16384
+    prog = Program()
+    cache = prog.cache()
+    cache.move_every_s = 3600
+    fill(prog, cache, 0)
+    cache.after_drain()
+    assert cache.generation == 1  # the first move is not held back
+    fill(prog, cache, 1)
+    cache.after_drain()
+    cache.after_drain()
+    assert cache.generation == 1 and not prog.stacks[0].items  # emptied, not moved again
