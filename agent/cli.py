@@ -166,13 +166,7 @@ def cli(verbose: int) -> None:
     show_default=True,
     help="User stacks: walk the binaries' CFI (.eh_frame), or frame pointers only.",
 )
-@click.option(
-    "--unwind-rows",
-    type=click.IntRange(1024, 1 << 26),
-    default=BpfLimits.unwind_rows,
-    show_default=True,
-    help="CFI rows the kernel holds for all binaries (16 bytes of kernel memory each).",
-)
+@limit_option(registry.LIMITS[2])
 @click.option(
     "--unwind-mappings",
     type=click.IntRange(64, 1 << 24),

@@ -87,7 +87,16 @@ LIMITS = (
         "--stack-storage-size",
         128,
         1 << 22,
-        "Stack-map buckets per window; raise it when stacks are lost to collisions.",
+        "Stack-map buckets per window (off-CPU, lock: per stack generation); "
+        "raise it when stacks are lost to collisions.",
+    ),
+    Limit(
+        "limits.unwind_rows",
+        "unwind_rows",
+        "--unwind-rows",
+        1024,
+        1 << 26,
+        "CFI rows the kernel holds for all binaries (16 bytes of kernel memory each).",
     ),
 )
 

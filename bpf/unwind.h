@@ -91,7 +91,8 @@ enum unwind_stat {
     USTAT_RAW = 8,         /* raw stacks sent to user space (UNWIND_RAW) */
     USTAT_RAW_LOST = 9,    /* raw stacks not sent: ring buffer full */
     USTAT_RAW_CAPPED = 10, /* raw stacks not sent: the process used its budget */
-    USTAT_MAX = 11,
+    USTAT_NEW_STACKS = 11, /* ustacks buckets taken (ustacks.h): how full the maps are */
+    USTAT_MAX = 12,
 };
 
 struct unwind_row {

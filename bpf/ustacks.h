@@ -41,8 +41,10 @@ static __always_inline int unwind_stackid(struct unwound_stack *st, u32 half)
     for (int i = 0; i < USTACK_PROBES; i++) {
         u32 id = half * STACK_ENTRIES + (bucket + i) % STACK_ENTRIES;
         struct unwound_stack *old = ustacks.lookup(&id);
-        if (!old && ustacks.insert(&id, st) == 0)
+        if (!old && ustacks.insert(&id, st) == 0) {
+            unwind_count(USTAT_NEW_STACKS, 1);
             return id;
+        }
         if (!old)
             old = ustacks.lookup(&id); /* another CPU took the bucket meanwhile */
         if (old && old->hash == st->hash)

@@ -26,6 +26,7 @@ from agent.kernel.layout import STACK_GEN_MASK, STACK_GEN_SHIFT, Counter
 from agent.model import RawSample
 from agent.sources.program import ProgramSource, base_cflags, read_stack
 from agent.sources.unwinding import Resolve, raw_cflags, read_unwound
+from agent.unwind.layout import UnwindStat
 
 
 def common_cflags(
@@ -77,9 +78,10 @@ class StackGenerations:
     A new stack collides in a stack map (bpf_get_stackid: one bucket, no
     probing) with the probability of the map's load, and in `ustacks` (4
     buckets probed) about the fourth power of it; a generation ends at 1/32
-    of the stack maps or 1/8 of its `ustacks` half read, whichever comes
-    first, or when `collisions()` (the program's count of stacks lost to
-    them) has grown since the last look: the maps also hold stacks no one
+    of the stack maps read or 1/8 of its `ustacks` half stored (`inserted()`,
+    the walker's count), whichever comes first, or when `collisions()` (the
+    program's count of stacks lost to them) has grown since the last look:
+    the maps also hold stacks no one
     reads (off-CPU takes them before it knows whether a block is long
     enough to count), which only the collisions tell of.
     """
@@ -100,6 +102,7 @@ class StackGenerations:
         resolve: Resolve | None = None,
         in_flight: Callable[[], set[int]] = set,
         collisions: Callable[[], int] = int,
+        inserted: Callable[[], int] | None = None,
     ) -> None:
         self.capacity = capacity
         self.window = window
@@ -109,6 +112,10 @@ class StackGenerations:
         self.in_flight = in_flight
         self.collisions = collisions
         self._collided = 0
+        # stacks stored in ustacks so far (the walker's count of buckets
+        # taken), or, without it, the user ids read
+        self.inserted = inserted or self._user_ids_read
+        self._inserted_at_move = 0
         self.generation = 0
         self.flips = 0
         self.expired = 0  # ids named after their generation's stacks were let go
@@ -124,6 +131,11 @@ class StackGenerations:
 
     def __len__(self) -> int:
         return len(self._kernel) + len(self._user)
+
+    def _user_ids_read(self) -> int:
+        """User stack ids of this generation read: inserted() without the
+        walker's count."""
+        return self._read[1] + self._inserted_at_move
 
     def _live(self, tag: int) -> bool:
         """Whether ids of `tag` are still in the maps."""
@@ -181,10 +193,10 @@ class StackGenerations:
         if self._to_empty is not None or time.monotonic() - self._moved_at < self.move_every_s:
             return  # the half to move to is not empty yet, or the last move was just now
         collided, self._collided = self._collided, self.collisions()
-        stacks, ustacks = self._read
+        stored = (self._read[0], self.inserted() - self._inserted_at_move)
         full = (max(1, self.capacity // fill) for fill in (self.STACK_FILL, self.USTACK_FILL))
         if self._collided > collided or any(
-            read >= limit for read, limit in zip((stacks, ustacks), full, strict=True)
+            n >= limit for n, limit in zip(stored, full, strict=True)
         ):
             self._next()
 
@@ -252,6 +264,7 @@ class StackGenerations:
         self._moved_at = time.monotonic()
         self.generation = following
         self._read = [0, 0]
+        self._inserted_at_move = self.inserted()
         self.flips += 1
 
 
@@ -304,6 +317,12 @@ class WaitSource(ProgramSource):
         self._cache.stacks = (self._bpf["stacks0"], self._bpf["stacks1"])
         self._cache.user_stacks = self._bpf["ustacks"] if self._walker.active else None
         self._cache.resolve = self._walker.resolve if self._walker.raw else None
+        if self._walker.active:
+            self._cache.inserted = self._stacks_stored
+
+    def _stacks_stored(self) -> int:
+        table = self._bpf["unwind_stats"]
+        return int(table.sum(UnwindStat.NEW_STACKS.value).value)
 
     def drain(self) -> list[RawSample]:
         """Flip the counts' double buffer and read the retired half, then

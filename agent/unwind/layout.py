@@ -47,6 +47,7 @@ class UnwindStat(enum.IntEnum):
     RAW = 8  # raw stacks sent to user space
     RAW_LOST = 9  # not sent: the ring buffer was full
     RAW_CAPPED = 10  # not sent: the process used its budget before it was loaded
+    NEW_STACKS = 11  # ustacks buckets taken: how full the unwound-stack maps are
 
 
 class UnwindRow(ctypes.Structure):

@@ -278,7 +278,8 @@ class UnwindLoader:
             self._warn(
                 "rows",
                 f"unwind rows map full: {path} and later binaries are unwound "
-                "with frame pointers only (raise --unwind-rows)",
+                "with frame pointers only (raise --unwind-rows, or limits.unwind_rows "
+                "in the agent's config)",
             )
             return None
         self._writer.write_rows(first, info.table.data)

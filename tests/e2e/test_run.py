@@ -21,6 +21,7 @@ import pytest
 from agent.errors import InvalidProfile
 from agent.exporters.otlp_dict import check_indices
 from agent.exporters.pprof import decode
+from tests.conftest import PROGRAMS, compile_c
 from tests.otlp_receiver import GrpcReceiver, HttpReceiver, Received
 
 pytestmark = [pytest.mark.bpf, pytest.mark.e2e]
@@ -273,6 +274,57 @@ def test_files_without_endpoint_and_sighup_reload(
         check=True,
         capture_output=True,
     )
+
+
+def test_offcpu_keeps_its_stacks_as_new_processes_bring_new_ones(
+    bpfprof_cmd: list[str], tmp_path: Path
+) -> None:
+    """The agent with off-CPU on and stack maps of 512 buckets, while
+    stackchurn runs 6 times, one after another: each run is a new process at
+    new addresses, so 200 new stacks, 1,200 in all, on top of the host's
+    own. One map for the program's life lost 48 % of the runs' off-CPU time
+    to collisions (3.8 of 7.9 s; long_nap named in 2.0 of its 3.0 s);
+    generations, moved at polls, lose none, and each run's long sleep keeps
+    its long_nap stack."""
+    exe = compile_c(PROGRAMS / "stackchurn.c", tmp_path / "stackchurn", "-O0", "-g", "-pthread")
+    out = tmp_path / "profiles"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'interval = 1\n[output]\ndir = "{out}"\nmax_files = 1000\n'
+        # (rows for every binary on the host: this pytest process maps libLLVM
+        # once the BPF tests have run, which fills the default 1 Mi rows)
+        "[limits]\nstack_storage_size = 512\nunwind_rows = 8388608\n"
+        "[profiles.cpu]\nenabled = false\n[profiles.offcpu]\nenabled = true\n"
+    )
+    agent = start_agent(bpfprof_cmd, tmp_path, "-c", str(config))
+    truth: dict[int, int] = {}  # pid: long_nap's sleep, as it measured it
+    try:
+        wait_for(lambda: len(list(out.glob("*-offcpu.pb.gz"))) >= 2, agent)
+        for _ in range(6):
+            done = subprocess.run(
+                [str(exe), "100", "2", "500"],
+                input="go\n", capture_output=True, text=True, check=True, timeout=60,
+            )  # fmt: skip
+            ready, said = done.stdout.splitlines()  # ready PID / long_ns N naps N
+            truth[int(ready.split()[1])] = int(said.split()[1])
+        time.sleep(2.5)  # the intervals that hold the last run's end
+        stop(agent)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    ours: list[tuple[list[str], int]] = []
+    for f in out.glob("*-offcpu.pb.gz"):
+        for s in decode(f.read_bytes()).samples:
+            if s.num_labels.get("pid") in truth:
+                names = [fr.function or "" for loc in s.locations for fr in loc.frames]
+                ours.append((names, s.values[0]))
+    total = sum(v for _, v in ours)
+    lost = sum(v for n, v in ours if any(f.startswith("[user stack lost") for f in n))
+    assert total > 0 and lost <= 0.01 * total, (lost, total)
+    long = sum(v for n, v in ours if "long_nap" in n)
+    assert 0.95 * sum(truth.values()) <= long <= 1.05 * sum(truth.values()), (long, truth)
+    depths = {n.count("descend") for n, _ in ours if "nap_a" in n or "nap_b" in n}
+    assert len(depths) >= 95, sorted(depths)  # each run's 100 depths were named
 
 
 def test_record_writes_otlp_profiles_data(

@@ -222,3 +222,14 @@ def test_non_finite_numbers_from_env_and_flags_are_refused(tmp_path: Path) -> No
         load(path, env={"OTEL_EXPORTER_OTLP_TIMEOUT": "nan"})
     with pytest.raises(ConfigError, match="--interval: expected a finite number"):
         load(path, env={}, flags=flag_overrides({"interval": float("nan")}))
+
+
+def test_every_map_size_record_has_a_flag_for_the_agent_has_a_key(tmp_path: Path) -> None:
+    """limits.*: the agent's log names limits.unwind_rows when binaries no
+    longer fit; it was record's flag only."""
+    text = "[limits]\nmax_entries = 4096\nstack_storage_size = 2048\nunwind_rows = 4194304\n"
+    c = load(write(tmp_path, text), env={})
+    limits = c.limits
+    assert (limits.max_entries, limits.stack_entries, limits.unwind_rows) == (4096, 2048, 1 << 22)
+    with pytest.raises(ConfigError, match="unwind_rows"):
+        load(write(tmp_path, "[limits]\nunwind_rows = 10\n"), env={})

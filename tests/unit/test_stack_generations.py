@@ -289,3 +289,25 @@ def test_moves_are_spaced_by_the_size_of_the_maps() -> None:
     cache.after_drain()
     cache.after_drain()
     assert cache.generation == 1 and not prog.stacks[0].items  # emptied, not moved again
+
+
+def test_the_walkers_count_of_stacks_stored_ends_a_generation_between_drains() -> None:
+    """Stacks stored in ustacks whether or not anyone reads them (the
+    walker counts buckets taken): 1/8 of a half ends the generation, at a
+    poll, before anything collides."""
+    prog = Program()
+    stored = [7]
+    cache = prog.cache()
+    cache.inserted = lambda: stored[0]
+    cache.maintain()
+    assert cache.generation == 0  # 7 of 64 // 8
+    stored[0] += 1
+    cache.maintain()
+    assert cache.generation == 1
+    stored[0] += 7
+    cache.maintain()  # empties half 0
+    cache.maintain()
+    assert cache.generation == 1  # 7 since the move
+    stored[0] += 1
+    cache.maintain()
+    assert cache.generation == 2
