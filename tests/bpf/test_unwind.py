@@ -194,7 +194,7 @@ def test_python_mirror_of_unwind_h_matches_what_bcc_compiled() -> None:
                 assert getattr(leaf, name).offset == getattr(mirror, name).offset, (table, name)
         stack = program["ustacks"].Leaf
         assert len(stack().ips) == MAX_FRAMES and stack.ips.offset == 16
-        assert len(program["unwind_stats"]) == len(UnwindStat) == 11
+        assert len(program["unwind_stats"]) == len(UnwindStat) == 12
     finally:
         program.cleanup()
 
