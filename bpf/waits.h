@@ -21,9 +21,9 @@
  * brings new addresses, so new stacks) until every new stack collides.
  * So stacks go to the half of generation window[1]: stacks0 or stacks1,
  * and ustacks' half of the same parity. User space moves to the next
- * generation when the current one's maps fill, and at a poll a moment
- * later reads what is left in the other half (the generation before) into
- * its own cache and empties it. A stack id carries its generation in bits
+ * generation when the current one's maps fill, and one drain later reads
+ * what is left in the other half (the generation before) into its own
+ * cache and empties it. A stack id carries its generation in bits
  * STACK_GEN_SHIFT and up (modulo STACK_GEN_MASK + 1), so user space knows
  * which map, or which of its cached generations, an id is from however
  * long the wait lasts (agent/sources/waits.py, StackGenerations).
@@ -43,6 +43,12 @@
 #define NEW_PROCESS_EVENTS
 #include "helpers.h"
 
+/* The one place the wait programs take stacks: ids, or -errno. `key->pid`
+ * must be set. The walker reads the registers the thread entered the
+ * kernel with (the futex syscall, or whatever made it leave the CPU), so
+ * it starts in the user code that called into the kernel. Without `kernel`
+ * the kernel stack is recorded as -EFAULT: none, as for a user-mode CPU
+ * sample. */
 #define STACK_GEN_SHIFT 23 /* ids are below 2 * STACK_ENTRIES <= 2^23 */
 #define STACK_GEN_MASK 0xff
 
@@ -75,12 +81,6 @@ static __always_inline int stack_in(void *ctx, u32 half, u64 flags)
     return stacks0.get_stackid(ctx, flags);
 }
 
-/* The one place the wait programs take stacks: ids, or -errno. `key->pid`
- * must be set. The walker reads the registers the thread entered the
- * kernel with (the futex syscall, or whatever made it leave the CPU), so
- * it starts in the user code that called into the kernel. Without `kernel`
- * the kernel stack is recorded as -EFAULT: none, as for a user-mode CPU
- * sample. */
 static __always_inline void take_stacks(void *ctx, struct sample_key *key, int kernel)
 {
     int one = 1;
