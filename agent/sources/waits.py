@@ -112,15 +112,14 @@ class StackGenerations:
         self.in_flight = in_flight
         self.collisions = collisions
         self._collided = 0
-        # stacks stored in ustacks so far: the walker's count of buckets
-        # taken (None: go by the user ids read)
-        self.inserted = inserted
+        # stacks stored in ustacks so far (the walker's count of buckets
+        # taken), or, without it, the user ids read
+        self.inserted = inserted or self._user_ids_read
         self._inserted_at_move = 0
         self.generation = 0
         self.flips = 0
         self.expired = 0  # ids named after their generation's stacks were let go
-        # tagged id -> (ips, -errno or 0), kernel and user apart
-        self._kernel: dict[int, tuple[tuple[int, ...], int]] = {}
+        self._kernel: dict[int, tuple[int, ...]] = {}
         self._user: dict[int, tuple[tuple[int, ...], int]] = {}
         self._deferred: list[int] = []  # tagged ids of deferred stacks read
         self._read = [0, 0]  # ids of the current generation read: stack maps, ustacks
@@ -133,50 +132,46 @@ class StackGenerations:
     def __len__(self) -> int:
         return len(self._kernel) + len(self._user)
 
+    def _user_ids_read(self) -> int:
+        """User stack ids of this generation read: inserted() without the
+        walker's count."""
+        return self._read[1] + self._inserted_at_move
+
     def _live(self, tag: int) -> bool:
         """Whether ids of `tag` are still in the maps."""
         old = self._to_empty
         return tag == gen_tag(self.generation) or (old is not None and tag == gen_tag(old))
 
     def kernel(self, tagged: int) -> tuple[tuple[int, ...], int]:
-        def read(tag: int, stack_id: int) -> tuple[tuple[int, ...], int]:
-            return read_stack(self.stacks[tag & 1], stack_id), 0
-
-        return self._lookup(self._kernel, 0, tagged, read)
+        if tagged < 0:
+            return (), tagged
+        ips = self._kernel.get(tagged)
+        if ips is not None:
+            return ips, 0
+        tag, stack_id = split_id(tagged)
+        if not self._live(tag):
+            self.expired += 1
+            return (), -errno.ENOENT
+        ips = self._kernel[tagged] = read_stack(self.stacks[tag & 1], stack_id)
+        self._read[0] += tag == gen_tag(self.generation)
+        return ips, 0
 
     def user(self, tagged: int) -> tuple[tuple[int, ...], int]:
         if self.user_stacks is None:
             return self.kernel(tagged)
-
-        def read(tag: int, stack_id: int) -> tuple[tuple[int, ...], int]:
-            deferred: list[int] = []
-            got = read_unwound(self.user_stacks, stack_id, self.resolve, deferred)
-            if deferred:
-                self._deferred.append(tagged)
-            return got
-
-        return self._lookup(self._user, 1, tagged, read)
-
-    def _lookup(
-        self,
-        cache: dict[int, tuple[tuple[int, ...], int]],
-        kind: int,
-        tagged: int,
-        read: Callable[[int, int], tuple[tuple[int, ...], int]],
-    ) -> tuple[tuple[int, ...], int]:
-        """(ips, -errno or 0) of a tagged id: from `cache`, else `read` from
-        its generation's maps while they hold it; `kind` counts in _read."""
         if tagged < 0:
             return (), tagged
-        got = cache.get(tagged)
+        got = self._user.get(tagged)
         if got is not None:
             return got
         tag, stack_id = split_id(tagged)
         if not self._live(tag):
             self.expired += 1
             return (), -errno.ENOENT
-        got = cache[tagged] = read(tag, stack_id)
-        self._read[kind] += tag == gen_tag(self.generation)
+        deferred: list[int] = []
+        got = self._user[tagged] = read_unwound(self.user_stacks, stack_id, self.resolve, deferred)
+        self._deferred += [tagged for _ in deferred]
+        self._read[1] += tag == gen_tag(self.generation)
         return got
 
     def after_drain(self) -> None:
@@ -198,8 +193,7 @@ class StackGenerations:
         if self._to_empty is not None or time.monotonic() - self._moved_at < self.move_every_s:
             return  # the half to move to is not empty yet, or the last move was just now
         collided, self._collided = self._collided, self.collisions()
-        user = self._read[1] if self.inserted is None else self.inserted() - self._inserted_at_move
-        stored = (self._read[0], user)
+        stored = (self._read[0], self.inserted() - self._inserted_at_move)
         full = (max(1, self.capacity // fill) for fill in (self.STACK_FILL, self.USTACK_FILL))
         if self._collided > collided or any(
             n >= limit for n, limit in zip(stored, full, strict=True)
@@ -223,7 +217,7 @@ class StackGenerations:
         table = self.stacks[half]
         for key in list(table.keys()):
             stack_id = int(key.value)
-            self._kernel.setdefault(base | stack_id, (read_stack(table, stack_id), 0))
+            self._kernel.setdefault(base | stack_id, read_stack(table, stack_id))
             with contextlib.suppress(KeyError):
                 del table[key]
         if self.user_stacks is None:
@@ -270,7 +264,7 @@ class StackGenerations:
         self._moved_at = time.monotonic()
         self.generation = following
         self._read = [0, 0]
-        self._inserted_at_move = self.inserted() if self.inserted is not None else 0
+        self._inserted_at_move = self.inserted()
         self.flips += 1
 
 
