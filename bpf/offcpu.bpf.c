@@ -16,7 +16,12 @@
  * blocks last SAMPLE_NS or more takes them every time, one whose blocks are
  * short about 1 in MAX_WEIGHT times, each sample weighted by 1/p, so totals
  * stay unbiased. Blocks not sampled cost a lookup and a timestamp. A
- * thread's first block is always sampled.
+ * thread's first block is always sampled. A preemption (the thread left
+ * the CPU runnable: preempted, or it yielded) is counted like a block but
+ * is no block the thread chose, so it does not judge the next one: a
+ * thread that sleeps 25 ms at a time, preempted for 5 us before a sleep,
+ * would otherwise have that sleep sampled 1 in 16 times and counted 16
+ * times.
  *
  * Counts are double-buffered like cpu.bpf.c's; stacks are not. A thread may
  * block across any number of drains, so the stack ids taken when it left the
@@ -41,6 +46,7 @@ struct offcpu_start {
     u64 ts;                /* when the thread left the CPU; 0: it is on a CPU */
     u64 last_ns;           /* how long its previous block lasted */
     u64 weight;            /* 1/probability of this block's sample; 0: not sampled */
+    u64 runnable;          /* 1: the thread left runnable (a preemption, not a block) */
 };
 
 BPF_HASH(counts0, struct sample_key, struct wait_value, MAX_ENTRIES);
@@ -58,7 +64,7 @@ BPF_RINGBUF_OUTPUT(events, EVENT_PAGES);
 #include "waits.h"
 
 /* prev leaves the CPU: remember when, and (if sampled) where it was. */
-static __always_inline void switch_out(void *ctx)
+static __always_inline void switch_out(void *ctx, u64 runnable)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32;
@@ -87,6 +93,7 @@ static __always_inline void switch_out(void *ctx)
         bpf_get_current_comm(&s->key.comm, sizeof(s->key.comm));
         take_stacks(ctx, &s->key, 1);
     }
+    s->runnable = runnable;
     s->ts = bpf_ktime_get_ns();
 }
 
@@ -98,7 +105,8 @@ static __always_inline void switch_in(u64 task)
         return;
     u64 delta = bpf_ktime_get_ns() - s->ts;
     s->ts = 0;
-    s->last_ns = delta;
+    if (!s->runnable)
+        s->last_ns = delta;
     if (s->weight == 0)
         return;
     if (delta < MIN_BLOCK_NS) {
@@ -124,7 +132,9 @@ RAW_TRACEPOINT_PROBE(sched_switch)
         u64 dead = bpf_get_current_task();
         start.delete(&dead);
     } else {
-        switch_out(ctx);
+        /* preempted (args[0]), or left with prev_state TASK_RUNNING (0):
+         * still runnable, as after sched_yield */
+        switch_out(ctx, ctx->args[0] || ctx->args[3] == 0);
     }
     switch_in(ctx->args[2]);
     return 0;

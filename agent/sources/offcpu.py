@@ -3,7 +3,8 @@
 When a thread leaves a CPU its stacks are taken; when it runs again the
 time it was away is added to them, so a profile shows where threads block
 (I/O, sleeps, locks, page faults) and for how long. Threads whose blocks are
-long (1 ms or more, judged by their previous block) take stacks every time;
+long (1 ms or more, judged by their previous block, a preemption aside)
+take stacks every time;
 threads that block briefly and often take them for about one block in
 `wait_sampling`, each sample weighted by the inverse of its probability, so
 totals stay unbiased and a context switch stays cheap (bpf/waits.h). Preemption counts

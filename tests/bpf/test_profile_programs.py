@@ -206,7 +206,8 @@ def sleeper_offcpu(
             source.start()
         run.send()
         slept = int(run.line(sources[0], []).split()[1])
-        naps = [int(n) for n in run.line(sources[0], []).split()[1:]] if len(args) > 2 else []
+        listed = args[2:] == ["list"]
+        naps = [int(n) for n in run.line(sources[0], []).split()[1:]] if listed else []
         samples = [source.drain() + source.drain() for source in sources]
         counters = [source.counters() for source in sources]
         for source, o in zip(sources, options, strict=True):
@@ -257,6 +258,25 @@ def test_sampled_short_blocks_are_unbiased(built: Callable[..., Path]) -> None:
     sd = sampling_sd(naps, 16)
     assert abs(total - truth) <= 4 * sd, (total, truth, sd)
     assert 0 < counters[1]["samples"] <= naps_asked // 3, counters[1]
+
+
+def test_a_preemption_does_not_make_the_next_block_look_short(built: Callable[..., Path]) -> None:
+    """sleeper yields its CPU to a thread that yields it straight back
+    before each of its 25 ms naps: a few microseconds on the run queue,
+    then the nap. Sampling judges a block from the thread's last one, but a
+    preemption is no block the thread chose: judged from the yield, each
+    nap was sampled 1 in 16 times and counted 16 times, so the naps' total
+    came out anywhere from none of them to several times their length.
+    Judged from the nap before, every nap is sampled, and the total is the
+    sleep."""
+    options = SourceOptions(filter_pids=True, wait_sampling=16)
+    got, slept, counters, _ = sleeper_offcpu(built("sleeper"), ["20", "25", "yield"], options)
+    assert counters[0]["map_full"] == 0, counters[0]
+    # the sleeping thread's own off-CPU time (the yielding thread's, on
+    # the run queue while the other runs, is not the naps')
+    main = [s for s in got[0] if s.key.tid == s.key.pid]
+    total = sum(s.values[0] for s in main)
+    assert slept * 0.97 <= total <= slept * 1.05, (total, slept, [s.values for s in main])
 
 
 def test_offcpu_stacks_past_the_stack_map_are_kept_by_generations(
