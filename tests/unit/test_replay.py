@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -88,6 +89,10 @@ def sleeper() -> Iterator[int]:
     """A small real process whose maps (sleep, libc, ld.so) get captured."""
     proc = subprocess.Popen(["sleep", "60"])
     try:
+        deadline = time.monotonic() + 10
+        while "libc" not in Path(f"/proc/{proc.pid}/maps").read_text():  # mapped after the exec
+            assert time.monotonic() < deadline, "sleep did not map libc"
+            time.sleep(0.01)
         yield proc.pid
     finally:
         proc.kill()
