@@ -6,10 +6,14 @@ once (found again by build ID, or by file identity without one), and the
 process gets its own sorted list of mappings in `unwind_maps`.
 
 Both arrays are fixed-size pools, carved into ranges by `RangeAllocator`.
-When a pool is full the binary or process is left to frame pointers, the
-event is counted (`rows_full`, `maps_full`) and logged once, naming the
-option to raise. Mapping ranges of processes that are gone are reclaimed
-when the pool runs out; rows are kept for the agent's lifetime.
+When a pool runs out, what processes that are gone held is reclaimed first:
+their mapping ranges, then the rows of binaries no loaded process maps any
+more, least recently mapped first (`rows_evicted`; a binary mapped again
+later is placed again, from the disk cache). Only when that is not enough
+is the binary or process left to frame pointers: the event is counted
+(`rows_full`, `maps_full`) and logged once, naming the option to raise, and
+a binary left out is tried again once rows have been freed (or a second
+later, when processes may have exited).
 
 The maps themselves are written through a `MapWriter`, so this module has no
 BPF in it and its tests use a plain fake.
@@ -25,6 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Protocol
@@ -49,6 +56,7 @@ log = logging.getLogger("bpfprof.unwind")
 MAX_FAILED = 4096  # failed files remembered (least recently seen forgotten first)
 MAX_LAYOUTS = 4096  # processes whose layout is kept for raw stacks (exited ones too)
 MAX_RECENT_ROWS = 16  # binaries whose rows stay in memory for raw stacks
+RETRY_S = 1.0  # a binary with no room is tried again this long after, at least
 
 
 class MapWriter(Protocol):
@@ -98,6 +106,7 @@ class LoaderStats:
     rows: int = 0  # rows in the map
     tables_built: int = 0  # tables built from CFI (not found in the disk cache)
     rows_full: int = 0  # binaries left to frame pointers: the rows map was full
+    rows_evicted: int = 0  # binaries whose rows were freed: no loaded process mapped them
     maps_full: int = 0  # processes left to frame pointers: the mappings map was full
     errors: int = 0  # binaries whose CFI could not be read
     budget_exceeded: int = 0  # of those, binaries over their budget (bytes, rows, time)
@@ -139,13 +148,22 @@ class UnwindLoader:
         max_maps: int,
         cache: TableCache,
         proc_root: str = "/proc",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._writer = writer
         self._rows = RangeAllocator(max_rows)
         self._maps = RangeAllocator(max_maps)
         self._cache = cache
         self._proc_root = proc_root
-        self._binaries: dict[str, LoadedBinary | None] = {}
+        # by key, least recently mapped first; None: no CFI rows to place
+        self._binaries: OrderedDict[str, LoadedBinary | None] = OrderedDict()
+        self._users: Counter[str] = Counter()  # binary key -> loaded processes mapping it
+        self._keys: dict[int, set[str]] = {}  # pid -> the binaries it was published with
+        self._loading: set[str] = set()  # binaries of the load in progress
+        # binaries with no room: key -> (binaries evicted then, when), see _may_retry
+        self._no_room: LruCache[tuple[int, float]] = LruCache(MAX_FAILED)
+        self._freed = 0  # binaries evicted so far: a change means room may be there
+        self._clock = clock
         # files whose table could not be built, by identity (dev, inode,
         # size, mtime: never by build ID, which any file can claim), so a
         # bomb is parsed once and not once per process that maps it
@@ -166,10 +184,16 @@ class UnwindLoader:
             entries = parse_maps(read_maps(pid, self._proc_root))
         except OSError:
             return False
+        self._loading.clear()
         placed = [self._mapping(pid, e) for e in entries if e.is_exec]
+        self._loading.clear()
         if placed:
             self._layouts.put(str(pid), placed)
-        return self._publish(pid, [p.packed() for p in placed])
+        keys = {p.binary.key for p in placed if p.binary is not None}
+        if not self._publish(pid, [p.packed() for p in placed]):
+            return False
+        self._use(pid, keys)
+        return True
 
     def layout(self, pid: int) -> list[Mapping] | None:
         """The process's mappings as last loaded, with their rows, for a
@@ -195,6 +219,17 @@ class UnwindLoader:
         if held is not None:
             self._writer.delete_process(pid)
             self._maps.free(*held)
+        self._use(pid, set())
+
+    def _use(self, pid: int, keys: set[str]) -> None:
+        """`pid` is published with the rows of binaries `keys` now."""
+        self._users.update(keys)
+        for key in self._keys.pop(pid, set()):
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+        if keys:
+            self._keys[pid] = keys
 
     def sweep(self) -> int:
         """Forget processes that have exited; how many were."""
@@ -251,7 +286,11 @@ class UnwindLoader:
                     return None
                 key, build_id = _identity(f)
                 if key in self._binaries:
+                    self._binaries.move_to_end(key)
+                    self._loading.add(key)
                     return self._binaries[key]
+                if not self._may_retry(key):
+                    return None
                 # no table bigger than the rows map could ever be placed
                 budget = unwind_budget(self._rows.size or UNWIND_ROWS)
                 info = load_unwind_info(f, build_id, self._cache, budget)
@@ -264,22 +303,38 @@ class UnwindLoader:
                 self._warn("budget", f"no unwind table for {entry.path} (and maybe others): {exc}")
             log.debug("no unwind table for %s: %s", entry.path, exc)
             return None
+        if info.table.count == 0:
+            self._binaries[key] = None
+            return None
         loaded = self._place(info, entry.path, key)
+        if loaded is None:
+            self._no_room.put(key, (self._freed, self._clock()))
+            return None
         self._binaries[key] = loaded
+        self._loading.add(key)
         return loaded
+
+    def _may_retry(self, key: str) -> bool:
+        """Whether a binary is worth placing: not one that found no room,
+        unless rows were freed since, or time passed for processes to exit."""
+        failed = self._no_room.get(key)
+        if failed is None:
+            return True
+        freed, when = failed
+        return freed != self._freed or self._clock() - when >= RETRY_S
 
     def _place(self, info: ElfUnwindInfo, path: str, key: str) -> LoadedBinary | None:
         count = info.table.count
-        if count == 0:
-            return None
         first = self._rows.alloc(count)
+        if first is None:
+            first = self._make_room(count)
         if first is None:
             self.stats.rows_full += 1
             self._warn(
                 "rows",
-                f"unwind rows map full: {path} and later binaries are unwound "
-                "with frame pointers only (raise --unwind-rows, or limits.unwind_rows "
-                "in the agent's config)",
+                f"unwind rows map full of binaries that running processes map: {path} "
+                "(and maybe later binaries) is unwound with frame pointers only (raise "
+                "--unwind-rows, or limits.unwind_rows in the agent's config)",
             )
             return None
         self._writer.write_rows(first, info.table.data)
@@ -290,6 +345,26 @@ class UnwindLoader:
         # a second copy of them (MiBs per large binary, for as long as we run).
         kept = replace(info, table=replace(info.table, data=b""))
         return LoadedBinary(first, count, kept, key)
+
+    def _make_room(self, count: int) -> int | None:
+        """`count` rows from those of binaries no loaded process maps,
+        least recently mapped first; None if they are not enough. Processes
+        that exited are let go first."""
+        self.sweep()
+        for key in [k for k, b in self._binaries.items() if b is not None]:
+            binary = self._binaries[key]
+            if binary is None or self._users[key] or key in self._loading:
+                continue
+            del self._binaries[key]
+            self._rows.free(binary.first_row, binary.row_count)
+            self._freed += 1
+            self.stats.rows_evicted += 1
+            self.stats.binaries -= 1
+            self.stats.rows -= binary.row_count
+            first = self._rows.alloc(count)
+            if first is not None:
+                return first
+        return None
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -20,11 +20,11 @@ import pytest
 
 from agent.config import BpfLimits, SourceOptions
 from agent.kernel.bcc_loader import compile_program, render
-from agent.model import RawSample
 from agent.pipeline.resolve import StackResolver
-from agent.sources.cpu import CpuSource, bpf_cflags, cflags_for
+from agent.sources.cpu import bpf_cflags, cflags_for
 from agent.unwind.layout import MAX_FRAMES, UnwindMapping, UnwindProc, UnwindRow, UnwindStat
 from symbolizer import Symbolizer
+from tests.cpurun import sample_until_exit
 
 pytestmark = pytest.mark.bpf
 
@@ -66,32 +66,17 @@ def profile(unwind_prog: Path, tmp_path: Path) -> Iterator[object]:
         assert proc.stdout.readline().startswith("ready")
         symbolizer = Symbolizer()
         symbolizer.observe(proc.pid)
-        source = CpuSource(
-            SourceOptions(frequency=HZ, filter_pids=True, unwind=unwind), cache_dir=tmp_path
-        )
-        source.add_targets([proc.pid])
-        source.start()
-        try:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            samples: list[RawSample] = []
-            end = time.monotonic() + SECONDS + 10
-            while proc.poll() is None and time.monotonic() < end:
-                source.poll(100, symbolizer.observe)  # as the record runner does
-            samples += source.drain() + source.drain()
-            counters = source.counters()
-            unwinding = source.unwinding
-        finally:
-            source.close()
+        options = SourceOptions(frequency=HZ, filter_pids=True, unwind=unwind)
+        got = sample_until_exit(proc, options, tmp_path, symbolizer, SECONDS + 10)
         resolver = StackResolver(symbolizer)
         stacks = [
             (
                 [loc.display_name() for loc in resolver.locations(s.key) if loc.kind != "kernel"],
                 s.values[0],
             )
-            for s in samples
+            for s in got.samples
         ]
-        return Profile(stacks, counters, unwinding)
+        return Profile(stacks, got.counters, got.unwinding)
 
     procs: list[subprocess.Popen[str]] = []
     yield run
@@ -223,21 +208,11 @@ def record_command(argv: list[str], unwind: str, tmp_path: Path) -> list[tuple[l
     proc = subprocess.Popen(
         ["sh", "-c", 'read _ && exec "$@"', "sh", *argv], stdin=subprocess.PIPE, text=True
     )
-    assert proc.stdin is not None
     symbolizer = Symbolizer()
-    source = CpuSource(
-        SourceOptions(frequency=HZ, filter_pids=True, unwind=unwind), cache_dir=tmp_path
-    )
-    source.add_targets([proc.pid])
-    source.start()
+    options = SourceOptions(frequency=HZ, filter_pids=True, unwind=unwind)
     try:
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        while proc.poll() is None:
-            source.poll(100, symbolizer.observe)
-        samples = source.drain() + source.drain()
+        samples = sample_until_exit(proc, options, tmp_path, symbolizer, 600).samples
     finally:
-        source.close()
         proc.kill()
         proc.wait()
     resolver = StackResolver(symbolizer)
@@ -268,3 +243,73 @@ def test_kernel_stacks_are_unchanged_and_dd_is_walked(unwind: str, tmp_path: Pat
         assert share >= 0.9, in_kernel[:3]
     else:
         assert share < 0.5, in_kernel[:3]
+
+
+def rows_of(path: str) -> int:
+    """CFI rows of a file, as the loader counts them."""
+    from agent.unwind.table import build_table
+    from symbolizer.elffile import ElfFile
+
+    with open(path, "rb") as f:
+        return build_table(ElfFile(f), "").count
+
+
+def exec_files(pid: int) -> set[str]:
+    """The files `pid` maps executable."""
+    files = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if "x" in fields[1] and len(fields) > 5 and fields[5].startswith("/"):
+            files.add(fields[5])
+    return files
+
+
+def test_rows_of_an_exited_program_go_to_the_next(tmp_path: Path) -> None:
+    """A shell counts (so it is sampled and its tables loaded), then runs
+    program A, then program B (both without frame pointers), with CFI rows
+    for the shell's binaries and one of the two programs: B takes the rows
+    of A, which no process maps any more, and its samples reach main.
+    Before, B found the rows full and was walked with frame pointers only
+    (its hot leaves reached main in none of its samples)."""
+    from tests.conftest import PROGRAMS, compile_c
+
+    a = compile_c(PROGRAMS / "hotsplit.c", tmp_path / "hsa", "-O2", "-g", "-fomit-frame-pointer")
+    b = compile_c(PROGRAMS / "hotsplit.c", tmp_path / "hsb", "-O1", "-g", "-fomit-frame-pointer")
+    script = 'read _ && i=0 && while [ $i -lt 100000 ]; do i=$((i+1)); done && "$1" 30 && "$2" 300'
+    proc = subprocess.Popen(
+        ["sh", "-c", script, "sh", str(a), str(b)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdin is not None
+    deadline = time.monotonic() + 10
+    shell = exec_files(proc.pid)
+    while not any("libc" in path for path in shell):  # ld.so maps it after the exec
+        assert time.monotonic() < deadline, shell
+        time.sleep(0.01)
+        shell = exec_files(proc.pid)
+    rows_a, rows_b = rows_of(str(a)), rows_of(str(b))
+    # the shell's binaries, then one program and not quite room for the other
+    room = sum(map(rows_of, shell)) + max(rows_a, rows_b) + min(rows_a, rows_b) // 2
+    symbolizer = Symbolizer()
+    limits = BpfLimits(unwind_rows=room)
+    options = SourceOptions(frequency=HZ, filter_pids=True, follow_forks=True, limits=limits)
+    try:
+        got = sample_until_exit(proc, options, tmp_path, symbolizer, 60)
+    finally:
+        proc.kill()
+        proc.wait()
+    samples, counters = got.samples, got.counters
+    assert counters["unwind_rows_evicted"] >= 1 and counters["unwind_rows_full"] == 0, counters
+    resolver = StackResolver(symbolizer)
+    hot = [
+        (names, s.values[0])
+        for s in samples
+        if s.key.comm == "hsb"
+        and {"hot_a", "hot_b"}
+        & set(names := [loc.display_name() for loc in resolver.locations(s.key)])
+    ]
+    total = sum(n for _, n in hot)
+    whole = sum(n for s, n in hot if "main" in s and {"work_a", "work_b"} & set(s))
+    assert total >= MIN_SAMPLES and whole >= 0.9 * total, hot[:5]

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from agent.config import SourceOptions
-from agent.model import RawSample
 from agent.pipeline.resolve import StackResolver
-from agent.sources.cpu import CpuSource
 from symbolizer import Symbolizer
 from tests.conftest import compile_c
+from tests.cpurun import sample_until_exit
 
 pytestmark = pytest.mark.bpf
 
@@ -104,21 +102,8 @@ def record(program: Path, bogus: int, tmp_path: Path) -> tuple[list[list[str]], 
         symbolizer = Symbolizer()
         symbolizer.observe(proc.pid)
         options = SourceOptions(frequency=HZ, filter_pids=True, unwind="dwarf")
-        source = CpuSource(options, cache_dir=tmp_path)
-        source.add_targets([proc.pid])
-        source.start()
-        try:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            samples: list[RawSample] = []
-            end = time.monotonic() + SECONDS + 10
-            while proc.poll() is None and time.monotonic() < end:
-                source.poll(100, symbolizer.observe)
-                samples += source.drain()
-            samples += source.drain() + source.drain()
-            counters = source.counters()
-        finally:
-            source.close()
+        got = sample_until_exit(proc, options, tmp_path, symbolizer, SECONDS + 10)
+        samples, counters = got.samples, got.counters
     finally:
         proc.kill()
         proc.wait()

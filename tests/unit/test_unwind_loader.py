@@ -19,9 +19,11 @@ class FakeMaps:
     rows: dict[int, bytes] = field(default_factory=dict)  # first -> data
     mappings: dict[int, bytes] = field(default_factory=dict)
     procs: dict[int, tuple[int, int]] = field(default_factory=dict)
+    writes: list[int] = field(default_factory=list)  # first row of each rows write
 
     def write_rows(self, first: int, data: bytes) -> None:
         self.rows[first] = data
+        self.writes.append(first)
 
     def write_mappings(self, first: int, data: bytes) -> None:
         self.mappings[first] = data
@@ -132,6 +134,149 @@ def test_full_rows_leave_the_binary_to_frame_pointers(tmp_path: Path, binary: Pa
     assert unwinder.load(100)
     assert unwinder.stats.rows_full == 1 and not fake.rows
     assert [m[4] for m in fake.mappings_of(100)] == [0]  # known, with no rows
+
+
+@pytest.fixture(scope="module")
+def others(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two more builds of a program: binaries with build IDs of their own."""
+    out = tmp_path_factory.mktemp("loader-others")
+    return (
+        compile_c(PROGRAMS / "hotsplit.c", out / "o0", "-O0"),
+        compile_c(PROGRAMS / "hotsplit.c", out / "o1", "-O1"),
+    )
+
+
+def rows_of(binary: Path) -> int:
+    from agent.unwind.table import build_table
+    from symbolizer.elffile import ElfFile
+
+    with open(binary, "rb") as f:
+        return build_table(ElfFile(f), "").count
+
+
+def multi_proc(root: Path, pid: int, *binaries: Path) -> None:
+    """/proc/PID mapping each of `binaries`' text, 1 GiB apart."""
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    (d / "root").symlink_to("/")
+    lines = []
+    for i, binary in enumerate(binaries):
+        st = os.stat(binary)
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x} {st.st_ino}"
+        start = 0x555555554000 + (i << 30)
+        lines.append(f"{start:x}-{start + 0x1000:x} r--p 00000000 {ident} {binary}\n")
+        lines.append(f"{start + 0x1000:x}-{start + 0x2000:x} r-xp 00001000 {ident} {binary}\n")
+    (d / "maps").write_text("".join(lines))
+
+
+def exit_proc(root: Path, pid: int) -> None:
+    d = root / str(pid)
+    (d / "maps").unlink()
+    (d / "root").unlink()
+    d.rmdir()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clocked(root: Path, rows: int) -> tuple[UnwindLoader, FakeMaps, Clock]:
+    fake, clock = FakeMaps(), Clock()
+    unwinder = UnwindLoader(
+        fake, max_rows=rows, max_maps=64, cache=TableCache(None), proc_root=str(root), clock=clock
+    )
+    return unwinder, fake, clock
+
+
+def row_counts(fake: FakeMaps, pid: int) -> list[int]:
+    return [m[4] for m in fake.mappings_of(pid)]
+
+
+def test_rows_of_a_binary_no_process_maps_go_to_a_new_one(
+    tmp_path: Path, binary: Path, others: tuple[Path, Path]
+) -> None:
+    """Rows for one binary at a time: the second finds the first's process
+    gone, takes its rows, and is walked with CFI (before, it was left to
+    frame pointers until the agent restarted)."""
+    a, b = others
+    multi_proc(tmp_path, 100, a)
+    multi_proc(tmp_path, 101, b)
+    unwinder, fake, _ = clocked(tmp_path, max(rows_of(a), rows_of(b)) + 8)
+    assert unwinder.load(100) and row_counts(fake, 100) == [rows_of(a)]
+    exit_proc(tmp_path, 100)
+    assert unwinder.load(101) and row_counts(fake, 101) == [rows_of(b)]
+    assert unwinder.stats.rows_evicted == 1 and unwinder.stats.rows_full == 0
+    assert unwinder.stats.binaries == 1 and unwinder.stats.rows == rows_of(b)
+    assert 100 not in fake.procs  # let go on the way
+    # a binary evicted and mapped again is placed again (from the disk
+    # cache in the agent): the same rows, in the same place
+    multi_proc(tmp_path, 102, a)
+    exit_proc(tmp_path, 101)
+    assert unwinder.load(102) and row_counts(fake, 102) == [rows_of(a)]
+    assert unwinder.stats.rows_evicted == 2
+
+
+def test_a_binary_a_running_process_maps_keeps_its_rows(
+    tmp_path: Path, others: tuple[Path, Path]
+) -> None:
+    """No room while the first process runs: the second binary is left to
+    frame pointers, and not read again for each process that maps it until
+    rows are freed or a second has passed; then it is placed."""
+    a, b = others
+    multi_proc(tmp_path, 100, a)
+    multi_proc(tmp_path, 101, b)
+    multi_proc(tmp_path, 102, b)
+    multi_proc(tmp_path, 103, b)
+    unwinder, fake, clock = clocked(tmp_path, max(rows_of(a), rows_of(b)) + 8)
+    assert unwinder.load(100)
+    clock.now += 5
+    assert unwinder.load(101) and row_counts(fake, 101) == [0]
+    assert unwinder.stats.rows_full == 1 and unwinder.stats.rows_evicted == 0
+    assert row_counts(fake, 100) == [rows_of(a)]
+    exit_proc(tmp_path, 100)
+    assert unwinder.load(102) and row_counts(fake, 102) == [0]
+    assert unwinder.stats.rows_full == 1  # not tried again: no rows freed, no time passed
+    clock.now += 1
+    assert unwinder.load(103) and row_counts(fake, 103) == [rows_of(b)]
+    assert unwinder.stats.rows_evicted == 1
+
+
+def test_the_least_recently_mapped_binary_goes_first(
+    tmp_path: Path, binary: Path, others: tuple[Path, Path]
+) -> None:
+    a, b = others
+    multi_proc(tmp_path, 100, a)
+    multi_proc(tmp_path, 101, b)
+    multi_proc(tmp_path, 102, a)
+    multi_proc(tmp_path, 103, binary)
+    room = rows_of(a) + rows_of(b) + max(0, rows_of(binary) - min(rows_of(a), rows_of(b))) // 2
+    assert room < rows_of(a) + rows_of(b) + rows_of(binary)
+    unwinder, fake, _ = clocked(tmp_path, room)
+    assert unwinder.load(100) and unwinder.load(101) and unwinder.load(102)
+    written = len(fake.writes)
+    for pid in (100, 101, 102):
+        exit_proc(tmp_path, pid)  # a was mapped last (by 102)
+    assert unwinder.load(103) and row_counts(fake, 103) == [rows_of(binary)]
+    assert unwinder.stats.rows_evicted == 1  # b: a stays
+    multi_proc(tmp_path, 104, a)
+    assert unwinder.load(104) and row_counts(fake, 104) == [rows_of(a)]
+    assert len(fake.writes) == written + 1  # only binary's: a's were not written again
+
+
+def test_a_process_does_not_evict_its_own_binaries(
+    tmp_path: Path, others: tuple[Path, Path]
+) -> None:
+    """One process maps two binaries that do not fit together: the first
+    placed keeps its rows, the second is left to frame pointers."""
+    a, b = others
+    multi_proc(tmp_path, 100, a, b)
+    unwinder, fake, _ = clocked(tmp_path, max(rows_of(a), rows_of(b)) + 8)
+    assert unwinder.load(100) and row_counts(fake, 100) == [rows_of(a), 0]
+    assert unwinder.stats.rows_evicted == 0 and unwinder.stats.rows_full == 1
 
 
 def test_vanished_process_and_unreadable_file(tmp_path: Path, binary: Path) -> None:
