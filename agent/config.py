@@ -31,6 +31,11 @@ class BpfLimits:
     unwind_mappings: int = 65536  # executable mappings of all processes (32 bytes each)
 
 
+# `run`'s table_wait_s: an interval is late by a second at most for a big
+# binary's table (libLLVM's takes ~5 s to build), not by the whole build
+RUN_TABLE_WAIT_S = 1.0
+
+
 @dataclass(frozen=True)
 class SourceOptions:
     """What a sample source needs to know, whoever drives it (record or run)."""
@@ -48,6 +53,9 @@ class SourceOptions:
     alloc_inuse: bool = True  # alloc: also probe free, for inuse_*
     prewarm: tuple[str, ...] = ()  # executables whose unwind tables are built before start
     python: bool = True  # with unwind "dwarf": CPython processes' Python frames (bpf/python.h)
+    # how long a drain waits, in all, for the tables of big binaries being
+    # built (agent/unwind/loader.py) before it walks raw stacks without them
+    table_wait_s: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.config import BpfLimits, SourceOptions
+from agent.config import RUN_TABLE_WAIT_S, BpfLimits, SourceOptions
 
 if TYPE_CHECKING:  # the CLI reads this table to build its options: stay light
     from agent.pipeline.builder import ProfileSpec
@@ -152,7 +152,9 @@ class ProfileType:
         (`python`: the config's python_frames)."""
         fields = {s.key: s.field for s in self.settings if s.key}
         given = {fields.get(k, k): v for k, v in settings.items()}
-        return SourceOptions(limits=limits, python=python, **self.fixed, **given)
+        return SourceOptions(
+            limits=limits, python=python, table_wait_s=RUN_TABLE_WAIT_S, **self.fixed, **given
+        )
 
     def make_source(
         self, settings: Mapping[str, Any], limits: BpfLimits, python: bool = True

@@ -468,6 +468,7 @@ class AllocSource:
         self._on_new = on_new_process
         self.bpf.ring_buffer_poll(timeout_ms)
         self._follow_pending()
+        self._walker.poll()
 
     def drain(self) -> list[RawSample]:
         """Allocations since the last drain (inuse is a snapshot: see live_heap)."""

@@ -220,6 +220,7 @@ class ProgramSource:
     def poll(self, timeout_ms: int, on_new_process: Callable[[int], None]) -> None:
         self._on_new = on_new_process
         self._bpf.ring_buffer_poll(timeout_ms)
+        self._walker.poll()
 
     def retire_window(self) -> int:
         """Flip the double buffer; the index of the half just retired."""
@@ -230,6 +231,11 @@ class ProgramSource:
         # A program that read the old window index a moment ago may still be
         # writing; programs run for microseconds, so a short pause suffices.
         time.sleep(0.002)
+        # What the retired half's samples sent (raw stacks, new processes)
+        # since the last poll, read now: a deferred stack whose raw copy is
+        # still in the ring would be read without it.
+        self._bpf.ring_buffer_consume()
+        self._walker.begin_drain()
         return old
 
     def counters(self) -> dict[str, int]:

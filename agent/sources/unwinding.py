@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -44,7 +45,7 @@ from agent.kernel.loaded import BpfProgram
 from agent.kernel.python_maps import BccPythonMaps
 from agent.kernel.unwind_maps import BccUnwindMaps
 from agent.unwind.layout import E2BIG, RAW_HEADER, STACK_DEFERRED, STACK_TRUNCATED
-from agent.unwind.loader import UnwindLoader, default_cache_dir
+from agent.unwind.loader import BUILDER, UnwindLoader, default_cache_dir
 from agent.unwind.needed import needed_libraries
 from agent.unwind.pyframes import PY_FRAME, python_cflags
 from agent.unwind.pyloader import PythonLoader
@@ -133,7 +134,10 @@ class Walker:
         self.maps_reloaded = 0  # reloads the walker asked for (dlopen)
         self.raw = False  # the loaded build keeps raw stacks (UNWIND_RAW)
         self._raw: OrderedDict[int, RawStack] = OrderedDict()  # by hash, oldest first
-        self.raw_stats = {"resolved": 0, "unresolved": 0, "dropped": 0}
+        # resolved: walked (before_tables: of those, some binary's table was
+        # still being built), unresolved: no layout, dropped: never read
+        self.raw_stats = {"resolved": 0, "before_tables": 0, "unresolved": 0, "dropped": 0}
+        self._drain_ends = 0.0  # when this drain stops waiting for tables
 
     @property
     def wanted(self) -> bool:
@@ -192,6 +196,7 @@ class Walker:
             max_rows=limits.unwind_rows,
             max_maps=limits.unwind_mappings,
             cache=TableCache(self._cache_dir or default_cache_dir()),
+            builder=BUILDER,
         )
         if self._python_maps is not None:
             self.python = PythonLoader(self._python_maps, max_procs=limits.seen_entries)
@@ -246,6 +251,18 @@ class Walker:
         if changed:
             self.maps_reloaded += 1
 
+    def begin_drain(self) -> None:
+        """A drain starts: its raw stacks may wait table_wait_s in all for
+        the tables being built."""
+        self._drain_ends = time.monotonic() + self._options.table_wait_s
+
+    def poll(self) -> None:
+        """Place the tables built in the background since the last call
+        (a big binary's: agent/unwind/loader.py), publishing the processes
+        that waited for them."""
+        if self.loader is not None:
+            self.loader.finish_builds()
+
     def open_rings(self, bpf: BpfProgram) -> None:
         """Take the walker's ring buffers into the program's poll: the raw
         stacks, and the wake-ups a stack with new code objects sends, so the
@@ -273,14 +290,16 @@ class Walker:
         raw = self._raw.pop(stack_hash, None)
         if raw is None or self.loader is None:
             return None
-        layout = self.loader.layout(raw.pid)
+        wait_s = max(0.0, self._drain_ends - time.monotonic())
+        layout = self.loader.layout(raw.pid, wait_s)
         if layout is None and self.loader.load(raw.pid):  # not announced yet
-            layout = self.loader.layout(raw.pid)
+            layout = self.loader.layout(raw.pid, wait_s)
         if layout is None:
             self.raw_stats["unresolved"] += 1
             return None
         ips, flags = walk(raw, layout)
         self.raw_stats["resolved"] += 1
+        self.raw_stats["before_tables"] += self.loader.building(raw.pid)
         return ips, -E2BIG if flags & STACK_TRUNCATED else 0
 
     def python_codes(self, limit: int = CODES_PER_CALL) -> list[tuple[int, int]]:

@@ -22,6 +22,7 @@ from agent.config import BpfLimits, SourceOptions
 from agent.kernel.bcc_loader import compile_program, render
 from agent.pipeline.resolve import StackResolver
 from agent.sources.cpu import bpf_cflags, cflags_for
+from agent.unwind import loader as loader_module
 from agent.unwind.layout import MAX_FRAMES, UnwindMapping, UnwindProc, UnwindRow, UnwindStat
 from symbolizer import Symbolizer
 from tests.cpurun import sample_until_exit
@@ -93,6 +94,17 @@ def test_whole_stack_reaches_main_without_frame_pointers(profile) -> None:  # ty
     assert share >= 0.9, got.having("hot")[:5]
     print(got.having("hot")[:3])
     assert got.counters["unwind_truncated"] == 0
+
+
+def test_tables_built_in_the_background_reach_main(profile, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every table built on the builder's thread (as a big binary's is):
+    the process is published when they are placed, its samples before
+    that walked from their raw stacks, and stacks reach main as before."""
+    monkeypatch.setattr(loader_module, "ASYNC_BYTES", 0)
+    got = profile("chain")
+    share, total = got.share("hot", "work", "run", "main")
+    assert total >= MIN_SAMPLES and share >= 0.9, got.having("hot")[:5]
+    assert got.counters["unwind_tables_deferred"] >= 2, got.counters  # the program, libc
 
 
 def test_frame_pointers_alone_do_not_reach_main(profile) -> None:  # type: ignore[no-untyped-def]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
+from agent.unwind import loader as loader_module
 from agent.unwind.layout import MAPPING
-from agent.unwind.loader import RangeAllocator, UnwindLoader, default_cache_dir
-from agent.unwind.table import TableCache
+from agent.unwind.loader import RangeAllocator, TableBuilder, UnwindLoader, default_cache_dir
+from agent.unwind.table import ElfUnwindInfo, TableCache, TableError, load_unwind_info
+from symbolizer.budget import Budget
 from tests.conftest import PROGRAMS, compile_c
 
 
@@ -277,6 +281,134 @@ def test_a_process_does_not_evict_its_own_binaries(
     unwinder, fake, _ = clocked(tmp_path, max(rows_of(a), rows_of(b)) + 8)
     assert unwinder.load(100) and row_counts(fake, 100) == [rows_of(a), 0]
     assert unwinder.stats.rows_evicted == 0 and unwinder.stats.rows_full == 1
+
+
+class HeldBuilder(TableBuilder):
+    """Builds when told to (`run`), on the caller's thread, or fails as told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[tuple[Future[ElfUnwindInfo], IO[bytes], str, TableCache, Budget]] = []
+
+    def submit(
+        self, key: str, f: IO[bytes], build_id: str, cache: TableCache, budget: Budget
+    ) -> Future[ElfUnwindInfo]:
+        future: Future[ElfUnwindInfo] = Future()
+        self.jobs.append((future, f, build_id, cache, budget))
+        return future
+
+    def run(self, fail: Exception | None = None) -> None:
+        for future, f, build_id, cache, budget in self.jobs:
+            with f:
+                if fail is not None:
+                    future.set_exception(fail)
+                else:
+                    future.set_result(load_unwind_info(f, build_id, cache, budget))
+        self.jobs.clear()
+
+
+def deferred(root: Path, builder: TableBuilder) -> tuple[UnwindLoader, FakeMaps]:
+    fake = FakeMaps()
+    unwinder = UnwindLoader(
+        fake,
+        max_rows=1 << 16,
+        max_maps=64,
+        cache=TableCache(None),
+        proc_root=str(root),
+        builder=builder,
+    )
+    return unwinder, fake
+
+
+def test_a_big_binarys_table_is_built_in_the_background(
+    tmp_path: Path, binary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process waits unpublished (its samples keep raw stacks) while the
+    table is built, once for every process that maps the file; it is
+    published with the rows once they are placed. A walk in user space
+    (raw stacks, at a drain) waits for the table."""
+    monkeypatch.setattr(loader_module, "ASYNC_BYTES", 0)
+    fake_proc(tmp_path, 100, binary)
+    fake_proc(tmp_path, 101, binary, start=0x7F0000000000)
+    builder = HeldBuilder()
+    unwinder, fake = deferred(tmp_path, builder)
+    assert unwinder.load(100) and unwinder.load(101)
+    assert not fake.procs and not fake.rows and len(builder.jobs) == 1
+    assert unwinder.stats.tables_deferred == 1
+    assert unwinder.finish_builds() == 0  # not built yet: nothing changes
+    # a walk that cannot wait longer goes without the rows
+    layout = unwinder.layout(100, wait_s=0.01)
+    assert layout is not None and layout[0].rows is None and unwinder.building(100)
+    builder.run()
+    assert unwinder.finish_builds() == 1
+    assert row_counts(fake, 100) == row_counts(fake, 101) == [rows_of(binary)]
+    layout = unwinder.layout(100)
+    assert layout is not None and layout[0].rows is not None and not unwinder.building(100)
+
+
+def test_a_raw_walk_waits_for_the_table(
+    tmp_path: Path, binary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the real builder thread: layout() waits for the build, also for
+    processes that exited meanwhile (reaped, or a zombie)."""
+    monkeypatch.setattr(loader_module, "ASYNC_BYTES", 0)
+    fake_proc(tmp_path, 100, binary)
+    fake_proc(tmp_path, 101, binary, start=0x7F0000000000)
+    unwinder, fake = deferred(tmp_path, TableBuilder())
+    assert unwinder.load(100) and unwinder.load(101)
+    exit_proc(tmp_path, 100)
+    (tmp_path / "101" / "maps").write_text("")  # a zombie: no mappings left
+    for pid in (100, 101):
+        layout = unwinder.layout(pid)
+        assert layout is not None and layout[0].rows is not None
+        assert len(layout[0].rows._pcs) == rows_of(binary)
+    assert not fake.procs  # gone: not published
+
+
+def test_a_running_process_is_walked_on_while_its_new_library_builds(
+    tmp_path: Path, binary: Path, others: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process published before (a dlopen since): published again at once,
+    the new library without rows (frame pointers there) until its table is
+    placed; a build that fails leaves it without rows, counted."""
+    a, b = others
+    multi_proc(tmp_path, 100, binary)
+    builder = HeldBuilder()
+    unwinder, fake = deferred(tmp_path, builder)
+    assert unwinder.load(100) and row_counts(fake, 100) == [rows_of(binary)]
+    monkeypatch.setattr(loader_module, "ASYNC_BYTES", 0)
+    exit_proc(tmp_path, 100)
+    multi_proc(tmp_path, 100, binary, a, b)
+    assert unwinder.load(100) and row_counts(fake, 100) == [rows_of(binary), 0, 0]
+    assert len(builder.jobs) == 2
+    first, *rest = builder.jobs
+    builder.jobs = [first]
+    builder.run()
+    assert unwinder.finish_builds() == 1
+    assert row_counts(fake, 100) == [rows_of(binary), rows_of(a), 0]
+    builder.jobs = rest
+    builder.run(fail=TableError("no CFI"))
+    errors = unwinder.stats.errors
+    assert unwinder.finish_builds() == 1 and unwinder.stats.errors == errors + 1
+    assert row_counts(fake, 100) == [rows_of(binary), rows_of(a), 0]
+    # the file that failed is not tried again
+    assert unwinder.load(100) and not builder.jobs
+
+
+def test_the_builder_builds_a_file_once(binary: Path) -> None:
+    builder = TableBuilder()
+    budget = Budget()
+    # the builder closes the files it is given
+    futures = [
+        builder.submit("k", open(binary, "rb"), "", TableCache(None), budget)  # noqa: SIM115
+        for _ in range(2)
+    ]
+    assert futures[0].result(timeout=30).table.count == rows_of(binary)
+    assert futures[1] is futures[0] or futures[1].result(timeout=30).table.count == rows_of(binary)
+    null = open("/dev/null", "rb")  # noqa: SIM115
+    failed = builder.submit("bad", null, "", TableCache(None), budget)
+    with pytest.raises(TableError):
+        failed.result(timeout=30)
 
 
 def test_vanished_process_and_unreadable_file(tmp_path: Path, binary: Path) -> None:
