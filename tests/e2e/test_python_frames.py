@@ -392,9 +392,17 @@ def test_short_lived_interpreters_get_their_python_frames_named(
     frames named). Their stacks are off-CPU ones, taken when a nap ends,
     a millisecond or two before the process exits: the code objects are
     read at once because a stack that queues new ones wakes the poll (it
-    waited up to 100 ms before: 11-14 of the 20 got names)."""
+    waited up to 100 ms before: 11-14 of the 20 got names).
+
+    The interpreter's unwind and symbol tables are in the disk caches
+    first, from one recorded run: the first time bpfprof meets a binary it
+    reads them in its one thread (python3.11: 0.35 s for the unwind table
+    alone), and interpreters that start and exit meanwhile go unnamed
+    (with both caches cold, 8-11 of the 20 got their chain; docs/python.md)."""
     script = tmp_path / "short.py"
     script.write_text(SHORT)
+    warm = ["-t", "offcpu", "-o", str(tmp_path / "warm.pb.gz")]
+    run_record(bpfprof_cmd, warm, ["/usr/bin/python3", str(script)])
     loop = f"for i in $(seq 20); do /usr/bin/python3 {script}; done"
     out = tmp_path / "short.pb.gz"
     profile, stderr = run_record(bpfprof_cmd, ["-t", "offcpu", "-o", str(out)], ["sh", "-c", loop])
