@@ -124,7 +124,9 @@ def test_an_impossible_return_address_ends_the_stack_as_truncated(
     spinning = [s for s in stacks if s and s[0] == "spin_bogus"]
     assert len(spinning) >= MIN_SAMPLES, stacks[:5]
     # THEN the bogus address is never a frame, and the stack says its root is missing
-    assert all(s == ["spin_bogus", TRUNCATED] for s in spinning), spinning[:5]
+    assert all(s == ["spin_bogus", TRUNCATED] for s in spinning), [
+        s for s in spinning if s != ["spin_bogus", TRUNCATED]
+    ][:5]
     assert counters["unwind_truncated"] >= len(spinning)
 
 
