@@ -46,9 +46,11 @@ def go_raw(path: Path) -> tuple[list[GoSample], str, str]:
     head, _, rest = proc.stdout.partition("\nLocations\n")
     locations: dict[str, str] = {}
     for line in rest.split("\nMappings\n")[0].splitlines():
-        m = re.match(r"\s*(\d+): 0x[0-9a-f]+ M=\d+ (\S+)", line)
+        # a location with no function (an address no symbol covers) goes by
+        # its address, as our decoder names it
+        m = re.match(r"\s*(\d+): (0x[0-9a-f]+)(?: M=\d+)?(?: (\S+))?", line)
         if m:
-            locations[m.group(1)] = m.group(2)
+            locations[m.group(1)] = m.group(3) or hex(int(m.group(2), 16))
     samples: list[GoSample] = []
     body = head.split("Samples:\n", 1)[1].splitlines()
     types = body[0]
