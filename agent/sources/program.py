@@ -231,10 +231,6 @@ class ProgramSource:
         # A program that read the old window index a moment ago may still be
         # writing; programs run for microseconds, so a short pause suffices.
         time.sleep(0.002)
-        # What the retired half's samples sent (raw stacks, new processes)
-        # since the last poll, read now: a deferred stack whose raw copy is
-        # still in the ring would be read without it.
-        self._bpf.ring_buffer_consume()
         self._walker.begin_drain()
         return old
 
