@@ -541,10 +541,12 @@ class UnwindLoader:
         least recently mapped first; None if they are not enough. Processes
         that exited are let go first."""
         self.sweep()
-        for key in [k for k, b in self._binaries.items() if b is not None]:
-            binary = self._binaries[key]
-            if binary is None or self._users[key] or key in self._loading:
-                continue
+        evictable = [
+            (key, binary)
+            for key, binary in self._binaries.items()
+            if binary is not None and not self._users[key] and key not in self._loading
+        ]
+        for key, binary in evictable:
             del self._binaries[key]
             self._rows.free(binary.first_row, binary.row_count)
             self._freed += 1
